@@ -1,0 +1,71 @@
+"""Optimizer, learning-rate schedule and EMA of the paper's recipe (DESIGN §3 step 6)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.nn as nn
+
+
+def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> float:
+    """Linear scaling: base_lr is the rate at batch 256."""
+    return base_lr * global_batch / reference_batch
+
+
+def build_optimizer(
+    model: nn.Module, lr: float, encoder_lr_mult: float, betas: tuple[float, float], weight_decay: float
+) -> torch.optim.AdamW:
+    """AdamW with two groups: the encoder at lr * encoder_lr_mult, everything else at lr."""
+    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
+    encoder_ids = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
+    groups = [
+        {"params": encoder, "lr": lr * encoder_lr_mult, "name": "encoder"},
+        {"params": rest, "lr": lr, "name": "decoder"},
+    ]
+    fused = all(p.is_cuda for p in model.parameters())
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
+    """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to min_ratio at total_steps."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer, total_steps: int, warmup_steps: int, lr: float, min_lr: float):
+    """LambdaLR applying warmup_cosine to every group (the encoder group keeps its x0.1 ratio)."""
+    min_ratio = min(1.0, min_lr / lr) if lr > 0 else 0.0
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps, min_ratio)
+    )
+
+
+class EMA:
+    """Exponential moving average of the weights; decay ramps up as min(decay, (1+n)/(10+n)) so short runs
+    still get a useful average. Buffers (e.g. BatchNorm statistics) are copied."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        ema_params = list(self.model.parameters())
+        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
+        for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
+            ema_buffer.copy_(buffer)
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "updates": self.updates, "decay": self.decay}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,35 @@
+"""Model registry: one `MODELS` dict (name -> builder(**overrides)) merged from the per-family dicts."""
+
+from __future__ import annotations
+
+from .sphere import SPHERE_MODELS, SphereConfig, SphereEncoder
+
+_FAMILIES = [SPHERE_MODELS]
+
+
+def _merge(families: list[dict]) -> dict:
+    merged: dict = {}
+    for family in families:
+        clash = set(merged) & set(family)
+        if clash:
+            raise RuntimeError(f"duplicate model names in the registry: {sorted(clash)}")
+        merged.update(family)
+    return merged
+
+
+MODELS = _merge(_FAMILIES)
+
+
+def build_model(name: str, **overrides):
+    """Build a registered model; overrides (image_size, latent_dim, num_classes, ...) go to its config."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; choose one of {sorted(MODELS)}")
+    return MODELS[name](**overrides)
+
+
+def model_from_config(config: dict) -> SphereEncoder:
+    """Rebuild a model from the config dict saved in a checkpoint or config.json."""
+    return SphereEncoder(SphereConfig.from_dict(config))
+
+
+__all__ = ["MODELS", "SphereConfig", "SphereEncoder", "build_model", "model_from_config"]

@@ -1,0 +1,226 @@
+"""Shared building blocks: norms, RoPE attention, SwiGLU, adaLN-Zero, latent MLP-mixer, conv blocks."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def sphere_project(z: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """f(z) = z / rms(z) over all latent entries of each sample, so ||f(z)|| = sqrt(L) (DESIGN §3)."""
+    flat = z.float().flatten(1)
+    scale = flat.shape[1] ** 0.5 / flat.norm(dim=1).clamp_min(eps)  # sqrt(L) / ||z||
+    return (z.float() * scale.view(-1, *([1] * (z.ndim - 1)))).to(z.dtype)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation of token features x (B, N, C) with per-sample (B, C) shift and scale."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class AdaLNZero(nn.Module):
+    """Maps a conditioning vector to `chunks` modulation vectors; zero-initialised so blocks start as identity."""
+
+    def __init__(self, cond_dim: int, dim: int, chunks: int):
+        super().__init__()
+        self.chunks = chunks
+        self.proj = nn.Linear(cond_dim, chunks * dim)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, cond: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.proj(F.silu(cond)).chunk(self.chunks, dim=-1)
+
+
+class LabelEmbedding(nn.Module):
+    """Class embedding with an extra learned null class (index num_classes) for classifier-free guidance."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.normal_(self.table.weight, std=0.02)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.table(labels)
+
+
+def sincos_pos_embed_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sin-cos position embedding (MAE/DiT style), shape (height*width, dim)."""
+    assert dim % 4 == 0, "sin-cos 2D embedding needs dim divisible by 4"
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    out_rows = rows.reshape(-1, 1).double() * omega  # (N, dim/4)
+    out_cols = cols.reshape(-1, 1).double() * omega
+    emb = torch.cat([out_rows.sin(), out_rows.cos(), out_cols.sin(), out_cols.cos()], dim=1)
+    return emb.float()
+
+
+def rope_angles_2d(height: int, width: int, head_dim: int, theta: float) -> torch.Tensor:
+    """Axial 2D RoPE angles (N, head_dim/2): first half of the rotated pairs follow the row, second the column."""
+    assert head_dim % 4 == 0, "2D axial RoPE needs head_dim divisible by 4"
+    quarter = head_dim // 4
+    inv_freq = 1.0 / theta ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    angle_rows = rows.reshape(-1, 1).double() * inv_freq  # (N, head_dim/4)
+    angle_cols = cols.reshape(-1, 1).double() * inv_freq
+    return torch.cat([angle_rows, angle_cols], dim=1).float()  # (N, head_dim/2)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (i, i + d/2) of x (B, H, N, d) by the angles whose cos/sin are (N, d/2)."""
+    x1, x2 = x.float().chunk(2, dim=-1)
+    out = torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
+    return out.to(x.dtype)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with QK RMSNorm and 2D axial RoPE, via scaled_dot_product_attention."""
+
+    def __init__(self, dim: int, heads: int, qk_norm: bool = True):
+        super().__init__()
+        assert dim % heads == 0, f"dim {dim} not divisible by heads {heads}"
+        self.heads, self.head_dim = heads, dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
+        batch, tokens, dim = x.shape
+        qkv = self.qkv(x).view(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # each (B, H, N, d)
+        q = apply_rope(self.q_norm(q), rope_cos, rope_sin)
+        k = apply_rope(self.k_norm(k), rope_cos, rope_sin)
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
+        return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
+
+
+class SwiGLU(nn.Module):
+    """SwiGLU MLP: W2(silu(W_gate x) * W_up x)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden_dim)
+        self.down = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
+    """Hidden width of a SwiGLU with the parameter count of a GELU MLP of ratio mlp_ratio, rounded to 8."""
+    hidden = int(2 * mlp_ratio * dim / 3)
+    return max(8, (hidden + 7) // 8 * 8)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-RMSNorm block: RoPE attention + SwiGLU; adaLN-Zero modulation when cond_dim > 0."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool = True, cond_dim: int = 0):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(dim, eps=1e-6, elementwise_affine=cond_dim == 0)
+        self.attn = Attention(dim, heads, qk_norm)
+        self.norm2 = nn.RMSNorm(dim, eps=1e-6, elementwise_affine=cond_dim == 0)
+        self.mlp = SwiGLU(dim, swiglu_hidden(dim, mlp_ratio))
+        self.ada = AdaLNZero(cond_dim, dim, 6) if cond_dim > 0 else None
+
+    def forward(self, x, rope_cos, rope_sin, cond: torch.Tensor | None = None) -> torch.Tensor:
+        if self.ada is None:
+            x = x + self.attn(self.norm1(x), rope_cos, rope_sin)
+            return x + self.mlp(self.norm2(x))
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)
+        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1), rope_cos, rope_sin)
+        return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
+
+
+class MixerBlock(nn.Module):
+    """MLP-mixer block on (B, N, C) latents: token mixing then channel mixing, zero-initialised residual scales."""
+
+    def __init__(self, tokens: int, channels: int, expansion: int):
+        super().__init__()
+        self.token_norm = nn.RMSNorm(channels, eps=1e-6)
+        self.token_mlp = nn.Sequential(
+            nn.Linear(tokens, tokens * expansion), nn.GELU(), nn.Linear(tokens * expansion, tokens)
+        )
+        self.channel_norm = nn.RMSNorm(channels, eps=1e-6)
+        self.channel_mlp = nn.Sequential(
+            nn.Linear(channels, channels * expansion), nn.GELU(), nn.Linear(channels * expansion, channels)
+        )
+        self.token_scale = nn.Parameter(torch.zeros(channels))
+        self.channel_scale = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mixed = self.token_mlp(self.token_norm(x).transpose(1, 2)).transpose(1, 2)  # mix along N
+        x = x + self.token_scale * mixed
+        return x + self.channel_scale * self.channel_mlp(self.channel_norm(x))
+
+
+class LatentMixer(nn.Module):
+    """Stack of MixerBlocks with a final RMSNorm; identity-like at initialisation."""
+
+    def __init__(self, tokens: int, channels: int, depth: int, expansion: int):
+        super().__init__()
+        self.blocks = nn.ModuleList(MixerBlock(tokens, channels, expansion) for _ in range(depth))
+        self.norm = nn.RMSNorm(channels, eps=1e-6)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+def make_norm2d(kind: str, channels: int) -> nn.Module:
+    """GroupNorm (32 groups or fewer) or BatchNorm (foldable into the preceding conv for export)."""
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    raise ValueError(f"unknown norm '{kind}': use 'group' or 'batch'")
+
+
+class ConvResBlock(nn.Module):
+    """Residual block conv -> norm -> SiLU -> conv -> norm (+ adaLN-Zero gate when conditional), post-norm so
+    BatchNorm folds exactly into each conv."""
+
+    def __init__(self, in_ch: int, out_ch: int, norm: str, cond_dim: int = 0):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.norm1 = make_norm2d(norm, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.norm2 = make_norm2d(norm, out_ch)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.ada = AdaLNZero(cond_dim, out_ch, 3) if cond_dim > 0 else None
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm2(self.conv2(F.silu(self.norm1(self.conv1(x)))))  # (B, C, H, W)
+        if self.ada is not None:
+            shift, scale, gate = (t[:, :, None, None] for t in self.ada(cond))
+            h = gate * (h * (1 + scale) + shift)
+        return F.silu(self.skip(x) + h)
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 conv halving the resolution."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 then 3x3 conv (no checkerboard artefacts of transposed convs)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
