@@ -1,0 +1,281 @@
+"""Datasets and loaders: the embedded demo, CIFAR-10, FFHQ-64, image folders and .npz arrays of images."""
+
+import re
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision.transforms import InterpolationMode, v2
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_PATH = REPO_ROOT / "assets" / "cifar10_demo.npz"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+NEAREST_MAX_SIZE = 64  # sources this small are upsampled with nearest so pixels stay crisp, not blurred
+ACCEPTED_FORMS = (
+    "'demo', 'cifar10', 'ffhq', a path to a .npz file with a uint8 'images' array, "
+    "or a path to a folder of images (jpg/png/webp/bmp)"
+)
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be found or read; the message names the problem and the fix on one line."""
+
+
+def build_transform(native_size: int, image_size: int, hflip: bool) -> Callable:
+    """uint8 image (PIL or (3, H, W) tensor) -> float32 (3, S, S) in [-1, 1]: resize, center-crop, flip."""
+    upsample_tiny = native_size <= NEAREST_MAX_SIZE and image_size > native_size
+    # NEAREST_EXACT is PIL's nearest-neighbour rule (pixel centres); torch's NEAREST shifts by half a pixel
+    interpolation = InterpolationMode.NEAREST_EXACT if upsample_tiny else InterpolationMode.BILINEAR
+    # Resize returns its input untouched when the shorter side already is image_size; crop squares the rest
+    steps = [v2.ToImage(), v2.Resize(image_size, interpolation=interpolation, antialias=True)]
+    steps.append(v2.CenterCrop(image_size))
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize([0.5] * 3, [0.5] * 3)]
+    return v2.Compose(steps)
+
+
+class ArrayDataset(Dataset):
+    """In-memory uint8 images (N, 3, H, W) with int64 labels (N,)."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        name: str,
+        num_classes: int,
+        image_size: int | None = None,
+        hflip: bool = True,
+    ):
+        self.images, self.labels = images, labels  # (N, 3, H, W) uint8, (N,) int64
+        self.name, self.num_classes = name, num_classes
+        self.native_size = min(images.shape[-2:])
+        self.image_size = image_size or self.native_size
+        self.transform = build_transform(self.native_size, self.image_size, hflip)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image = self.transform(self.images[index]).as_subclass(torch.Tensor)
+        return image, self.labels[index]
+
+
+class ImageFolderDataset(Dataset):
+    """All images under a folder (recursive, sorted); unlabeled, so every label is 0."""
+
+    def __init__(self, root: Path, name: str, image_size: int | None = None, hflip: bool = True):
+        self.root, self.name, self.num_classes = Path(root), name, 0
+        self.paths, self.num_skipped = scan_image_folder(self.root)
+        with Image.open(self.paths[0]) as first:
+            self.native_size = min(first.size)
+        self.image_size = image_size or self.native_size
+        self.transform = build_transform(self.native_size, self.image_size, hflip)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # a file can pass the header check and still fail to decode (e.g. a truncated JPEG): use the next one
+        for offset in range(len(self.paths)):
+            path = self.paths[(index + offset) % len(self.paths)]
+            try:
+                image = read_rgb(path)
+            except (OSError, SyntaxError, ValueError) as error:
+                warnings.warn(f"could not decode '{path}' ({error}); using another image", stacklevel=2)
+                continue
+            return self.transform(image).as_subclass(torch.Tensor), torch.tensor(0, dtype=torch.int64)
+        raise DatasetError(f"no image in '{self.root}' could be decoded; check the files or re-download them")
+
+
+def read_rgb(path: Path) -> Image.Image:
+    """Fully decode an image file as RGB (grayscale, RGBA and palette images are converted)."""
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def scan_image_folder(root: Path) -> tuple[list[Path], int]:
+    """Sorted readable image paths under root and the number of unreadable files skipped (with a warning)."""
+    if not root.is_dir():
+        raise DatasetError(f"dataset folder '{root}' does not exist; pass --dataset {ACCEPTED_FORMS}")
+    candidates = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not candidates:
+        raise DatasetError(
+            f"dataset folder '{root}' contains no readable images (jpg/png/webp/bmp); "
+            "point --dataset at a folder of images or run download_faces.py"
+        )
+    paths, failures = [], []
+    for path in candidates:
+        try:
+            with Image.open(path) as image:
+                image.verify()  # reads headers (and PNG chunk checksums), does not decode pixels
+            paths.append(path)
+        except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for broken files
+            failures.append(f"{path.name} ({error})")
+    if failures:
+        warnings.warn(
+            f"skipped {len(failures)} unreadable image file(s) in '{root}': {failures[:3]}", stacklevel=3
+        )
+    if not paths:
+        raise DatasetError(
+            f"all {len(failures)} image files in '{root}' are unreadable (corrupt or truncated)"
+        )
+    return paths, len(failures)
+
+
+def to_nchw(images: np.ndarray, source: str) -> torch.Tensor:
+    """uint8 images (N, H, W, C), (N, C, H, W) or (N, H, W) -> contiguous uint8 tensor (N, 3, H, W)."""
+    if images.dtype != np.uint8:
+        raise DatasetError(f"'images' in '{source}' has dtype {images.dtype}; expected uint8 values 0-255")
+    if images.ndim == 3:
+        images = images[:, None]  # grayscale (N, H, W) -> (N, 1, H, W)
+    elif images.ndim == 4 and images.shape[-1] in (1, 3):
+        images = images.transpose(0, 3, 1, 2)
+    if images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise DatasetError(
+            f"'images' in '{source}' has shape {images.shape}; expected (N, H, W, 3) or (N, 3, H, W)"
+        )
+    return torch.from_numpy(np.ascontiguousarray(images)).expand(-1, 3, -1, -1).contiguous()
+
+
+def npz_dataset(path: Path, name: str, image_size: int | None = None, hflip: bool = True) -> ArrayDataset:
+    """Dataset from a .npz file holding uint8 'images' and optional int 'labels' (and 'class_names')."""
+    try:
+        with np.load(path) as arrays:
+            contents = {key: arrays[key] for key in arrays.files}
+    except (OSError, ValueError) as error:
+        raise DatasetError(
+            f"cannot read '{path}' as a .npz file ({error}); write it with np.savez"
+        ) from error
+    if "images" not in contents:
+        raise DatasetError(
+            f"'{path}' has no 'images' array (found {sorted(contents)}); save images=... in it"
+        )
+    images = to_nchw(contents["images"], str(path))
+    labels = contents.get("labels")
+    if labels is None:  # unlabeled: every label 0, num_classes 0
+        labels, num_classes = np.zeros(len(images), dtype=np.int64), 0
+    elif "class_names" in contents:
+        num_classes = len(contents["class_names"])
+    else:
+        num_classes = int(labels.max()) + 1
+    labels = torch.from_numpy(labels.astype(np.int64))
+    return ArrayDataset(images, labels, name, num_classes, image_size, hflip)
+
+
+def cifar10_dataset(
+    folder: Path, train: bool, image_size: int | None = None, hflip: bool = True
+) -> ArrayDataset:
+    """CIFAR-10 from torchvision's files in folder (the parent of cifar-10-batches-py); never downloads."""
+    from torchvision.datasets import CIFAR10
+
+    try:
+        cifar = CIFAR10(root=str(folder), train=train, download=False)
+    except RuntimeError as error:  # torchvision: "Dataset not found or corrupted."
+        raise DatasetError(
+            f"CIFAR-10 not found in '{folder}'; run `python download_cifar.py --root {folder.parent}` "
+            "(add --archive cifar-10-python.tar.gz for a local copy) or use --dataset demo"
+        ) from error
+    labels = torch.tensor(cifar.targets, dtype=torch.int64)
+    images = to_nchw(cifar.data, str(folder))
+    return ArrayDataset(images, labels, "cifar10", len(cifar.classes), image_size, hflip)
+
+
+def slug(text: str) -> str:
+    """A short name safe for run-folder names."""
+    return re.sub(r"[^A-Za-z0-9_-]+", "_", text).strip("_") or "dataset"
+
+
+def build_dataset(
+    name: str, image_size: int | None = None, train: bool = True, hflip: bool = True, root: str = "data"
+) -> Dataset:
+    """Dataset of (image (3, S, S) in [-1, 1], int64 label) by name or path; image_size None = native size.
+
+    train only selects the CIFAR-10 split; folders and .npz files have a single split.
+    """
+    if name == "demo":
+        return npz_dataset(DEMO_PATH, "demo", image_size, hflip)
+    if name == "cifar10":
+        return cifar10_dataset(Path(root) / "cifar10", train, image_size, hflip)
+    if name == "ffhq":
+        folder = Path(root) / "ffhq_64"
+        if not folder.is_dir():
+            raise DatasetError(
+                f"FFHQ folder '{folder}' not found; run `python download_faces.py --root {root}`"
+            )
+        return ImageFolderDataset(folder, "ffhq", image_size, hflip)
+    path = Path(name)
+    if path.name == "cifar-10-batches-py":
+        path = path.parent
+    if (path / "cifar-10-batches-py").is_dir():
+        return cifar10_dataset(path, train, image_size, hflip)
+    if path.is_file() and path.suffix.lower() == ".npz":
+        return npz_dataset(path, slug(path.stem), image_size, hflip)
+    if path.is_dir():
+        return ImageFolderDataset(path, slug(path.resolve().name), image_size, hflip)
+    problem = "does not exist" if not path.exists() else "is not a .npz file or a folder"
+    raise DatasetError(f"dataset '{name}' {problem}; --dataset takes {ACCEPTED_FORMS}")
+
+
+def load_image(path: str, image_size: int) -> torch.Tensor:
+    """One image file -> (1, 3, S, S) in [-1, 1], shorter side resized to S, then center-cropped."""
+    try:
+        image = read_rgb(Path(path))
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read image '{path}' ({error}); pass a jpg/png/webp/bmp file") from error
+    transform = build_transform(min(image.size), image_size, hflip=False)
+    return transform(image).as_subclass(torch.Tensor).unsqueeze(0)
+
+
+class ReplacementSampler(Sampler):
+    """Draws num_samples indices with replacement, reseeded per (seed, epoch, rank): for tiny datasets."""
+
+    def __init__(self, dataset_size: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
+        self.dataset_size, self.num_samples = dataset_size, num_samples
+        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose draw __iter__ returns, as DistributedSampler.set_epoch does."""
+        self.epoch = epoch
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed((self.seed + self.epoch) * self.world_size + self.rank)
+        return iter(torch.randint(self.dataset_size, (self.num_samples,), generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def build_dataloader(
+    dataset: Dataset,
+    batch_size: int,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    drop_last: bool = True,
+) -> DataLoader:
+    """Per-rank loader of batch_size items; call loader.sampler.set_epoch(epoch) each epoch to reshuffle.
+
+    A DistributedSampler shuffles with (seed, epoch) and splits the data across ranks (one rank: the whole
+    data, seeded). A dataset smaller than one global batch is sampled with replacement, one batch per epoch.
+    """
+    if len(dataset) < batch_size * world_size:
+        sampler = ReplacementSampler(len(dataset), batch_size, seed, rank, world_size)
+    else:
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
+        )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
