@@ -1,9 +1,9 @@
 """Sample image grids from a trained Sphere Encoder, or reconstruct your own images.
 
-    python sampling.py                                   # 1/2/4-step grids from the latest run's EMA weights
-    python sampling.py --checkpoint results/<run>/checkpoints/checkpoint_latest.pth --num_samples 64
-    python sampling.py --input photo.jpg                 # strip: input | 1 step | 2 | 3 | 4
-    python sampling.py --cfg 2.0 --class 3               # class-conditional model with guidance
+python sampling.py                                   # 1/2/4-step grids from the latest run's EMA weights
+python sampling.py --checkpoint results/<run>/checkpoints/checkpoint_latest.pth --num_samples 64
+python sampling.py --input photo.jpg                 # strip: input | 1 step | 2 | 3 | 4
+python sampling.py --cfg 2.0 --class 3               # class-conditional model with guidance
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ from engine.setup import positive_int
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", default=None, help="default: the latest run under --results_dir")
     source.add_argument("--weights", default=None, help="an exported web weight file (export_weights.py)")
@@ -33,16 +34,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded by (seed, i)")
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--input", nargs="+", default=None, help="image file(s) to reconstruct")
-    parser.add_argument("--recon_noise_angle", type=float, default=0.0,
-                        help="re-noise angle (degrees) between reconstruction steps; 0 = plain cycles")
+    parser.add_argument(
+        "--recon_noise_angle",
+        type=float,
+        default=0.0,
+        help="re-noise angle (degrees) between reconstruction steps; 0 = plain cycles",
+    )
     parser.add_argument("--noise_angle", type=float, default=None, help="sampling re-noise angle (default: model's)")
     parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--cfg_mode", choices=["both", "latent", "pixel"], default="both")
-    parser.add_argument("--class", dest="class_label", type=int, default=None,
-                        help="class index for conditional models (default: cycle through all classes)")
+    parser.add_argument(
+        "--class",
+        dest="class_label",
+        type=int,
+        default=None,
+        help="class index for conditional models (default: cycle through all classes)",
+    )
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="--no-ema: raw weights")
-    parser.add_argument("--individual", action=argparse.BooleanOptionalAction, default=False,
-                        help="also save every sample as its own PNG")
+    parser.add_argument(
+        "--individual",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also save every sample as its own PNG",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
 
@@ -78,9 +92,16 @@ def generate(model, args) -> list[torch.Tensor]:
     for start in tqdm(range(0, args.num_samples, args.batch_size), desc="sampling", leave=False):
         count = min(args.batch_size, args.num_samples - start)
         labels = class_labels(model, args, start, count)
-        steps_images = model.sample(count, max_steps, generator=per_image_generators(args.seed, start, count, device),
-                                    labels=None if labels is None else labels.to(device), cfg=args.cfg,
-                                    cfg_mode=args.cfg_mode, noise_angle=args.noise_angle, return_all=True)
+        steps_images = model.sample(
+            count,
+            max_steps,
+            generator=per_image_generators(args.seed, start, count, device),
+            labels=None if labels is None else labels.to(device),
+            cfg=args.cfg,
+            cfg_mode=args.cfg_mode,
+            noise_angle=args.noise_angle,
+            return_all=True,
+        )
         for index, images in enumerate(steps_images):
             outputs[index].append(images.cpu())
     return [torch.cat(outputs[steps - 1]) for steps in args.steps]
@@ -102,8 +123,9 @@ def reconstruct_inputs(model, args, out_dir: Path) -> list[Path]:
     for file in args.input:
         image = load_image(file, model.config.image_size).to(args.device)
         generator = per_image_generators(args.seed, 0, 1, args.device)
-        steps = model.reconstruct(image, max(args.steps), generator=generator, noise_angle=args.recon_noise_angle,
-                                  return_all=True)
+        steps = model.reconstruct(
+            image, max(args.steps), generator=generator, noise_angle=args.recon_noise_angle, return_all=True
+        )
         strip = torch.cat([image, *steps])
         paths.append(save_grid(strip, out_dir / f"recon_{Path(file).stem}.png", nrow=strip.shape[0]))
     return paths

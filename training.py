@@ -1,8 +1,8 @@
 """Train a Sphere Encoder (arXiv 2602.15030) on one CPU/GPU or, under torchrun, with DDP on many GPUs.
 
-    python training.py --dataset demo --model_type vit_tiny --epochs 4          # CPU quickstart
-    python training.py --dataset cifar10                                         # paper's CIFAR-10 recipe
-    torchrun --nproc_per_node=8 training.py --dataset cifar10 --batch_size 1024
+python training.py --dataset demo --model_type vit_tiny --epochs 4          # CPU quickstart
+python training.py --dataset cifar10                                         # paper's CIFAR-10 recipe
+torchrun --nproc_per_node=8 training.py --dataset cifar10 --batch_size 1024
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from engine.checkpoint import CheckpointError, load_checkpoint
-from engine.data import build_dataset
+from engine.data import DatasetError, build_dataset
 from engine.distributed import DistInfo, cleanup_distributed, setup_distributed
 from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr
 from engine.runs import MetricsWriter, setup_logger
@@ -27,12 +27,14 @@ from engine.setup import (
     prepare_run,
     train_settings,
 )
+from losses import PerceptualWeightsError
 from models import MODELS, build_model
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="demo", help="demo | cifar10 | ffhq | folder of images | .npz file")
     data.add_argument("--data_root", default="data", help="where download_*.py put cifar10/ and ffhq_64/")
@@ -42,8 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model = parser.add_argument_group("model")
     model.add_argument("--model_type", "--model", dest="model_type", default="vit", choices=sorted(MODELS))
     model.add_argument("--latent_dim", type=positive_int, default=None, help="L; default 2048 at 32 px")
-    model.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=False,
-                       help="class-conditional (adaLN-Zero) with a null class for CFG")
+    model.add_argument(
+        "--conditional",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="class-conditional (adaLN-Zero) with a null class for CFG",
+    )
     model.add_argument("--norm", choices=["group", "batch"], default=None, help="convnet norm (default group)")
     noise = parser.add_argument_group("noise (give one)").add_mutually_exclusive_group()
     noise.add_argument("--noise_angle", type=float, default=None, help="theta_max in degrees (80 <=32px, else 85)")
@@ -58,8 +64,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loss.add_argument("--hard_case_prob", type=float, default=0.1)
     loss.add_argument("--small_noise_ratio", type=float, default=0.5)
     loss.add_argument("--label_dropout", type=float, default=0.1)
-    loss.add_argument("--vgg_weights", default=None, help="local vgg16().features state_dict for LPIPS "
-                      "(or env SPHERE_VGG_WEIGHTS); default: torchvision download")
+    loss.add_argument(
+        "--vgg_weights",
+        default=None,
+        help="local vgg16().features state_dict for LPIPS (or env SPHERE_VGG_WEIGHTS); default: torchvision download",
+    )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--batch_size", type=positive_int, default=128, help="global batch over all ranks")
     optim.add_argument("--epochs", type=positive_int, default=100)
@@ -73,24 +82,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--weight_decay", type=float, default=0.0)
     optim.add_argument("--grad_clip", type=float, default=1.0)
     optim.add_argument("--ema_decay", type=float, default=0.9997)
-    optim.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
-                       help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    optim.add_argument(
+        "--precision",
+        choices=["auto", "bf16", "fp32"],
+        default="auto",
+        help="auto: bf16 autocast on CUDA, fp32 on CPU",
+    )
     optim.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     run = parser.add_argument_group("run")
     run.add_argument("--results_dir", default="results")
-    run.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
-                     help="continue the latest run with the same dataset and architecture")
+    run.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="continue the latest run with the same dataset and architecture",
+    )
     run.add_argument("--eval-frequency", dest="eval_frequency", type=positive_int, default=1, help="epochs")
-    run.add_argument("--checkpoint-frequency", dest="checkpoint_frequency", type=positive_int, default=10,
-                     help="epochs between checkpoint_epoch_N.pth (checkpoint_latest.pth every epoch)")
+    run.add_argument(
+        "--checkpoint-frequency",
+        dest="checkpoint_frequency",
+        type=positive_int,
+        default=10,
+        help="epochs between checkpoint_epoch_N.pth (checkpoint_latest.pth every epoch)",
+    )
     run.add_argument("--eval_samples", type=positive_int, default=16, help="images per render grid")
     run.add_argument("--log_every", type=positive_int, default=10, help="steps between metrics.jsonl lines")
     run.add_argument("--fid-every", dest="fid_every", type=int, default=0, help="epochs between quick FIDs")
     run.add_argument("--fid-samples", dest="fid_samples", type=positive_int, default=5000)
     run.add_argument("--fid-steps", dest="fid_steps", type=positive_int, nargs="+", default=[1])
     run.add_argument("--inception_weights", default=None, help="FID Inception file (or SPHERE_INCEPTION_WEIGHTS)")
-    run.add_argument("--stop_after_steps", type=positive_int, default=None,
-                     help="checkpoint and exit after this many steps in this invocation (time-limited jobs)")
+    run.add_argument(
+        "--stop_after_steps",
+        type=positive_int,
+        default=None,
+        help="checkpoint and exit after this many steps in this invocation (time-limited jobs)",
+    )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="auto | cpu | cuda")
     args = parser.parse_args(argv)
@@ -101,8 +127,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_training(args, dataset, info: DistInfo):
     """Model (on device), the model used for the forward (DDP / compiled), EMA, optimizer, schedule."""
     model = build_model(args.model_type, **model_overrides(args, dataset)).to(info.device)
-    train_model = DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda"
-                                          else None) if info.enabled else model
+    train_model = (
+        DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+        if info.enabled
+        else model
+    )
     if args.compile:
         train_model = torch.compile(train_model)
     ema = EMA(model, args.ema_decay)
@@ -126,20 +155,35 @@ def main(args: argparse.Namespace):
         torch.manual_seed(args.seed * info.world_size + info.rank)  # per-rank seed (STYLE §12)
         model, train_model, ema, optimizer, scheduler, settings = build_training(args, dataset, info)
         loss_fn = build_loss(loss_config_from_args(args, model), args.vgg_weights, info.device)
-        trainer = Trainer(model, train_model, loss_fn, optimizer, scheduler, ema, dataset, settings, info,
-                          run_dir, run_config, logger, MetricsWriter(run_dir / "metrics.jsonl" if info.is_main
-                                                                     else None), args.num_workers)
+        trainer = Trainer(
+            model,
+            train_model,
+            loss_fn,
+            optimizer,
+            scheduler,
+            ema,
+            dataset,
+            settings,
+            info,
+            run_dir,
+            run_config,
+            logger,
+            MetricsWriter(run_dir / "metrics.jsonl" if info.is_main else None),
+            args.num_workers,
+        )
         if resume_from is not None:
             trainer.restore(load_checkpoint(resume_from, map_location=info.device), str(resume_from))
             logger.info(f"resumed {run_dir} at epoch {trainer.state.epoch}, step {trainer.state.step}")
         params = sum(p.numel() for p in model.parameters())
-        logger.info(f"run {run_dir} | {args.model_type} {params / 1e6:.2f}M params | dataset {dataset.name} "
-                    f"({len(dataset)} images, {dataset.image_size}px) | {settings.epochs} epochs x "
-                    f"{settings.steps_per_epoch} steps | global batch {settings.global_batch} | {info.device}")
+        logger.info(
+            f"run {run_dir} | {args.model_type} {params / 1e6:.2f}M params | dataset {dataset.name} "
+            f"({len(dataset)} images, {dataset.image_size}px) | {settings.epochs} epochs x "
+            f"{settings.steps_per_epoch} steps | global batch {settings.global_batch} | {info.device}"
+        )
         state = trainer.fit()
         logger.info(f"finished at epoch {state.epoch}, step {state.step}: {run_dir}")
         return run_dir
-    except CheckpointError as error:
+    except (CheckpointError, DatasetError, PerceptualWeightsError) as error:
         raise SystemExit(f"error: {error}") from None
     finally:
         cleanup_distributed()

@@ -39,17 +39,22 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     """Load with weights_only=True; one-line CheckpointError for missing, truncated or foreign files."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint '{path}' does not exist; pass --checkpoint with a file under "
-                              "results/<run>/checkpoints/ or train one with training.py")
+        raise CheckpointError(
+            f"checkpoint '{path}' does not exist; pass --checkpoint with a file under "
+            "results/<run>/checkpoints/ or train one with training.py"
+        )
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"checkpoint '{path}' is unreadable or truncated ({error.__class__.__name__}); "
-                              "use another checkpoint (e.g. checkpoint_epoch_N.pth of the same run)") from None
+        raise CheckpointError(
+            f"checkpoint '{path}' is unreadable or truncated ({error.__class__.__name__}); "
+            "use another checkpoint (e.g. checkpoint_epoch_N.pth of the same run)"
+        ) from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
-        raise CheckpointError(f"'{path}' is not a training.py checkpoint (missing {missing}); "
-                              "pass a checkpoint written by training.py")
+        raise CheckpointError(
+            f"'{path}' is not a training.py checkpoint (missing {missing}); pass a checkpoint written by training.py"
+        )
     return ckpt
 
 
@@ -59,8 +64,10 @@ def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         first = str(error).strip().splitlines()[0][:200]
-        raise CheckpointError(f"checkpoint '{source}' does not match this model ({first}); "
-                              "it was trained with other architecture settings") from None
+        raise CheckpointError(
+            f"checkpoint '{source}' does not match this model ({first}); "
+            "it was trained with other architecture settings"
+        ) from None
 
 
 def load_model_from_checkpoint(path: str | Path, use_ema: bool = True, map_location="cpu"):
@@ -80,8 +87,7 @@ def load_model_from_checkpoint(path: str | Path, use_ema: bool = True, map_locat
 
 def find_latest_checkpoint(results_dir: str | Path = "results") -> Path:
     """checkpoint_latest.pth of the most recently modified run folder under results_dir."""
-    candidates = sorted(Path(results_dir).glob("*/checkpoints/checkpoint_latest.pth"),
-                        key=lambda p: p.stat().st_mtime)
+    candidates = sorted(Path(results_dir).glob("*/checkpoints/checkpoint_latest.pth"), key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise CheckpointError(f"no checkpoints under '{results_dir}/'; train with training.py or pass --checkpoint")
     return candidates[-1]

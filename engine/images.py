@@ -20,8 +20,10 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
-    save_image(make_grid(images.float().cpu().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1),
-                         padding=2), path)
+    save_image(
+        make_grid(images.float().cpu().clamp(-1, 1), nrow=nrow, normalize=True, value_range=(-1, 1), padding=2),
+        path,
+    )
     return path
 
 
@@ -32,7 +34,10 @@ def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, de
     model.eval()
     count = min(count, len(dataset))
     images, labels = zip(*(dataset[i] for i in range(count)))
-    images, labels = torch.stack(images).to(device), torch.stack([torch.as_tensor(t) for t in labels]).to(device)
+    images, labels = (
+        torch.stack(images).to(device),
+        torch.stack([torch.as_tensor(t) for t in labels]).to(device),
+    )
     labels = labels if model.config.num_classes > 0 else None
     recon = model.reconstruct(images, steps=1, labels=labels)
     nrow = max(1, math.ceil(math.sqrt(count)))

@@ -47,11 +47,18 @@ def model_overrides(args, dataset) -> dict:
     num_classes = 0
     if args.conditional:
         if dataset.num_classes == 0:
-            raise SystemExit(f"error: --conditional needs class labels, but dataset '{dataset.name}' has none; "
-                             "use a labelled dataset (cifar10, demo, .npz with labels) or drop --conditional")
+            raise SystemExit(
+                f"error: --conditional needs class labels, but dataset '{dataset.name}' has none; "
+                "use a labelled dataset (cifar10, demo, .npz with labels) or drop --conditional"
+            )
         num_classes = dataset.num_classes
-    overrides = dict(image_size=args.image_size or dataset.image_size, latent_dim=args.latent_dim,
-                     num_classes=num_classes, noise_angle=noise_angle_from_args(args), norm=args.norm)
+    overrides = dict(
+        image_size=args.image_size or dataset.image_size,
+        latent_dim=args.latent_dim,
+        num_classes=num_classes,
+        noise_angle=noise_angle_from_args(args),
+        norm=args.norm,
+    )
     return {key: value for key, value in overrides.items() if value is not None}
 
 
@@ -66,10 +73,15 @@ def model_config_for(args, dataset) -> dict:
 
 def loss_config_from_args(args, model) -> SphereLossConfig:
     return SphereLossConfig(
-        noise_angle=model.config.noise_angle, small_noise_ratio=args.small_noise_ratio,
-        hard_case_prob=args.hard_case_prob, recon_dist_weight=args.recon_dist_weight,
-        recon_perc_weight=args.recon_perc_weight, con_dist_weight=args.con_dist_weight,
-        con_perc_weight=args.con_perc_weight, latent_weight=args.latent_weight, distance=args.distance,
+        noise_angle=model.config.noise_angle,
+        small_noise_ratio=args.small_noise_ratio,
+        hard_case_prob=args.hard_case_prob,
+        recon_dist_weight=args.recon_dist_weight,
+        recon_perc_weight=args.recon_perc_weight,
+        con_dist_weight=args.con_dist_weight,
+        con_perc_weight=args.con_perc_weight,
+        latent_weight=args.latent_weight,
+        distance=args.distance,
         label_dropout=args.label_dropout,
     )
 
@@ -83,16 +95,28 @@ def build_loss(config: SphereLossConfig, vgg_weights: str | None, device) -> Sph
 
 def train_settings(args, dataset, info: DistInfo) -> TrainSettings:
     if args.batch_size % info.world_size != 0:
-        raise SystemExit(f"error: --batch_size {args.batch_size} is not divisible by the {info.world_size} "
-                         "processes; pick a multiple of the number of GPUs")
+        raise SystemExit(
+            f"error: --batch_size {args.batch_size} is not divisible by the {info.world_size} "
+            "processes; pick a multiple of the number of GPUs"
+        )
     steps = args.steps or max(1, len(dataset) // args.batch_size)
     precision = args.precision if args.precision != "auto" else ("bf16" if info.device.type == "cuda" else "fp32")
     return TrainSettings(
-        epochs=args.epochs, steps_per_epoch=steps, global_batch=args.batch_size, grad_clip=args.grad_clip,
-        hflip=args.hflip, precision=precision, eval_every_epochs=args.eval_frequency,
-        ckpt_every_epochs=args.checkpoint_frequency, log_every_steps=args.log_every,
-        eval_samples=args.eval_samples, seed=args.seed, stop_after_steps=args.stop_after_steps,
-        fid_every_epochs=args.fid_every, fid_samples=args.fid_samples, fid_steps=list(args.fid_steps),
+        epochs=args.epochs,
+        steps_per_epoch=steps,
+        global_batch=args.batch_size,
+        grad_clip=args.grad_clip,
+        hflip=args.hflip,
+        precision=precision,
+        eval_every_epochs=args.eval_frequency,
+        ckpt_every_epochs=args.checkpoint_frequency,
+        log_every_steps=args.log_every,
+        eval_samples=args.eval_samples,
+        seed=args.seed,
+        stop_after_steps=args.stop_after_steps,
+        fid_every_epochs=args.fid_every,
+        fid_samples=args.fid_samples,
+        fid_steps=list(args.fid_steps),
         inception_weights=args.inception_weights,
     )
 
@@ -104,8 +128,12 @@ def _train_flags(args) -> dict:
 def run_config_for(args, dataset, model_config: dict) -> dict:
     """What config.json and every checkpoint store: the model config plus all training flags."""
     return {
-        "dataset_name": dataset.name, "dataset": args.dataset, "image_size": model_config["image_size"],
-        "model_type": args.model_type, "num_classes": model_config["num_classes"], "model": model_config,
+        "dataset_name": dataset.name,
+        "dataset": args.dataset,
+        "image_size": model_config["image_size"],
+        "model_type": args.model_type,
+        "num_classes": model_config["num_classes"],
+        "model": model_config,
         "train": _train_flags(args),
     }
 

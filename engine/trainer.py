@@ -115,17 +115,44 @@ def random_hflip(images: torch.Tensor) -> torch.Tensor:
 class Trainer:
     """Owns the model, its EMA, optimizer, schedule and data; `fit()` runs until the last epoch or a stop."""
 
-    def __init__(self, model, train_model, loss_fn, optimizer, scheduler, ema: EMA, dataset, settings,
-                 info: DistInfo, run_dir: Path, run_config: dict, logger, metrics, num_workers: int = 0):
+    def __init__(
+        self,
+        model,
+        train_model,
+        loss_fn,
+        optimizer,
+        scheduler,
+        ema: EMA,
+        dataset,
+        settings,
+        info: DistInfo,
+        run_dir: Path,
+        run_config: dict,
+        logger,
+        metrics,
+        num_workers: int = 0,
+    ):
         self.model, self.train_model, self.loss_fn = model, train_model, loss_fn
         self.optimizer, self.scheduler, self.ema = optimizer, scheduler, ema
         self.dataset, self.settings, self.info = dataset, settings, info
         self.run_dir, self.run_config, self.logger, self.metrics = run_dir, run_config, logger, metrics
         self.state = TrainState()
-        self.sampler = ResumableBatchSampler(len(dataset), settings.global_batch, settings.steps_per_epoch,
-                                             settings.seed, info.rank, info.world_size)
-        self.loader = DataLoader(dataset, batch_sampler=self.sampler, num_workers=num_workers,
-                                 pin_memory=info.device.type == "cuda", persistent_workers=False)
+        self.sampler = ResumableBatchSampler(
+            len(dataset),
+            settings.global_batch,
+            settings.steps_per_epoch,
+            settings.seed,
+            info.rank,
+            info.world_size,
+        )
+        # its own generator: creating an iterator must not consume the global RNG (exact resume)
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=self.sampler,
+            num_workers=num_workers,
+            pin_memory=info.device.type == "cuda",
+            generator=torch.Generator().manual_seed(settings.seed),
+        )
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def checkpoint_dict(self) -> dict:
@@ -182,8 +209,10 @@ class Trainer:
         self.ema.update(self.model)
         logs["grad_norm"] = float(grad_norm)
         if not math.isfinite(logs["loss"]):
-            raise FloatingPointError(f"loss became {logs['loss']} at step {self.state.step}; lower --lr or "
-                                     "resume from an earlier checkpoint_epoch_N.pth")
+            raise FloatingPointError(
+                f"loss became {logs['loss']} at step {self.state.step}; lower --lr or "
+                "resume from an earlier checkpoint_epoch_N.pth"
+            )
         return logs
 
     # ---- loop -------------------------------------------------------------------------------------
@@ -193,9 +222,14 @@ class Trainer:
         with StopFlag() as stop:
             while self.state.epoch < settings.epochs and not stopped:
                 self.sampler.set_epoch(self.state.epoch, self.state.step_in_epoch)
-                bar = tqdm(total=settings.steps_per_epoch, initial=self.state.step_in_epoch,
-                           desc=f"epoch {self.state.epoch + 1}/{settings.epochs}", disable=not self.info.is_main,
-                           dynamic_ncols=True, leave=False)
+                bar = tqdm(
+                    total=settings.steps_per_epoch,
+                    initial=self.state.step_in_epoch,
+                    desc=f"epoch {self.state.epoch + 1}/{settings.epochs}",
+                    disable=not self.info.is_main,
+                    dynamic_ncols=True,
+                    leave=False,
+                )
                 window_start, window_images = time.perf_counter(), 0
                 for batch in self.loader:
                     logs = self.train_step(batch)
@@ -221,9 +255,14 @@ class Trainer:
         return self.state
 
     def log_step(self, logs: dict, images_per_second: float, bar) -> None:
-        record = {"step": self.state.step, "epoch": self.state.epoch, **logs,
-                  "lr": self.optimizer.param_groups[1]["lr"], "img_per_s": images_per_second,
-                  "peak_mem_mb": peak_memory_mb(self.info.device)}
+        record = {
+            "step": self.state.step,
+            "epoch": self.state.epoch,
+            **logs,
+            "lr": self.optimizer.param_groups[1]["lr"],
+            "img_per_s": images_per_second,
+            "peak_mem_mb": peak_memory_mb(self.info.device),
+        }
         self.metrics.write(record)
         bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{images_per_second:.0f}")
 
@@ -235,8 +274,14 @@ class Trainer:
         last = epoch == settings.epochs
         self.logger.info(f"epoch {epoch}/{settings.epochs} done (step {self.state.step})")
         if self.info.is_main and (epoch % settings.eval_every_epochs == 0 or last):
-            render_eval_images(self.ema.model, self.dataset, self.run_dir / "images", epoch,
-                               settings.eval_samples, self.info.device)
+            render_eval_images(
+                self.ema.model,
+                self.dataset,
+                self.run_dir / "images",
+                epoch,
+                settings.eval_samples,
+                self.info.device,
+            )
         if settings.fid_every_epochs and (epoch % settings.fid_every_epochs == 0 or last):
             self.quick_fid(epoch)
         self.save(epoch_file=epoch % settings.ckpt_every_epochs == 0 or last)
@@ -246,11 +291,22 @@ class Trainer:
             from .metrics import quick_fid  # Inception is only loaded when asked for
 
             for steps in self.settings.fid_steps:
-                value = quick_fid(self.ema.model, self.dataset, self.settings.fid_samples, steps,
-                                  self.info.device, seed=self.settings.seed,
-                                  inception_weights=self.settings.inception_weights)
-                self.metrics.write({"step": self.state.step, "epoch": epoch, f"fid_{steps}step": value,
-                                    "fid_samples": self.settings.fid_samples})
-                self.logger.info(f"epoch {epoch}: FID ({steps} step, {self.settings.fid_samples} samples) "
-                                 f"{value:.2f}")
+                value = quick_fid(
+                    self.ema.model,
+                    self.dataset,
+                    self.settings.fid_samples,
+                    steps,
+                    self.info.device,
+                    seed=self.settings.seed,
+                    inception_weights=self.settings.inception_weights,
+                )
+                self.metrics.write(
+                    {
+                        "step": self.state.step,
+                        "epoch": epoch,
+                        f"fid_{steps}step": value,
+                        "fid_samples": self.settings.fid_samples,
+                    }
+                )
+                self.logger.info(f"epoch {epoch}: FID ({steps} step, {self.settings.fid_samples} samples) {value:.2f}")
         barrier(self.info)

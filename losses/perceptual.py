@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import lpips
@@ -39,12 +40,16 @@ def build_lpips(vgg_weights: str | None = None) -> lpips.LPIPS:
     path = vgg_weights or os.environ.get(VGG_ENV)
     if path:
         state = _load_backbone_file(path)
-        model = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)  # random backbone, replaced just below
+        with warnings.catch_warnings():  # lpips calls torchvision's deprecated `pretrained=` argument
+            warnings.simplefilter("ignore", UserWarning)
+            model = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)  # backbone replaced just below
         backbone = {key: state[key.split(".", 1)[1]] for key in model.net.state_dict()}
         model.net.load_state_dict(backbone, strict=True)
     else:
         try:
-            model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                model = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=False, verbose=False)
         except Exception as error:  # offline with an empty cache: urllib / hub errors
             raise PerceptualWeightsError(
                 f"could not get the ImageNet VGG16 for LPIPS ({error.__class__.__name__}); {_FIX}"

@@ -121,7 +121,8 @@ class SphereLoss:
             "recon_perc": self.perceptual_distance(x_small, images, cfg.recon_perc_weight),
             "con_dist": self.distance(x_big, target),
             "con_perc": self.perceptual_distance(x_big, target, cfg.con_perc_weight),
-            "latent": 1 - F.cosine_similarity(out["z_big"].float().flatten(1), out["z"].detach().float().flatten(1)).mean(),
+            "latent": 1
+            - F.cosine_similarity(out["z_big"].float().flatten(1), out["z"].detach().float().flatten(1)).mean(),
         }
         weights = {
             "recon_dist": cfg.recon_dist_weight,

@@ -268,9 +268,7 @@ class ConvDecoder(nn.Module):
 # The model
 
 
-def per_image_noise(
-    n: int, shape: tuple[int, ...], generator, device: torch.device | str
-) -> torch.Tensor:
+def per_image_noise(n: int, shape: tuple[int, ...], generator, device: torch.device | str) -> torch.Tensor:
     """N(0, I) noise (n, *shape); `generator` is None, one torch.Generator, or a list of n (one per image, so
     an image does not depend on the batch it is drawn in)."""
     if isinstance(generator, (list, tuple)):
@@ -380,8 +378,9 @@ class SphereEncoder(nn.Module):
             raise ValueError(f"steps must be >= 1, got {steps}")
         device = next(self.parameters()).device
         sigma = math.tan(math.radians(self.config.noise_angle if noise_angle is None else noise_angle))
-        x = self._decode_guided(self.project(per_image_noise(n, self.latent_shape, generator, device)), labels,
-                                cfg, cfg_mode)
+        x = self._decode_guided(
+            self.project(per_image_noise(n, self.latent_shape, generator, device)), labels, cfg, cfg_mode
+        )
         outputs = [x]
         if steps > 1:
             renoise = per_image_noise(n, self.latent_shape, generator, device)  # e', reused every round

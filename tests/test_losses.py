@@ -1,0 +1,184 @@
+"""The Sphere Encoder objective: noise levels, loss terms, gradient paths, LPIPS loading."""
+
+import math
+
+import pytest
+import torch
+
+from losses import (
+    PerceptualWeightsError,
+    SphereLoss,
+    SphereLossConfig,
+    build_lpips,
+    hard_case_levels,
+    stratified_levels,
+)
+from models import build_model
+from tests.helpers import perturb
+
+
+@pytest.mark.parametrize("batch", [2, 3, 8, 64])
+def test_stratified_levels_have_one_zero_one_one_and_fill_strata(batch):
+    for seed in range(5):
+        torch.manual_seed(seed)
+        r = stratified_levels(batch)
+        assert (r == 0).sum() == 1 and (r == 1).sum() == 1
+        inner = torch.sort(r[(r > 0) & (r < 1)]).values
+        assert inner.numel() == batch - 2
+        for i, value in enumerate(inner):  # one value in each stratum [i/(B-2), (i+1)/(B-2))
+            assert i / (batch - 2) <= value < (i + 1) / (batch - 2)
+
+
+def test_stratified_levels_are_shuffled():
+    torch.manual_seed(0)
+    positions = {int(torch.nonzero(stratified_levels(16) == 1)) for _ in range(20)}
+    assert len(positions) > 5
+
+
+@pytest.mark.parametrize("angle", [80.0, 85.0, 87.0])
+def test_hard_cases_stay_within_angle_bounds(angle):
+    torch.manual_seed(0)
+    r = torch.rand(20000)
+    r[0] = 0.0
+    pushed = hard_case_levels(r, angle, prob=0.1, extra_angle=5.0)
+    sigma_max = math.tan(math.radians(angle))
+    angles = torch.rad2deg(torch.atan(pushed * sigma_max))
+    hard = pushed > 1
+    assert 0.08 < hard.float().mean() < 0.12
+    assert angles[hard].min() > angle - 1e-3
+    assert angles[hard].max() <= min(angle + 5.0, 89.9) + 1e-3
+    assert pushed[0] == 0  # the clean anchor is never pushed
+    assert torch.equal(pushed[~hard], r[~hard])
+
+
+def test_sigma_and_angle():
+    assert SphereLossConfig(noise_angle=45.0).sigma_max == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="noise_angle"):
+        SphereLossConfig(noise_angle=90.0)
+
+
+def test_noise_directions_are_shared_and_scaled():
+    cfg = SphereLossConfig(hard_case_prob=0.0, recon_perc_weight=0, con_perc_weight=0)
+    loss = SphereLoss(cfg)
+    torch.manual_seed(0)
+    small, big = loss.draw_noise(torch.empty(16, 64, 8))
+    cos = torch.nn.functional.cosine_similarity(small.flatten(1), big.flatten(1))
+    nonzero = small.flatten(1).norm(dim=1) > 0
+    assert torch.allclose(cos[nonzero], torch.ones_like(cos[nonzero]), atol=1e-5)
+    ratio = small.flatten(1).norm(dim=1)[nonzero] / big.flatten(1).norm(dim=1)[nonzero]
+    assert (ratio <= 0.5 + 1e-6).all()  # small = r * u * 0.5 * sigma_max * e with u <= 1
+    big_max = big.flatten(1).norm(dim=1).max() / math.sqrt(64 * 8)
+    assert big_max == pytest.approx(cfg.sigma_max, rel=0.1)  # the r = 1 sample
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "convnet_tiny"])
+def test_every_term_finite_and_reaches_encoder_and_decoder(name, lpips_model):
+    torch.manual_seed(0)
+    model = perturb(build_model(name, image_size=16))
+    images = torch.rand(6, 3, 16, 16) * 2 - 1
+    terms = ["recon_dist", "recon_perc", "con_dist", "con_perc", "latent"]
+    for term in terms:
+        weights = {f"{t}_weight": float(t == term) for t in terms}
+        loss_fn = SphereLoss(SphereLossConfig(**weights), lpips_model)
+        model.zero_grad()
+        loss, logs = loss_fn(model, (images, None))
+        loss.backward()
+        assert math.isfinite(loss.item()) and all(math.isfinite(v) for v in logs.values())
+        enc = sum(p.grad.abs().sum() for p in model.encoder.parameters() if p.grad is not None)
+        dec = sum(p.grad.abs().sum() for p in model.decoder.parameters() if p.grad is not None)
+        assert enc > 0, f"{term} sends no gradient to the encoder"
+        assert dec > 0, f"{term} sends no gradient to the decoder"
+
+
+def _grads(model, loss_value):
+    model.zero_grad()
+    loss_value.backward()
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+
+@pytest.mark.parametrize("term", ["latent", "con_dist"])
+def test_consistency_targets_are_stopped(term):
+    """1 - cos(E(x_big), sg(z)) and dist(x_big, sg(x_small)): the targets get no gradient."""
+    model = perturb(build_model("vit_tiny", image_size=16))
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    weights = dict(recon_dist_weight=0, recon_perc_weight=0, con_dist_weight=0, con_perc_weight=0, latent_weight=0)
+    weights[f"{term}_weight"] = 1.0
+    loss_fn = SphereLoss(SphereLossConfig(**weights))
+    torch.manual_seed(0)
+    implemented = _grads(model, loss_fn(model, (images, None))[0])
+
+    def manual(stop_target: bool):
+        torch.manual_seed(0)
+        small, big = loss_fn.draw_noise(torch.empty(4, *model.latent_shape))
+        out = model(images, small, big)
+        if term == "latent":
+            target = out["z"].detach() if stop_target else out["z"]
+            cos = torch.nn.functional.cosine_similarity(out["z_big"].flatten(1), target.flatten(1))
+            return _grads(model, 1 - cos.mean())
+        target = out["x_small"].detach() if stop_target else out["x_small"]
+        return _grads(model, loss_fn.distance(out["x_big"], target))
+
+    assert torch.allclose(implemented, manual(stop_target=True), atol=1e-6)
+    assert not torch.allclose(implemented, manual(stop_target=False), atol=1e-6)
+
+
+def test_label_dropout_uses_null_class():
+    loss = SphereLoss(SphereLossConfig(label_dropout=0.5, recon_perc_weight=0, con_perc_weight=0))
+    torch.manual_seed(0)
+    dropped = loss.drop_labels(torch.zeros(4000, dtype=torch.long), num_classes=10)
+    assert 0.45 < (dropped == 10).float().mean() < 0.55
+    assert set(dropped.unique().tolist()) == {0, 10}
+
+
+def test_smooth_l1_distance_differs_from_l1():
+    a, b = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)  # pixel gap 0.5 in [0, 1]
+    l1 = SphereLoss(SphereLossConfig(distance="l1", recon_perc_weight=0, con_perc_weight=0)).distance(a, b)
+    sl1 = SphereLoss(SphereLossConfig(distance="smooth_l1", recon_perc_weight=0, con_perc_weight=0)).distance(a, b)
+    assert l1.item() == pytest.approx(0.5) and sl1.item() == pytest.approx(0.125)
+
+
+def test_lpips_offline_backbone_ranks_distortions(lpips_model):
+    import numpy as np
+
+    from tests.conftest import CIFAR_SUBSET
+
+    images = torch.from_numpy(np.load(CIFAR_SUBSET)["images"][:8]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    same = lpips_model(images, images).mean()
+    noisy = lpips_model(images, (images + 0.1 * torch.randn_like(images)).clamp(-1, 1)).mean()
+    other = lpips_model(images, images.roll(1, dims=0)).mean()
+    assert same.item() == pytest.approx(0.0, abs=1e-6)
+    assert 0 < noisy < other
+
+
+def test_lpips_missing_or_bad_weights_give_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(PerceptualWeightsError, match="SPHERE_VGG_WEIGHTS"):
+        build_lpips(str(tmp_path / "missing.pth"))
+    truncated = tmp_path / "truncated.pth"
+    from tests.conftest import VGG_WEIGHTS
+
+    truncated.write_bytes(VGG_WEIGHTS.read_bytes()[:100000])
+    with pytest.raises(PerceptualWeightsError, match="unreadable|cannot read"):
+        build_lpips(str(truncated))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"weight": torch.zeros(2)}, wrong)
+    with pytest.raises(PerceptualWeightsError, match="not a state_dict"):
+        build_lpips(str(wrong))
+
+
+def test_lpips_without_weights_offline_fails_loudly(monkeypatch, tmp_path):
+    """No file and no download: a clear error naming both fixes, never random VGG weights."""
+    import urllib.error
+
+    import torchvision
+
+    monkeypatch.delenv("SPHERE_VGG_WEIGHTS", raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.models.vgg, "load_state_dict_from_url", offline, raising=False)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(PerceptualWeightsError) as error:
+        build_lpips(None)
+    assert "--vgg_weights" in str(error.value) and "SPHERE_VGG_WEIGHTS" in str(error.value)
