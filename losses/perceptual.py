@@ -28,7 +28,8 @@ def _load_backbone_file(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated or not a torch file
-        raise PerceptualWeightsError(f"cannot read VGG16 weights '{path}' ({error.__class__.__name__}); {_FIX}")
+        problem = f"cannot read VGG16 weights '{path}' ({error.__class__.__name__})"
+        raise PerceptualWeightsError(f"{problem}; {_FIX}") from None
     if not isinstance(state, dict) or "0.weight" not in state or "28.weight" not in state:
         raise PerceptualWeightsError(f"'{path}' is not a state_dict of vgg16().features (keys 0.weight..28.bias)")
     return state
