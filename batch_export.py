@@ -1,0 +1,100 @@
+"""Export every mode of several training runs for the WebGPU demo and write the demo's index.json.
+
+    python batch_export.py                                   # the latest run of each dataset under results/
+    python batch_export.py results/cifar10_<stamp> results/ffhq_<stamp>/checkpoints/checkpoint_epoch_40.pth
+
+Each run goes to <output_root>/<run name>/model_<mode>.safetensors; <output_root>/index.json then lists every
+model folder under output_root (name, dataset, image size, latent size and shape, backbone, classes,
+parameter count, and per mode the file, relative to index.json, and its size in bytes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from engine.checkpoint import CheckpointError
+from engine.webformat import MODES, WebFormatError, export_checkpoint, write_index
+
+LATEST = Path("checkpoints") / "checkpoint_latest.pth"
+RUN_NAME = re.compile(r"^(?P<dataset>.+)_(?P<stamp>\d{8}_\d{6})(?:_\d+)?$")  # <dataset>_<YYYYmmdd_HHMMSS>[_k]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "runs",
+        nargs="*",
+        help="run folders or checkpoint files; default: the latest run of each dataset under --results_dir",
+    )
+    parser.add_argument("--results_dir", default="results")
+    parser.add_argument("--output_root", default="frontend/public/models")
+    parser.add_argument("--mode", action="append", choices=MODES, default=None, help="default: all four")
+    parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--group_size", type=int, default=32)
+    return parser.parse_args(argv)
+
+
+def run_dataset(run_dir: Path) -> str:
+    """Dataset of a run: config.json's dataset_name/dataset, else the folder name's prefix."""
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+        return str(config.get("dataset_name") or config["dataset"])
+    except (OSError, KeyError, json.JSONDecodeError):
+        match = RUN_NAME.match(run_dir.name)
+        return match["dataset"] if match else run_dir.name
+
+
+def latest_runs(results_dir: str | Path) -> list[Path]:
+    """The newest run folder (by the timestamp in its name) of each dataset that has checkpoint_latest.pth."""
+    latest: dict[str, Path] = {}
+    for run_dir in Path(results_dir).glob("*"):
+        if not (run_dir / LATEST).is_file():
+            continue
+        dataset = run_dataset(run_dir)
+        if dataset not in latest or _stamp_key(run_dir) > _stamp_key(latest[dataset]):
+            latest[dataset] = run_dir
+    if not latest:
+        raise CheckpointError(f"no runs with {LATEST} under '{results_dir}/'; train with training.py or pass runs")
+    return sorted(latest.values())
+
+
+def _stamp_key(run_dir: Path) -> tuple[str, str]:
+    """Sort key: the folder name's timestamp (folders without one sort first), then the name."""
+    match = RUN_NAME.match(run_dir.name)
+    return (match["stamp"], run_dir.name) if match else ("", run_dir.name)
+
+
+def resolve_run(run: str | Path) -> tuple[str, Path]:
+    """(model folder name, checkpoint) for a run folder or a checkpoint file."""
+    path = Path(run)
+    if path.is_dir():
+        return path.resolve().name, path / LATEST
+    if path.parent.name == "checkpoints":  # results/<run>/checkpoints/<file>.pth
+        name = path.resolve().parent.parent.name
+        return (name if path.name == LATEST.name else f"{name}_{path.stem.removeprefix('checkpoint_')}"), path
+    return path.stem, path
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    runs = args.runs or latest_runs(args.results_dir)
+    modes = list(dict.fromkeys(args.mode or MODES))
+    output_root = Path(args.output_root)
+    for run in runs:
+        name, checkpoint = resolve_run(run)
+        summaries = export_checkpoint(checkpoint, output_root / name, modes, args.ema, args.group_size)
+        sizes = ", ".join(f"{s['mode']} {s['bytes'] / 1e6:.2f} MB" for s in summaries)
+        print(f"{name}: {sizes}")
+    entries = write_index(output_root)
+    print(f"{output_root / 'index.json'}: {len(entries)} models")
+    return entries
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except (CheckpointError, WebFormatError) as error:
+        sys.exit(f"error: {error}")
