@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -19,20 +21,25 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or not one of ours."""
 
 
-def atomic_save(obj, path: str | Path) -> None:
-    """torch.save to a temp file in the same folder, fsync, then rename over `path` (never a half file)."""
+def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
+    """write(file) into a temp file in the same folder, fsync, then rename over `path` (never a half file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(obj, file)
+            write(file)
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp_name, path)
     except BaseException:
         Path(tmp_name).unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj, path: str | Path) -> None:
+    """torch.save, atomically."""
+    atomic_write(path, lambda file: torch.save(obj, file))
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,8 @@ import torch.nn as nn
 
 from models import SphereConfig, model_from_config
 from models.layers import ConvResBlock
+
+from .checkpoint import atomic_write
 
 FORMAT_NAME = "sphere-web"
 FORMAT_VERSION = "1"
@@ -254,20 +254,14 @@ def build_header(entries: list[tuple[str, str, torch.Tensor]], metadata: dict[st
 
 def write_atomic(path: Path, header: bytes, chunks: list[bytes]) -> int:
     """Write length + header + data to a temp file, fsync, rename over path; returns the byte count."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(len(header).to_bytes(8, "little"))
-            file.write(header)
-            for chunk in chunks:
-                file.write(chunk)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+
+    def write(file) -> None:
+        file.write(len(header).to_bytes(8, "little"))
+        file.write(header)
+        for chunk in chunks:
+            file.write(chunk)
+
+    atomic_write(path, write)
     return 8 + len(header) + sum(len(chunk) for chunk in chunks)
 
 
