@@ -117,13 +117,9 @@ def scan_image_folder(root: Path) -> tuple[list[Path], int]:
         except Exception as error:  # PIL raises OSError, SyntaxError, ValueError... for broken files
             failures.append(f"{path.name} ({error})")
     if failures:
-        warnings.warn(
-            f"skipped {len(failures)} unreadable image file(s) in '{root}': {failures[:3]}", stacklevel=3
-        )
+        warnings.warn(f"skipped {len(failures)} unreadable image file(s) in '{root}': {failures[:3]}", stacklevel=3)
     if not paths:
-        raise DatasetError(
-            f"all {len(failures)} image files in '{root}' are unreadable (corrupt or truncated)"
-        )
+        raise DatasetError(f"all {len(failures)} image files in '{root}' are unreadable (corrupt or truncated)")
     return paths, len(failures)
 
 
@@ -136,9 +132,7 @@ def to_nchw(images: np.ndarray, source: str) -> torch.Tensor:
     elif images.ndim == 4 and images.shape[-1] in (1, 3):
         images = images.transpose(0, 3, 1, 2)
     if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise DatasetError(
-            f"'images' in '{source}' has shape {images.shape}; expected (N, H, W, 3) or (N, 3, H, W)"
-        )
+        raise DatasetError(f"'images' in '{source}' has shape {images.shape}; expected (N, H, W, 3) or (N, 3, H, W)")
     return torch.from_numpy(np.ascontiguousarray(images)).expand(-1, 3, -1, -1).contiguous()
 
 
@@ -148,13 +142,9 @@ def npz_dataset(path: Path, name: str, image_size: int | None = None, hflip: boo
         with np.load(path) as arrays:
             contents = {key: arrays[key] for key in arrays.files}
     except (OSError, ValueError) as error:
-        raise DatasetError(
-            f"cannot read '{path}' as a .npz file ({error}); write it with np.savez"
-        ) from error
+        raise DatasetError(f"cannot read '{path}' as a .npz file ({error}); write it with np.savez") from error
     if "images" not in contents:
-        raise DatasetError(
-            f"'{path}' has no 'images' array (found {sorted(contents)}); save images=... in it"
-        )
+        raise DatasetError(f"'{path}' has no 'images' array (found {sorted(contents)}); save images=... in it")
     images = to_nchw(contents["images"], str(path))
     labels = contents.get("labels")
     if labels is None:  # unlabeled: every label 0, num_classes 0
@@ -167,9 +157,7 @@ def npz_dataset(path: Path, name: str, image_size: int | None = None, hflip: boo
     return ArrayDataset(images, labels, name, num_classes, image_size, hflip)
 
 
-def cifar10_dataset(
-    folder: Path, train: bool, image_size: int | None = None, hflip: bool = True
-) -> ArrayDataset:
+def cifar10_dataset(folder: Path, train: bool, image_size: int | None = None, hflip: bool = True) -> ArrayDataset:
     """CIFAR-10 from torchvision's files in folder (the parent of cifar-10-batches-py); never downloads."""
     from torchvision.datasets import CIFAR10
 
@@ -204,9 +192,7 @@ def build_dataset(
     if name == "ffhq":
         folder = Path(root) / "ffhq_64"
         if not folder.is_dir():
-            raise DatasetError(
-                f"FFHQ folder '{folder}' not found; run `python download_faces.py --root {root}`"
-            )
+            raise DatasetError(f"FFHQ folder '{folder}' not found; run `python download_faces.py --root {root}`")
         return ImageFolderDataset(folder, "ffhq", image_size, hflip)
     path = Path(name)
     if path.name == "cifar-10-batches-py":
