@@ -299,6 +299,7 @@ class Trainer:
                     self.info.device,
                     seed=self.settings.seed,
                     inception_weights=self.settings.inception_weights,
+                    cache_dir=str(self.run_dir.parent / "fid_stats"),
                 )
                 self.metrics.write(
                     {

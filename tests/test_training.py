@@ -247,3 +247,21 @@ def test_bad_inputs_give_clear_messages(tmp_path):
         sampling.main(args(mismatched))
     with pytest.raises(SystemExit, match="need a class-conditional model"):
         sampling.main(sampling.parse_args(["--checkpoint", str(good), "--cfg", "2", "--dest_folder", str(tmp_path)]))
+
+
+def test_quick_fid_during_training(tmp_path):
+    """--fid-every logs a finite FID to metrics.jsonl; reference statistics are cached under results_dir."""
+    import numpy as np
+
+    from tests.conftest import CIFAR_SUBSET
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for index, image in enumerate(np.load(CIFAR_SUBSET)["images"][:12]):
+        Image.fromarray(image).save(folder / f"{index}.png")
+    flags = tiny_flags(tmp_path / "results", "--dataset", str(folder), "--epochs", "1", "--batch_size", "4")
+    run_dir = run_training(*flags, "--fid-every", "1", "--fid-samples", "6", "--fid-steps", "1", "2")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    fids = {key: r[key] for r in records for key in r if key.startswith("fid_") and key.endswith("step")}
+    assert set(fids) == {"fid_1step", "fid_2step"} and all(value > 0 for value in fids.values())
+    assert list((tmp_path / "results" / "fid_stats").glob("*.npz"))

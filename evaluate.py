@@ -1,0 +1,280 @@
+"""Evaluate a checkpoint: FID, KID, Inception Score, precision/recall of samples; rFID, PSNR, SSIM, LPIPS.
+
+python evaluate.py --steps 1 2 4 --num_samples 50000                 # latest run, paper-comparable FID
+python evaluate.py --checkpoint results/<run>/checkpoints/checkpoint_latest.pth --cfg 1.0 1.5
+python evaluate.py --reconstruction --no-generation --recon_split test --num_recon 10000
+
+Results are printed as a table and appended, one JSON line per (evaluation, metric), to <run>/eval.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from engine.checkpoint import CheckpointError, find_latest_checkpoint, load_model_from_checkpoint
+from engine.data import DatasetError, build_dataset
+from engine.images import per_image_generators
+from engine.inception import InceptionFeatures, InceptionWeightsError, build_inception, images_to_uint8
+from engine.metrics import (
+    REF_IMAGES_MAX,
+    Metric,
+    ReferenceStats,
+    ReferenceStatsError,
+    build_lpips,
+    check_reference_weights,
+    dataset_batches,
+    fid_from_features,
+    generation_metrics,
+    load_reference,
+    lpips_distance,
+    psnr,
+    reference_for_dataset,
+    reference_path,
+    sample_step_batches,
+    ssim,
+)
+from engine.setup import positive_int
+from losses import PerceptualWeightsError
+
+GENERATION_METRICS = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall")
+RECONSTRUCTION_METRICS = ("rfid", "psnr", "ssim", "lpips")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    model = parser.add_argument_group("model")
+    model.add_argument("--checkpoint", default=None, help="default: the latest run's checkpoint_latest.pth")
+    model.add_argument("--results_dir", default="results", help="where to look for the latest run")
+    model.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="--no-ema: raw weights")
+    model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    gen = parser.add_argument_group("generation (FID, KID, IS, precision/recall)")
+    gen.add_argument("--generation", action=argparse.BooleanOptionalAction, default=True)
+    gen.add_argument("--steps", type=positive_int, nargs="+", default=[1, 2, 4], help="sampling step counts")
+    gen.add_argument("--num_samples", type=positive_int, default=50_000, help="50000 for paper-comparable FID")
+    gen.add_argument("--cfg", type=float, nargs="+", default=[1.0], help="CFG scale(s), conditional models only")
+    gen.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded by (seed, i)")
+    gen.add_argument("--batch_size", type=positive_int, default=100)
+    gen.add_argument("--save_images", default=None, help="also write every sample as PNG under this folder")
+    rec = parser.add_argument_group("reconstruction (rFID, PSNR, SSIM, LPIPS)")
+    rec.add_argument("--reconstruction", action=argparse.BooleanOptionalAction, default=False)
+    rec.add_argument("--recon_split", choices=["train", "test"], default="test", help="CIFAR-10 split (others: all)")
+    rec.add_argument("--num_recon", type=positive_int, default=10_000, help="first N images of the split")
+    rec.add_argument("--recon_noise_angle", type=float, default=None, help="re-noise of steps > 1 (default 0)")
+    data = parser.add_argument_group("data and reference statistics")
+    data.add_argument("--dataset", default=None, help="default: the run's training dataset")
+    data.add_argument("--data_root", default="data")
+    data.add_argument("--ref", default=None, help="precomputed npz with mu, sigma (default: cached training stats)")
+    data.add_argument("--ref_cache_dir", default="results/fid_stats")
+    data.add_argument("--num_ref", type=positive_int, default=REF_IMAGES_MAX, help="training images for the stats")
+    data.add_argument("--inception_weights", default=None, help="FID Inception file (or SPHERE_INCEPTION_WEIGHTS)")
+    data.add_argument("--vgg_weights", default=None, help="vgg16().features file for LPIPS (or SPHERE_VGG_WEIGHTS)")
+    data.add_argument("--out", default=None, help="also write all results to this JSON file")
+    args = parser.parse_args(argv)
+    args.steps, args.cfg = sorted(set(args.steps)), list(dict.fromkeys(args.cfg))  # drop repeats
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Records and output
+
+
+def make_records(results: dict[str, Metric], evaluation: str, steps: int, cfg: float | None, context: dict):
+    """One JSON-ready dict per metric (value None + reason when unavailable)."""
+    now, records = time.strftime("%Y-%m-%dT%H:%M:%S"), []
+    for name, metric in results.items():
+        record = {**context, "evaluation": evaluation, "steps": steps, "cfg": cfg, "metric": name, "time": now}
+        record["value"] = metric.value
+        if metric.reason:
+            record["reason"] = metric.reason
+        records.append(record)
+    return records
+
+
+def format_table(records: list[dict]) -> str:
+    """Rows (evaluation, steps, cfg), one column per metric; unavailable values as n/a with notes below."""
+    rows: dict[tuple, dict[str, str]] = {}
+    notes: dict[str, str] = {}
+    for record in records:
+        key = (record["evaluation"], record["steps"], "-" if record["cfg"] is None else f"{record['cfg']:g}")
+        value = record["value"]
+        rows.setdefault(key, {})[record["metric"]] = "n/a" if value is None else f"{value:.4g}"
+        if value is None:
+            notes[record["metric"]] = record.get("reason", "")
+    columns = [name for name in GENERATION_METRICS + RECONSTRUCTION_METRICS if any(name in r for r in rows.values())]
+    header = ["evaluation", "steps", "cfg", *columns]
+    body = [[*map(str, key), *(cells.get(name, "") for name in columns)] for key, cells in rows.items()]
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    lines = ["  ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in [header, *body]]
+    lines += [f"{name}: n/a ({reason})" for name, reason in notes.items()]
+    return "\n".join(lines)
+
+
+def run_dir_of(checkpoint: Path) -> Path:
+    return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+
+
+def write_records(records: list[dict], checkpoint: Path, out: str | None) -> Path:
+    """Append to <run>/eval.jsonl; write the whole list to `out` as JSON if given. Returns the jsonl path."""
+    jsonl = run_dir_of(checkpoint) / "eval.jsonl"
+    with open(jsonl, "a") as file:
+        file.writelines(json.dumps(record) + "\n" for record in records)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(records, indent=2) + "\n")
+    return jsonl
+
+
+def save_pngs(images: torch.Tensor, folder: Path, start: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    pixels = images_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
+    for offset, array in enumerate(pixels):
+        Image.fromarray(array).save(folder / f"{start + offset:06d}.png")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Generation
+
+
+def load_generation_reference(args, run_config: dict, extractor: InceptionFeatures) -> tuple[ReferenceStats, str]:
+    """--ref npz, or the training set's cached statistics (computed on first use)."""
+    if args.ref:
+        reference = load_reference(args.ref)
+        check_reference_weights(reference, extractor, args.ref)
+        return reference, args.ref
+    name, image_size = args.dataset or run_config["dataset"], run_config["image_size"]
+    dataset = build_dataset(name, image_size=image_size, train=True, hflip=False, root=args.data_root)
+    reference = reference_for_dataset(dataset, extractor, args.ref_cache_dir, image_size, args.num_ref, args.batch_size)
+    return reference, str(reference_path(args.ref_cache_dir, dataset.name, image_size))
+
+
+def generated_features(model, extractor: InceptionFeatures, args, cfg: float) -> dict[int, tuple]:
+    """{T: (pool3 features, logits or None)} of num_samples images per step count (one sampling pass)."""
+    collected = {t: ([], []) for t in args.steps}
+    batches = sample_step_batches(model, args.num_samples, args.steps, args.batch_size, args.seed, cfg)
+    with tqdm(total=args.num_samples, desc=f"sampling + Inception (cfg {cfg:g})", unit="img") as bar:
+        for start, images_by_steps in batches:
+            for steps, images in images_by_steps.items():
+                features, logits = extractor(images_to_uint8(images))
+                collected[steps][0].append(features.cpu())
+                if logits is not None:
+                    collected[steps][1].append(logits.cpu())
+                if args.save_images:
+                    save_pngs(images, Path(args.save_images) / f"steps{steps}_cfg{cfg:g}", start)
+            bar.update(len(images))
+    return {t: (torch.cat(f), torch.cat(l) if l else None) for t, (f, l) in collected.items()}
+
+
+def evaluate_generation(model, extractor: InceptionFeatures, reference: ReferenceStats, args, context) -> list[dict]:
+    cfgs = args.cfg if model.config.num_classes > 0 else [1.0]
+    if cfgs != args.cfg:
+        print("note: --cfg is ignored for an unconditional model (num_classes = 0)")
+    records = []
+    for cfg in cfgs:
+        for steps, (features, logits) in generated_features(model, extractor, args, cfg).items():
+            results = generation_metrics(
+                features, logits, reference, extractor.logits_unavailable_reason, device=args.device
+            )
+            cfg_value = cfg if model.config.num_classes > 0 else None
+            records += make_records(results, "generation", steps, cfg_value, context)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reconstruction
+
+
+def reconstruction_batches(model, dataset, args, steps: list[int]):
+    """(first index, originals, {T: reconstructions}) for the first num_recon images of the split."""
+    conditional = model.config.num_classes > 0
+    options = {} if args.recon_noise_angle is None else {"noise_angle": args.recon_noise_angle}
+    start = 0
+    for images, labels in dataset_batches(dataset, args.num_recon, args.batch_size, labels=True):
+        images = images.to(args.device)
+        outputs = model.reconstruct(
+            images,
+            steps=max(steps),
+            generator=per_image_generators(args.seed, start, len(images), args.device),
+            labels=labels.to(args.device) if conditional else None,
+            return_all=True,
+            **options,
+        )
+        yield start, images, {t: outputs[t - 1] for t in steps}
+        start += len(images)
+
+
+def reconstruction_scores(extractor, lpips_model, originals_uint8: torch.Tensor, recon: torch.Tensor) -> dict:
+    """Per-image PSNR, SSIM, LPIPS and the pool3 features of a batch, all on the uint8 images (as saved)."""
+    recon_uint8 = images_to_uint8(recon)
+    real_unit, recon_unit = originals_uint8.double() / 255, recon_uint8.double() / 255
+    return {
+        "features": extractor(recon_uint8)[0].cpu(),
+        "psnr": psnr(real_unit, recon_unit).cpu(),
+        "ssim": ssim(real_unit, recon_unit).cpu(),
+        "lpips": lpips_distance(lpips_model, real_unit.float() * 2 - 1, recon_unit.float() * 2 - 1).cpu(),
+    }
+
+
+def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_config: dict, context: dict) -> list[dict]:
+    """rFID (vs the originals), PSNR, SSIM and LPIPS after 1 step (no noise) and each of --steps."""
+    steps = sorted({1, *args.steps})
+    name, image_size = args.dataset or run_config["dataset"], run_config["image_size"]
+    dataset = build_dataset(name, image_size, train=args.recon_split == "train", hflip=False, root=args.data_root)
+    count = min(len(dataset), args.num_recon)
+    lpips_model = build_lpips(args.vgg_weights).to(args.device)
+    real_features, scores = [], {t: [] for t in steps}
+    with tqdm(total=count, desc="reconstruction + Inception", unit="img") as bar:
+        for start, originals, recons in reconstruction_batches(model, dataset, args, steps):
+            originals_uint8 = images_to_uint8(originals)
+            real_features.append(extractor(originals_uint8)[0].cpu())
+            for t, recon in recons.items():
+                scores[t].append(reconstruction_scores(extractor, lpips_model, originals_uint8, recon))
+                if args.save_images:
+                    save_pngs(recon, Path(args.save_images) / f"recon_steps{t}", start)
+            bar.update(len(originals))
+    real = torch.cat(real_features)
+    context = {**context, "num_samples": count, "split": args.recon_split}
+    records = []
+    for t, batches in scores.items():
+        merged = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
+        results = {"rfid": Metric(fid_from_features(merged.pop("features"), real))}
+        results.update({key: Metric(values.mean().item()) for key, values in merged.items()})
+        records += make_records(results, "reconstruction", t, None, context)
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(args: argparse.Namespace) -> list[dict]:
+    if not (args.generation or args.reconstruction):
+        raise SystemExit("error: nothing to evaluate: drop --no-generation or add --reconstruction")
+    try:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else find_latest_checkpoint(args.results_dir)
+        model, run_config = load_model_from_checkpoint(checkpoint, use_ema=args.ema, map_location=args.device)
+        extractor = build_inception(args.inception_weights, args.device)
+        context = {"checkpoint": str(checkpoint), "dataset": args.dataset or run_config["dataset"], "ema": args.ema}
+        records = []
+        if args.generation:
+            reference, source = load_generation_reference(args, run_config, extractor)
+            gen_context = {**context, "num_samples": args.num_samples, "reference": source}
+            records += evaluate_generation(model, extractor, reference, args, gen_context)
+        if args.reconstruction:
+            records += evaluate_reconstruction(model, extractor, args, run_config, context)
+    except (CheckpointError, DatasetError, InceptionWeightsError, ReferenceStatsError, PerceptualWeightsError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(format_table(records))
+    print(f"appended {len(records)} results to {write_records(records, checkpoint, args.out)}")
+    return records
+
+
+if __name__ == "__main__":
+    main(parse_args())
