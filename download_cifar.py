@@ -16,9 +16,7 @@ from engine.data import DatasetError
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data", help="data folder; CIFAR-10 goes to <root>/cifar10")
     parser.add_argument(
         "--archive", default=None, help="local cifar-10-python.tar.gz to extract instead of downloading"

@@ -25,9 +25,7 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="data", help="data folder; images go to <root>/ffhq_64")
     parser.add_argument("--repo_id", default=DEFAULT_REPO_ID, help="Hugging Face dataset repo to download")
     parser.add_argument("--archive", default=None, help="local zip/tar/folder/parquet to convert instead")
@@ -101,9 +99,7 @@ def iter_image_blobs(source: Path) -> Iterator[bytes]:
         for path in sorted(p for p in source.rglob("*") if p.is_file()):
             yield from iter_file_blobs(path)
     else:
-        raise DatasetError(
-            f"'{source}' does not exist; pass --archive with a zip/tar/folder/parquet of images"
-        )
+        raise DatasetError(f"'{source}' does not exist; pass --archive with a zip/tar/folder/parquet of images")
 
 
 def convert_images(source: Path, folder: Path, size: int) -> tuple[int, int]:

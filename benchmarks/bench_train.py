@@ -1,7 +1,7 @@
 """Training and sampling throughput of Sphere Encoder configs on the current device (prints a table).
 
-    python benchmarks/bench_train.py                                   # vit/convnet tiny + base, CPU or GPU
-    python benchmarks/bench_train.py --models vit_small --batch_size 256 --iters 50 --compile
+python benchmarks/bench_train.py                                   # vit/convnet tiny + base, CPU or GPU
+python benchmarks/bench_train.py --models vit_small --batch_size 256 --iters 50 --compile
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from models import MODELS, build_model  # noqa: E402
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["vit_tiny", "convnet_tiny", "vit_base", "convnet_base"],
-                        choices=sorted(MODELS))
+    parser.add_argument(
+        "--models", nargs="+", default=["vit_tiny", "convnet_tiny", "vit_base", "convnet_base"], choices=sorted(MODELS)
+    )
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--batch_size", type=int, default=None, help="default 128 on GPU, 16 on CPU")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 GPU, 3 CPU)")
@@ -57,8 +58,9 @@ def timed(fn, iters: int, warmup: int, device) -> float:
 def bench_model(name: str, args, device: torch.device) -> dict:
     model = build_model(name, image_size=args.image_size).to(device)
     weight = 1.0 if args.perceptual else 0.0
-    loss_fn = build_loss(SphereLossConfig(recon_perc_weight=weight, con_perc_weight=weight / 2), args.vgg_weights,
-                         device)
+    loss_fn = build_loss(
+        SphereLossConfig(recon_perc_weight=weight, con_perc_weight=weight / 2), args.vgg_weights, device
+    )
     optimizer = build_optimizer(model, 1e-4, 0.1, (0.9, 0.95), 0.0)
     forward = torch.compile(model) if args.compile else model
     images = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device) * 2 - 1
@@ -83,8 +85,13 @@ def bench_model(name: str, args, device: torch.device) -> dict:
 
     sample_s = timed(sample, args.iters, args.warmup, device)
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    return dict(model=name, params_m=params, train_img_s=args.batch_size / train_s, peak_gib=peak,
-                sample_img_s=args.batch_size / sample_s)
+    return dict(
+        model=name,
+        params_m=params,
+        train_img_s=args.batch_size / train_s,
+        peak_gib=peak,
+        sample_img_s=args.batch_size / sample_s,
+    )
 
 
 def main(args):
@@ -98,8 +105,11 @@ def main(args):
     print(f"{'model':<14}{'params (M)':>11}{'train img/s':>13}{'peak GiB':>10}{'1-step sample img/s':>21}")
     for model_name in args.models:
         row = bench_model(model_name, args, device)
-        print(f"{row['model']:<14}{row['params_m']:>11.1f}{row['train_img_s']:>13.1f}{row['peak_gib']:>10.2f}"
-              f"{row['sample_img_s']:>21.1f}", flush=True)
+        print(
+            f"{row['model']:<14}{row['params_m']:>11.1f}{row['train_img_s']:>13.1f}{row['peak_gib']:>10.2f}"
+            f"{row['sample_img_s']:>21.1f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

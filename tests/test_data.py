@@ -243,17 +243,13 @@ def test_download_faces_converts_local_archive(tmp_path, capsys, cifar, kind):
     archive = write_face_archive(tmp_path, kind, cifar["images"])
     root = tmp_path / "data"
     folder = download_faces.main(download_faces.parse_args(["--archive", str(archive), "--root", str(root)]))
-    assert (
-        folder == root / "ffhq_64" and "(1 unreadable skipped)" in capsys.readouterr().out
-    )  # macOS junk ignored
+    assert folder == root / "ffhq_64" and "(1 unreadable skipped)" in capsys.readouterr().out  # macOS junk ignored
     assert sorted(p.name for p in folder.iterdir()) == [f"{i:05d}.png" for i in range(5)]
     for path in folder.iterdir():
         with Image.open(path) as image:
             assert (image.size, image.mode) == ((64, 64), "RGB")
     with Image.open(folder / "00000.png") as image:  # the 64x64 source is copied unchanged
-        assert np.array_equal(
-            np.asarray(image), np.asarray(Image.fromarray(cifar["images"][0]).resize((64, 64)))
-        )
+        assert np.array_equal(np.asarray(image), np.asarray(Image.fromarray(cifar["images"][0]).resize((64, 64))))
     dataset = build_dataset("ffhq", root=str(root), hflip=False)
     assert (dataset.name, len(dataset), dataset.native_size, dataset.num_classes) == ("ffhq", 5, 64, 0)
     assert dataset[4][0].shape == (3, 64, 64)
