@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# The frontend's whole test suite, as CI runs it (no GPU needed: headless Chromium runs WebGPU on SwiftShader).
+# Needs: Node >= 20.19 with npm, Debian's `chromium` (or CHROMIUM=/path), and the repository's Python
+# environment (torch, safetensors) for the reference fixtures. About 1.5 minutes on 2 CPU cores.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+if [ ! -d node_modules ]; then
+  npm ci --no-audit --no-fund
+fi
+npm run lint                      # prettier --check and tsc
+npm test                          # pretest: python scripts/make_fixtures.py (skipped when up to date)
+node scripts/browser-test.mjs     # kernel + whole-model parity against PyTorch, every mode, both backbones
+node scripts/e2e.mjs              # built page: pick model, generate, reconstruct, pad, loop, roam; screenshot

@@ -1,0 +1,45 @@
+// Parity tests in headless Chromium: serve the frontend with Vite on 127.0.0.1 (a secure context, which
+// WebGPU requires), open tests/browser/index.html, run window.runParityTests() and print one line per case.
+// Usage: node scripts/browser-test.mjs [--only vit_tiny16/q4] [--no-kernels]
+import { createServer } from "vite";
+import { launchChromium } from "./chromium.mjs";
+
+const args = process.argv.slice(2);
+const only = args.includes("--only") ? args[args.indexOf("--only") + 1] : null;
+const kernels = !args.includes("--no-kernels");
+
+const server = await createServer({
+  configFile: false,
+  root: new URL("..", import.meta.url).pathname,
+  logLevel: "warn",
+  server: { host: "127.0.0.1", port: 0, strictPort: false },
+});
+await server.listen();
+const url = server.resolvedUrls.local[0];
+const { browser, close } = await launchChromium();
+let failed = 0;
+try {
+  const page = await browser.newPage();
+  page.on("pageerror", (error) => console.error("page error:", error.message));
+  page.on("console", (message) => {
+    if (message.type() === "error") console.error("console:", message.text());
+  });
+  await page.goto(`${url}tests/browser/index.html`);
+  await page.waitForFunction(() => "runParityTests" in window, null, { timeout: 60_000 });
+  const started = Date.now();
+  const { adapter, results } = await page.evaluate(({ only, kernels }) => window.runParityTests({ only, kernels }), { only, kernels });
+  console.log(`adapter: ${JSON.stringify(adapter)}`);
+  for (const r of results) {
+    const error = Number.isFinite(r.maxError) ? r.maxError.toExponential(2) : String(r.maxError);
+    console.log(
+      `${r.ok ? "ok  " : "FAIL"} ${r.name.padEnd(48)} max|err| ${error.padStart(9)} (tol ${r.tolerance.toExponential(0)}) ${r.ms.toFixed(0).padStart(6)} ms${r.detail ? `  ${r.detail}` : ""}`,
+    );
+    if (!r.ok) failed++;
+  }
+  console.log(`${results.length - failed}/${results.length} parity cases passed in ${((Date.now() - started) / 1000).toFixed(1)} s`);
+  if (results.length === 0) failed++;
+} finally {
+  await close();
+  await server.close();
+}
+process.exit(failed ? 1 : 0);

@@ -1,0 +1,172 @@
+// End-to-end test of the built page in headless Chromium: build (vite) into test-results/e2e-dist, serve it
+// on 127.0.0.1 with the test fixtures as its models/ folder, pick a model and precision, generate, and check
+// that the canvases are not blank; also reconstruct a bundled sample, loop, roam and the interpolation pad.
+// Saves test-results/e2e.png. Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8]
+import fs from "node:fs";
+import path from "node:path";
+import { build } from "vite";
+import { launchChromium } from "./chromium.mjs";
+import { serveStatic } from "./serve-static.mjs";
+
+const root = path.resolve(new URL("..", import.meta.url).pathname);
+const args = process.argv.slice(2);
+const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
+const modelName = option("--model", "vit_tiny16");
+const modeName = option("--mode", "q8");
+const outDir = path.join(root, "test-results", "e2e-dist");
+const fixtures = path.join(root, "test-fixtures");
+if (!fs.existsSync(path.join(fixtures, "index.json"))) throw new Error("no test-fixtures/index.json: run npm run fixtures");
+
+// models/: the fixtures, plus an index entry whose file is truncated (the page must say why it fails)
+const extraModels = path.join(root, "test-results", "e2e-models");
+fs.rmSync(extraModels, { recursive: true, force: true });
+fs.mkdirSync(path.join(extraModels, "broken"), { recursive: true });
+const index = JSON.parse(fs.readFileSync(path.join(fixtures, "index.json"), "utf-8"));
+const good = index.find((entry) => entry.name === modelName);
+const bytes = fs.readFileSync(path.join(fixtures, good.modes.q8.file));
+fs.writeFileSync(path.join(extraModels, "broken", "model_q8.safetensors"), bytes.subarray(0, bytes.length - 1000));
+index.push({ ...good, name: "zz_broken", modes: { q8: { file: "broken/model_q8.safetensors", bytes: bytes.length - 1000 } } });
+fs.writeFileSync(path.join(extraModels, "index.json"), JSON.stringify(index));
+
+await build({ root, logLevel: "warn", build: { outDir, emptyOutDir: true, copyPublicDir: false } });
+const server = await serveStatic([
+  ["/models/", extraModels],
+  ["/models/", fixtures],
+  ["/examples/", path.join(root, "public", "examples")],
+  ["/", outDir],
+]);
+const { browser, close } = await launchChromium();
+const failures = [];
+const check = (ok, what) => {
+  console.log(`${ok ? "ok  " : "FAIL"} ${what}`);
+  if (!ok) failures.push(what);
+};
+
+try {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2 }); // phone-sized
+  const errors = [];
+  page.on("pageerror", (error) => errors.push(error.message));
+  page.on("console", (message) => {
+    if (message.type() === "error") errors.push(`${message.text()} (${message.location().url})`);
+  });
+  await page.goto(server.url);
+  const waitState = async (state, timeout = 180_000) => {
+    await page.waitForFunction(
+      (s) =>
+        ["ready", "error", "no-webgpu", "no-models", "device-lost"].includes(document.body.dataset.state) &&
+        (document.body.dataset.state === s || document.body.dataset.state !== "ready"),
+      state,
+      { timeout },
+    );
+    return page.evaluate(() => document.body.dataset.state);
+  };
+  const generatedCount = () => page.evaluate(() => Number(document.body.dataset.generated ?? 0));
+  check((await waitState("ready")) === "ready", "page loads the first model from index.json");
+
+  // a broken file: a clear message, then the next model loads fine
+  const broken = await page.evaluate(
+    () => [...document.querySelectorAll("#model-select option")].find((o) => o.textContent.startsWith("zz_broken"))?.value,
+  );
+  await page.selectOption("#model-select", broken);
+  check((await waitState("error")) === "error", "a truncated weight file fails to load");
+  await page.waitForFunction(() => document.querySelector("#messages .message.error"), null, { timeout: 10_000 });
+  const brokenMessage = await page.textContent("#messages .message.error");
+  check(
+    /Could not load zz_broken \(q8\): The weight file could not be read: .*truncated/.test(brokenMessage),
+    `the failure is explained: ${brokenMessage}`,
+  );
+  await page.click("#messages .message.error button.secondary"); // dismiss
+
+  // pick the model and precision
+  const value = await page.evaluate(
+    (name) => [...document.querySelectorAll("#model-select option")].find((o) => o.textContent.startsWith(name))?.value,
+    modelName,
+  );
+  check(value !== undefined, `model picker lists ${modelName}`);
+  await page.selectOption("#model-select", value);
+  await page.waitForFunction(() => document.body.dataset.state === "loading" || document.body.dataset.state === "ready");
+  await page.selectOption("#mode-select", modeName);
+  check((await waitState("ready")) === "ready", `loads ${modelName} ${modeName}`);
+  check((await page.textContent("#model-status")).includes(`${modelName} ${modeName} ready`), "status names the loaded model");
+
+  // generate
+  await page.selectOption("#count", "4");
+  await page.selectOption("#steps", "2");
+  const before = await generatedCount();
+  await page.click("#generate");
+  await page.waitForFunction((n) => Number(document.body.dataset.generated ?? 0) > n, before, { timeout: 120_000 });
+  const grid = await page.evaluate(() =>
+    [...document.querySelectorAll("#grid canvas")].map((canvas) => {
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      let min = 255;
+      let max = 0;
+      for (let i = 0; i < data.length; i += 4)
+        for (let c = 0; c < 3; c++) {
+          min = Math.min(min, data[i + c]);
+          max = Math.max(max, data[i + c]);
+        }
+      return { width: canvas.width, range: max - min, alpha: data[3] };
+    }),
+  );
+  check(grid.length === 4, "grid shows 4 images");
+  check(
+    grid.every((g) => g.width === 16 && g.alpha === 255 && g.range > 20),
+    `canvases are not blank (pixel ranges ${grid.map((g) => g.range).join(", ")})`,
+  );
+  check(/4 images, 2 steps, seed \d+: \d+ ms/.test(await page.textContent("#generate-status")), "generate reports its time");
+
+  // reconstruct a bundled sample
+  await page.click("#samples img[alt=ship]");
+  await page.waitForFunction(() => /encode [\d.]+ ms · decode [\d.]+ ms/.test(document.querySelector("#recon-status").textContent), null, {
+    timeout: 60_000,
+  });
+  check(true, `reconstruct: ${await page.textContent("#recon-status")}`);
+
+  // interpolation pad: corners are drawn, a pad move decodes
+  const pad = page.locator("#pad");
+  await pad.scrollIntoViewIfNeeded();
+  const box = await pad.boundingBox();
+  await pad.hover({ position: { x: box.width * 0.2, y: box.height * 0.8 } });
+  await page.waitForFunction(() => document.querySelector("#pad-status").textContent.startsWith("u 0.2"), null, { timeout: 60_000 });
+  check(true, `pad: ${await page.textContent("#pad-status")}`);
+
+  // loop and roam report frames per second
+  await page.click("#loop");
+  await page.waitForFunction(() => document.querySelector("#generate-status").textContent.includes("fps"), null, { timeout: 60_000 });
+  check(true, `loop: ${await page.textContent("#generate-status")}`);
+  await page.click("#roam"); // stops the loop
+  await page.waitForFunction(() => document.querySelector("#roam-status").textContent.includes("fps"), null, { timeout: 60_000 });
+  check(true, `roam: ${await page.textContent("#roam-status")}`);
+  await page.click("#roam");
+
+  // device loss: the page says so and recovers with a new device
+  await page.evaluate(() => window.sphereDemo.gpu.device.destroy());
+  await page.waitForFunction(() => document.body.dataset.state === "device-lost", null, { timeout: 30_000 });
+  check((await page.textContent("#messages")).includes("GPU device was lost"), "device loss is explained");
+  await page.click("#messages .message.error button:not(.secondary)");
+  await page.waitForFunction(() => document.body.dataset.state !== "device-lost", null, { timeout: 30_000 });
+  check((await waitState("ready")) === "ready", "reload after device loss brings the model back");
+
+  const messages = await page.$$eval("#messages .message", (boxes) => boxes.map((b) => `${b.className}: ${b.textContent}`));
+  check(
+    messages.every((m) => m.startsWith("message warning") && m.includes("software")),
+    `only the software-adapter warning is shown: ${JSON.stringify(messages)}`,
+  );
+  check(errors.length === 0, `no page errors${errors.length ? `: ${errors.join(" | ")}` : ""}`);
+  await page.evaluate(() => window.scrollTo(0, 0));
+  const shot = path.join(root, "test-results", "e2e.png");
+  await page.screenshot({ path: shot, fullPage: true });
+  console.log(`screenshot: ${path.relative(process.cwd(), shot)}`);
+
+  // a browser without WebGPU gets a clear message
+  const plain = await browser.newPage();
+  await plain.addInitScript(() => Object.defineProperty(navigator, "gpu", { value: undefined }));
+  await plain.goto(server.url);
+  await plain.waitForFunction(() => document.body.dataset.state === "no-webgpu", null, { timeout: 30_000 });
+  check((await plain.textContent("#messages")).includes("does not expose WebGPU"), "missing WebGPU is explained");
+} finally {
+  await close();
+  await server.close();
+}
+console.log(failures.length ? `${failures.length} end-to-end checks failed` : "end-to-end test passed");
+process.exit(failures.length ? 1 : 0);

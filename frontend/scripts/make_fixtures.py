@@ -1,0 +1,295 @@
+"""Reference fixtures for the frontend tests, computed with the PyTorch model (CPU).
+
+Writes frontend/test-fixtures/ (git-ignored):
+  <model>/model_<mode>.safetensors   tiny randomized Sphere Encoders exported with engine.webformat
+  <model>/reference_<mode>.safetensors  inputs and PyTorch outputs of the DEQUANTIZED model of that file
+                                         (encode, decode, sample, guided sample, reconstruct)
+  <model>/dequant_<mode>.safetensors    the float32 state dict read back by engine.webformat
+  kernels.safetensors + kernels.json    single-op cases (GEMM in every encoding, convs, norms, attention...)
+  index.json                             the demo's model list for these files (engine.webformat.write_index)
+  manifest.json                          what was written, with configs (written last: marks completion)
+
+Usage: python frontend/scripts/make_fixtures.py [--out DIR] [--force]. Skips the work when the inputs
+(this script, models/, engine/webformat.py) have not changed since the last run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import save_file  # noqa: E402
+
+from engine.webformat import (  # noqa: E402
+    dequantize_groups,
+    export_model,
+    load_model_from_web_weights,
+    quantize_groups,
+    read_raw,
+    read_web_weights,
+    write_index,
+)
+from models import build_model  # noqa: E402
+from models.layers import apply_rope, rope_angles_2d, sincos_pos_embed_2d, sphere_project  # noqa: E402
+
+MODES = ("fp32", "fp16", "q8", "q4")
+BATCH = 2
+# name -> (registry name, overrides, modes). Tiny 16 px models: SwiftShader runs WebGPU on the CPU.
+MODELS = {
+    "vit_tiny16": ("vit_tiny", dict(image_size=16), MODES),
+    "convnet_tiny16": ("convnet_tiny", dict(image_size=16), MODES),
+    # adaLN-Zero + linear unpatchify head + patch 4 + no QK norm
+    "vit_cond16": (
+        "vit_tiny",
+        dict(image_size=16, num_classes=10, pixel_head="linear", patch_size=4, qk_norm=False),
+        ("fp32", "q4"),
+    ),
+    # adaLN-Zero in conv blocks + BatchNorm folded at export + two levels
+    "convnet_cond_bn16": (
+        "convnet_tiny",
+        dict(image_size=16, num_classes=10, norm="batch", channel_mults=(1, 2), depth=2),
+        ("fp32", "q8"),
+    ),
+}
+GUIDANCE = 2.0
+RECON_ANGLE = 30.0  # degrees of re-noising between reconstruction rounds
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "frontend" / "test-fixtures"))
+    parser.add_argument("--force", action=argparse.BooleanOptionalAction, default=False)
+    return parser.parse_args(argv)
+
+
+def inputs_digest() -> str:
+    digest = hashlib.sha256()
+    for path in [Path(__file__), REPO / "engine" / "webformat.py", *sorted((REPO / "models").glob("*.py"))]:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def randomize(model: torch.nn.Module, seed: int) -> None:
+    """Random non-trivial weights: zero-initialised heads, mixer scales and adaLN would hide most ops."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=gen)
+            if param.ndim >= 2:
+                param.copy_(noise / math.sqrt(param[0].numel()))
+            elif name.endswith("_scale"):
+                param.copy_(0.5 * noise)
+            elif "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.2 * noise)
+            else:
+                param.copy_(0.1 * noise)
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.copy_(0.1 * torch.randn(buffer.shape, generator=gen))
+            elif name.endswith("running_var"):
+                buffer.copy_(0.5 + torch.rand(buffer.shape, generator=gen))
+
+
+def demo_images(n: int, size: int) -> torch.Tensor:
+    """n real CIFAR-10 images from assets/, area-resized to size, in [-1, 1], (n, 3, size, size)."""
+    images = np.load(REPO / "assets" / "cifar10_demo.npz")["images"][:n]
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return F.interpolate(x, size=(size, size), mode="area") if size != x.shape[-1] else x
+
+
+@torch.no_grad()
+def references(model, images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor]:
+    """Inputs and outputs of encode, decode, sample (3 steps), guided sample and reconstruct (2 steps)."""
+    n, shape = images.shape[0], model.latent_shape
+    gen = torch.Generator().manual_seed(seed)
+    latents = sphere_project(torch.randn((n, *shape), generator=gen))
+    out = {"images": images, "latents": latents}
+    out["encode"] = model.encode(images, labels)
+    out["decode"] = model.decode(latents, labels)
+    # sample() draws e then e' from its generator: draw them the same way to hand them to the browser
+    draw = torch.Generator().manual_seed(seed + 1)
+    out["noise"] = torch.randn((n, *shape), generator=draw)
+    out["renoise"] = torch.randn((n, *shape), generator=draw)
+    out["sample"] = model.sample(n, steps=3, generator=torch.Generator().manual_seed(seed + 1), labels=labels)
+    if labels is not None:
+        out["sample_guided"] = model.sample(
+            n, steps=2, generator=torch.Generator().manual_seed(seed + 1), labels=labels, cfg=GUIDANCE
+        )
+        out["labels"] = labels.float()
+    draw = torch.Generator().manual_seed(seed + 2)
+    out["recon_renoise"] = torch.randn((n, *shape), generator=draw)
+    out["reconstruct"] = model.reconstruct(
+        images, steps=2, generator=torch.Generator().manual_seed(seed + 2), labels=labels, noise_angle=RECON_ANGLE
+    )
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
+    registry_name, overrides, modes = MODELS[name]
+    model = build_model(registry_name, **overrides)
+    randomize(model, seed)
+    model.eval()
+    folder = out_dir / name
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = torch.tensor([3, model.config.num_classes]) if model.config.num_classes else None
+    images = demo_images(BATCH, model.config.image_size)
+    entry = {"config": model.config.to_dict(), "modes": {}}
+    for mode in modes:
+        path = folder / f"model_{mode}.safetensors"
+        summary = export_model(model, path, mode)
+        reference_model = load_model_from_web_weights(path)  # dequantized: the browser must match it tightly
+        _, state, _ = read_web_weights(path)
+        save_file({k: v.float().contiguous() for k, v in state.items()}, str(folder / f"dequant_{mode}.safetensors"))
+        save_file(references(reference_model, images, labels, seed), str(folder / f"reference_{mode}.safetensors"))
+        entry["modes"][mode] = {
+            "bytes": summary["bytes"],
+            "quantized": summary["quantized"],
+            "tensor_names": sorted(read_raw(path)[1]),  # as stored (packed names for quantized weights)
+        }
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------------------
+# single-op cases
+
+
+def quantized_case(prefix: str, weight2d: torch.Tensor, tensors: dict, group_size: int = 32) -> None:
+    """Store a (rows, cols) weight in every encoding plus its dequantized float32 values per encoding."""
+    tensors[f"{prefix}.f32"] = weight2d.float().contiguous()
+    tensors[f"{prefix}.f32.dequant"] = weight2d.float().clone()
+    half = weight2d.to(torch.float16)
+    tensors[f"{prefix}.f16"] = half.view(torch.int16).to(torch.int32).bitwise_and(0xFFFF).float()  # bits as floats
+    tensors[f"{prefix}.f16.dequant"] = half.float()
+    for bits in (8, 4):
+        packed, scales = quantize_groups(weight2d, bits, group_size)
+        tensors[f"{prefix}.q{bits}"] = packed.to(torch.int32).bitwise_and(0xFF).float()  # bytes as floats
+        tensors[f"{prefix}.q{bits}.scales"] = scales.view(torch.int16).to(torch.int32).bitwise_and(0xFFFF).float()
+        tensors[f"{prefix}.q{bits}.dequant"] = dequantize_groups(packed, scales, bits, weight2d.shape[1], group_size)
+
+
+def kernel_cases() -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Inputs/outputs of single ops, computed by torch; the browser runs each with our kernels."""
+    gen = torch.Generator().manual_seed(1234)
+    rand = lambda *shape: torch.randn(shape, generator=gen)  # noqa: E731
+    tensors, cases = {}, []
+
+    # linear: sizes that are not multiples of the 32x32 tiles; K = 45 takes the GEMM's scalar path (and a
+    # short last quantization group), K = 72 its vector path (4 k per load, groups of 8)
+    for tag, (rows, k_in, k_out, group) in {"linear": (37, 45, 29, 32), "linear4": (37, 72, 40, 8)}.items():
+        x, w, b = rand(rows, k_in), rand(k_out, k_in) / 6, rand(k_out) * 0.1
+        tensors.update({f"{tag}.x": x, f"{tag}.b": b})
+        quantized_case(f"{tag}.w", w, tensors, group_size=group)
+        for enc in ("f32", "f16", "q8", "q4"):
+            tensors[f"{tag}.y.{enc}"] = F.linear(x, tensors[f"{tag}.w.{enc}.dequant"], b)
+        cases.append({"op": "linear", "tag": tag, "rows": rows, "in": k_in, "out": k_out, "group_size": group})
+
+    # convolutions on NCHW (2, 5, 9, 9): 3x3 pad 1, strided 3x3 (pad 1, stride 2), patch 3/3, up-sample + conv
+    x = rand(2, 5, 9, 9)
+    tensors["conv.x"] = x
+    for tag, (cout, k, stride, pad, up) in {
+        "same": (7, 3, 1, 1, 1),
+        "strided": (6, 3, 2, 1, 1),
+        "patch": (8, 3, 3, 0, 1),
+        "up": (4, 3, 1, 1, 2),
+        "point": (3, 1, 1, 0, 1),
+    }.items():
+        w, b = rand(cout, 5, k, k) / math.sqrt(5 * k * k), rand(cout) * 0.1
+        quantized_case(f"conv.{tag}.w", w.reshape(cout, -1), tensors, group_size=16)
+        tensors[f"conv.{tag}.b"] = b
+        src = F.interpolate(x, scale_factor=2.0, mode="nearest") if up > 1 else x
+        for enc in ("f32", "f16", "q8", "q4"):
+            weight = tensors[f"conv.{tag}.w.{enc}.dequant"].reshape(cout, 5, k, k)
+            tensors[f"conv.{tag}.y.{enc}"] = F.conv2d(src, weight, b, stride=stride, padding=pad)
+        cases.append(
+            {
+                "op": "conv",
+                "tag": tag,
+                "out": cout,
+                "kernel": k,
+                "stride": stride,
+                "pad": pad,
+                "upsample": up,
+                "in": 5,
+                "size": 9,
+                "batch": 2,
+                "group_size": 16,
+            }
+        )
+
+    # activations via a linear with identity weights
+    x = rand(4, 40) * 3
+    tensors.update({"act.x": x, "act.gelu": F.gelu(x), "act.silu": F.silu(x), "act.tanh": torch.tanh(x * 4)})
+
+    # RMSNorm (eps 1e-6) and GroupNorm (eps 1e-6)
+    x, weight = rand(6, 40), 1 + 0.2 * rand(40)
+    tensors.update({"rms.x": x, "rms.w": weight, "rms.y": F.rms_norm(x, (40,), weight, eps=1e-6)})
+    x, gamma, beta = rand(2, 16, 5, 5) * 2 + 0.5, 1 + 0.2 * rand(16), 0.1 * rand(16)
+    tensors.update({"gn.x": x, "gn.w": gamma, "gn.b": beta, "gn.y": F.silu(F.group_norm(x, 8, gamma, beta, eps=1e-6))})
+
+    # QK-normed RoPE attention on a 5x5 grid, 2 heads of 16: (B, T, 3, H, d) rows -> (B, T, H*d)
+    batch, grid, heads, head_dim = 2, 5, 2, 16
+    tokens = grid * grid
+    qkv = rand(batch, tokens, 3 * heads * head_dim)
+    q_norm, k_norm = 1 + 0.2 * rand(head_dim), 1 + 0.2 * rand(head_dim)
+    angles = rope_angles_2d(grid, grid, head_dim, 100.0)
+    q, k, v = qkv.view(batch, tokens, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q = apply_rope(F.rms_norm(q, (head_dim,), q_norm, eps=1e-6), angles.cos(), angles.sin())
+    k = apply_rope(F.rms_norm(k, (head_dim,), k_norm, eps=1e-6), angles.cos(), angles.sin())
+    attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+    tensors.update({"attn.qkv": qkv, "attn.q_norm": q_norm, "attn.k_norm": k_norm, "attn.y": attended})
+    cases.append({"op": "attention", "batch": batch, "grid": grid, "heads": heads, "head_dim": head_dim})
+
+    # sphere projection with and without re-noising
+    z, e = rand(3, 50) * 3, rand(3, 50)
+    sigma = math.tan(math.radians(80))
+    tensors.update(
+        {
+            "sphere.z": z,
+            "sphere.e": e,
+            "sphere.f": sphere_project(z),
+            "sphere.renoised": sphere_project(sphere_project(z) + sigma * e),
+        }
+    )
+    cases.append({"op": "sphere", "sigma": sigma})
+
+    # non-persistent tables the readers rebuild from the config (docs/web_format.md §6)
+    angles = rope_angles_2d(6, 6, 32, 100.0)
+    tensors["tables.pos"] = sincos_pos_embed_2d(6, 6, 48)
+    tensors.update({"tables.rope_cos": angles.cos(), "tables.rope_sin": angles.sin()})
+    cases.append({"op": "tables", "grid": 6, "width": 48, "head_dim": 32, "rope_theta": 100.0})
+    return {k: v.float().contiguous() for k, v in tensors.items()}, cases
+
+
+def main(args: argparse.Namespace) -> None:
+    out_dir = Path(args.out)
+    digest = inputs_digest()
+    manifest_path = out_dir / "manifest.json"
+    if not args.force and manifest_path.exists():
+        if json.loads(manifest_path.read_text()).get("digest") == digest:
+            print(f"fixtures in {out_dir} are up to date")
+            return
+    torch.set_num_threads(1)  # tiny ops: threading only adds overhead (x100 on small CI machines)
+    torch.manual_seed(0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models = {name: make_model_fixtures(name, out_dir, seed=10 + i) for i, name in enumerate(MODELS)}
+    tensors, cases = kernel_cases()
+    save_file(tensors, str(out_dir / "kernels.safetensors"))
+    (out_dir / "kernels.json").write_text(json.dumps(cases, indent=1))
+    manifest = {"digest": digest, "batch": BATCH, "guidance": GUIDANCE, "recon_angle": RECON_ANGLE, "models": models}
+    write_index(out_dir)  # index.json as batch_export.py writes it: the e2e test and the benchmark serve this folder
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    print(f"wrote fixtures for {', '.join(models)} and {len(cases)} kernel cases to {out_dir}")
+
+
+if __name__ == "__main__":
+    main(parse_args())

@@ -1,0 +1,121 @@
+/** The list of exported models (index.json from batch_export.py) and cached downloads of weight files. */
+
+export interface ModeEntry {
+  file: string; // relative to index.json
+  bytes: number;
+}
+
+export interface CatalogEntry {
+  name: string;
+  dataset: string | null;
+  image_size: number;
+  latent_dim: number;
+  latent_shape: number[];
+  backbone: string;
+  num_classes: number;
+  param_count: number;
+  modes: Partial<Record<"fp32" | "fp16" | "q8" | "q4", ModeEntry>>;
+}
+
+export const CACHE_NAME = "sphere-encoder-weights-v1";
+
+/** Fetch and check index.json; `base` is its folder URL (ending with /). */
+export async function loadCatalog(base: string): Promise<CatalogEntry[]> {
+  let response: Response;
+  try {
+    response = await fetch(new URL("index.json", base), { cache: "no-cache" });
+  } catch (error) {
+    throw new Error(`could not fetch ${base}index.json (${(error as Error).message})`);
+  }
+  if (response.status === 404)
+    throw new Error(`no exported models: ${base}index.json not found. Run \`python batch_export.py\` and reload.`);
+  if (!response.ok) throw new Error(`${base}index.json: HTTP ${response.status}`);
+  const data = (await response.json()) as CatalogEntry[] | { models: CatalogEntry[] };
+  const entries = Array.isArray(data) ? data : data.models;
+  if (!Array.isArray(entries)) throw new Error(`${base}index.json is not a list of models`);
+  return entries.filter((entry) => entry && typeof entry.name === "string" && entry.modes && Object.keys(entry.modes).length);
+}
+
+function cacheAvailable(): boolean {
+  return typeof caches !== "undefined";
+}
+
+/**
+ * The bytes of a weight file, from the Cache API when present, else downloaded with progress and cached.
+ * The cache key carries the expected size, so a re-exported file of another size is fetched again.
+ */
+export async function fetchWeights(
+  url: string,
+  expectedBytes: number,
+  onProgress: (loaded: number, total: number, cached: boolean) => void,
+  signal?: AbortSignal,
+): Promise<ArrayBuffer> {
+  const key = `${url}#bytes=${expectedBytes}`;
+  const cache = cacheAvailable() ? await caches.open(CACHE_NAME).catch(() => null) : null;
+  const hit = await cache?.match(key);
+  if (hit) {
+    const buffer = await hit.arrayBuffer();
+    onProgress(buffer.byteLength, buffer.byteLength, true);
+    if (buffer.byteLength === expectedBytes) return buffer;
+    await cache?.delete(key);
+  }
+  const response = await fetch(url, { signal });
+  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+  const total = Number(response.headers.get("content-length")) || expectedBytes;
+  const buffer = await readWithProgress(response, total, (loaded) => onProgress(loaded, total, false));
+  if (expectedBytes && buffer.byteLength !== expectedBytes) {
+    throw new Error(`${url}: got ${buffer.byteLength} bytes, index.json says ${expectedBytes} (incomplete download or stale index.json)`);
+  }
+  await cache?.put(key, new Response(buffer.slice(0), { headers: { "content-type": "application/octet-stream" } })).catch(() => undefined);
+  return buffer;
+}
+
+async function readWithProgress(response: Response, total: number, onProgress: (loaded: number) => void): Promise<ArrayBuffer> {
+  if (!response.body) return response.arrayBuffer();
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let loaded = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    chunks.push(value);
+    loaded += value.byteLength;
+    onProgress(Math.min(loaded, total || loaded));
+  }
+  const out = new Uint8Array(loaded);
+  let offset = 0;
+  for (const chunk of chunks) {
+    out.set(chunk, offset);
+    offset += chunk.byteLength;
+  }
+  return out.buffer;
+}
+
+/** Bytes held by our cache (0 when the Cache API is missing). */
+export async function cachedBytes(): Promise<{ files: number; bytes: number }> {
+  if (!cacheAvailable()) return { files: 0, bytes: 0 };
+  const cache = await caches.open(CACHE_NAME);
+  const keys = await cache.keys();
+  let bytes = 0;
+  for (const request of keys) {
+    const match = /#bytes=(\d+)$/.exec(request.url);
+    bytes += match ? Number(match[1]) : 0;
+  }
+  return { files: keys.length, bytes };
+}
+
+export async function clearCache(): Promise<void> {
+  if (cacheAvailable()) await caches.delete(CACHE_NAME);
+}
+
+export function formatBytes(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 ** 2) return `${(bytes / 1024).toFixed(1)} KB`;
+  return `${(bytes / 1024 ** 2).toFixed(1)} MB`;
+}
+
+export function formatCount(count: number): string {
+  if (count >= 1e6) return `${(count / 1e6).toFixed(1)}M`;
+  if (count >= 1e3) return `${(count / 1e3).toFixed(0)}k`;
+  return String(count);
+}

@@ -1,0 +1,87 @@
+/** The Sphere Encoder architecture config (models/sphere.py `SphereConfig`) and what derives from it. */
+
+export interface SphereConfig {
+  backbone: "vit" | "convnet";
+  image_size: number;
+  in_channels: number;
+  latent_dim: number; // L: the sphere has radius sqrt(L)
+  num_classes: number; // 0 = unconditional
+  noise_angle: number; // theta_max in degrees; sigma_max = tan(theta_max)
+  width: number;
+  depth: number;
+  heads: number;
+  mlp_ratio: number;
+  patch_size: number;
+  qk_norm: boolean;
+  rope_theta: number;
+  mixer_depth: number;
+  mixer_expansion: number;
+  pixel_head: "conv" | "linear";
+  pixel_head_channels: number;
+  channel_mults: number[];
+  norm: "group" | "batch";
+}
+
+/** Side of the latent grid: tokens per row (vit) or latent feature-map size (convnet). */
+export function latentGrid(cfg: SphereConfig): number {
+  if (cfg.backbone === "vit") return cfg.image_size / cfg.patch_size;
+  return cfg.image_size / 2 ** (cfg.channel_mults.length - 1);
+}
+
+export function latentChannels(cfg: SphereConfig): number {
+  return cfg.latent_dim / latentGrid(cfg) ** 2;
+}
+
+/** Latent shape without batch: (N, C) tokens for vit, (C, h, w) for convnet. */
+export function latentShape(cfg: SphereConfig): number[] {
+  const grid = latentGrid(cfg);
+  const channels = latentChannels(cfg);
+  return cfg.backbone === "vit" ? [grid * grid, channels] : [channels, grid, grid];
+}
+
+/** sigma_max = tan(theta_max) for an angle in degrees (DESIGN §3). */
+export function sigmaForAngle(degrees: number): number {
+  return Math.tan((degrees * Math.PI) / 180);
+}
+
+/** Fixed 2D sin-cos position embedding (grid*grid, dim), float64 math then float32 (docs/web_format.md §6). */
+export function sincosPosEmbed2d(grid: number, dim: number): Float32Array {
+  const quarter = dim / 4;
+  const out = new Float32Array(grid * grid * dim);
+  for (let row = 0; row < grid; row++) {
+    for (let col = 0; col < grid; col++) {
+      const base = (row * grid + col) * dim;
+      for (let k = 0; k < quarter; k++) {
+        const omega = 1 / 10000 ** (k / quarter);
+        out[base + k] = Math.sin(row * omega);
+        out[base + quarter + k] = Math.cos(row * omega);
+        out[base + 2 * quarter + k] = Math.sin(col * omega);
+        out[base + 3 * quarter + k] = Math.cos(col * omega);
+      }
+    }
+  }
+  return out;
+}
+
+/** Axial 2D RoPE tables cos/sin (grid*grid, headDim/2): row angles then column angles (§6). */
+export function ropeTables(grid: number, headDim: number, theta: number): { cos: Float32Array; sin: Float32Array } {
+  const quarter = headDim / 4;
+  const half = headDim / 2;
+  const cos = new Float32Array(grid * grid * half);
+  const sin = new Float32Array(grid * grid * half);
+  for (let row = 0; row < grid; row++) {
+    for (let col = 0; col < grid; col++) {
+      const base = (row * grid + col) * half;
+      for (let k = 0; k < quarter; k++) {
+        const invFreq = 1 / theta ** (k / quarter);
+        const angleRow = Math.fround(row * invFreq); // torch casts the float64 angles to float32 first
+        const angleCol = Math.fround(col * invFreq);
+        cos[base + k] = Math.cos(angleRow);
+        sin[base + k] = Math.sin(angleRow);
+        cos[base + quarter + k] = Math.cos(angleCol);
+        sin[base + quarter + k] = Math.sin(angleCol);
+      }
+    }
+  }
+  return { cos, sin };
+}

@@ -1,0 +1,38 @@
+// Shared helpers, prepended to every kernel.
+
+// IEEE half (low 16 bits of h) to f32, exact for subnormals (unpack2x16float may flush them).
+fn f16_to_f32(h: u32) -> f32 {
+  let sign = (h & 0x8000u) << 16u;
+  let exponent = (h >> 10u) & 0x1fu;
+  let mantissa = h & 0x3ffu;
+  if (exponent == 0u) {
+    let v = f32(mantissa) * 5.9604644775390625e-8;
+    return select(v, -v, sign != 0u);
+  }
+  if (exponent == 31u) {
+    return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u));
+  }
+  return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
+}
+
+fn silu(x: f32) -> f32 {
+  return x / (1.0 + exp(-x));
+}
+
+// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), so GELU matches torch's exact (erf) GELU.
+fn erf_approx(x: f32) -> f32 {
+  let a = abs(x);
+  let t = 1.0 / (1.0 + 0.3275911 * a);
+  let poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))));
+  let y = 1.0 - poly * exp(-a * a);
+  return select(y, -y, x < 0.0);
+}
+
+fn gelu(x: f32) -> f32 {
+  return 0.5 * x * (1.0 + erf_approx(x * 0.7071067811865476));
+}
+
+// tanh that cannot overflow to NaN for large |x| (tanh(15) is 1 in f32).
+fn tanh_safe(x: f32) -> f32 {
+  return tanh(clamp(x, -15.0, 15.0));
+}

@@ -1,0 +1,51 @@
+// Sphere projection f(z) = z * sqrt(L) / ||z|| per sample (DESIGN §3), one workgroup per sample.
+// With NOISE: dst = f(f(src) + sigma * noise), the re-noising step of sampling and reconstruction.
+
+{{BINDINGS}}
+
+const NOISE: bool = {{NOISE}};
+
+var<workgroup> partial: array<f32, 64>;
+
+fn reduce_sum(lid: u32, value: f32) -> f32 {
+  partial[lid] = value;
+  workgroupBarrier();
+  var total = 0.0;
+  for (var j = 0u; j < 64u; j++) {
+    total += partial[j];
+  }
+  workgroupBarrier();
+  return total;
+}
+
+fn noisy(base: u32, e: u32, scale: f32) -> f32 {
+  {{NOISY}}
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let L = P.L;
+  let sqrt_l = P.SQRT_L;
+  let base = wg.x * L;
+  var sq = 0.0;
+  for (var e = lid.x; e < L; e += 64u) {
+    let v = src[base + e];
+    sq += v * v;
+  }
+  let scale = sqrt_l / max(sqrt(reduce_sum(lid.x, sq)), 1e-12);
+  if (!NOISE) {
+    for (var e = lid.x; e < L; e += 64u) {
+      dst[base + e] = src[base + e] * scale;
+    }
+    return;
+  }
+  var sq2 = 0.0;
+  for (var e = lid.x; e < L; e += 64u) {
+    let w = noisy(base, e, scale);
+    sq2 += w * w;
+  }
+  let scale2 = sqrt_l / max(sqrt(reduce_sum(lid.x, sq2)), 1e-12);
+  for (var e = lid.x; e < L; e += 64u) {
+    dst[base + e] = noisy(base, e, scale) * scale2;
+  }
+}

@@ -1,0 +1,520 @@
+/** The demo page: pick a model and precision, generate, loop, reconstruct, interpolate and roam. */
+
+import { cachedBytes, clearCache, fetchWeights, formatBytes, formatCount, loadCatalog, type CatalogEntry } from "./app/catalog";
+import { canvasGrid, centerCrop, drawImage, loadBitmap, toModelInput } from "./app/images";
+import { WebFormatError, type Mode } from "./format";
+import { Gpu, GpuUnavailableError } from "./gpu";
+import { SphereModel } from "./model";
+import { Random } from "./rng";
+import { GreatCircleWalk, randomPoint, slerp2d } from "./sphere";
+
+const $ = <T extends HTMLElement = HTMLElement>(id: string): T => {
+  const element = document.getElementById(id);
+  if (!element) throw new Error(`missing #${id}`);
+  return element as T;
+};
+
+const params = new URLSearchParams(location.search);
+const MODELS_BASE = new URL(params.get("models") ?? "./models/", location.href).href; // ?models=URL/ overrides
+const SAMPLE_IMAGES = ["ship", "horse", "automobile", "frog"].map((name) => ({
+  name,
+  url: new URL(`./examples/${name}.png`, location.href).href,
+}));
+const CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
+const MODE_ORDER: Mode[] = ["q8", "q4", "fp16", "fp32"]; // default precision: the first one a model has
+
+interface State {
+  gpu: Gpu | null;
+  catalog: CatalogEntry[];
+  entry: CatalogEntry | null;
+  model: SphereModel | null;
+  loadToken: number;
+  loop: boolean;
+  roam: boolean;
+  corners: Float32Array[] | null;
+  pendingPad: [number, number] | null;
+  padBusy: boolean;
+  random: Random;
+}
+
+const state: State = {
+  gpu: null,
+  catalog: [],
+  entry: null,
+  model: null,
+  loadToken: 0,
+  loop: false,
+  roam: false,
+  corners: null,
+  pendingPad: null,
+  padBusy: false,
+  random: new Random(Date.now() >>> 0),
+};
+
+// ---------------------------------------------------------------------------------------------------------
+// messages
+
+function showMessage(kind: "warning" | "error", text: string, action?: { label: string; run: () => void }): void {
+  const box = document.createElement("div");
+  box.className = `message ${kind}`;
+  const span = document.createElement("span");
+  span.textContent = text;
+  box.appendChild(span);
+  const buttons = document.createElement("span");
+  if (action) {
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = action.label;
+    button.onclick = () => {
+      box.remove();
+      action.run();
+    };
+    buttons.appendChild(button);
+  }
+  const close = document.createElement("button");
+  close.type = "button";
+  close.className = "secondary";
+  close.textContent = "×";
+  close.setAttribute("aria-label", "dismiss");
+  close.onclick = () => box.remove();
+  buttons.appendChild(close);
+  box.appendChild(buttons);
+  $("messages").appendChild(box);
+}
+
+/** Show an error, unless it is a consequence of a device loss (which has its own message). */
+function reportError(error: unknown, prefix = ""): void {
+  const gpu = state.gpu;
+  setTimeout(() => {
+    if (gpu?.lost || gpu !== state.gpu) return; // the loss notification comes a moment after the failed call
+    showMessage("error", `${prefix}${explain(error)}`);
+  }, 50);
+}
+
+function explain(error: unknown): string {
+  if (error instanceof WebFormatError) return `The weight file could not be read: ${error.message}`;
+  if (error instanceof Error) return error.message;
+  return String(error);
+}
+
+function setStatus(id: string, text: string): void {
+  $(id).textContent = text;
+}
+
+function setPageState(value: string): void {
+  document.body.dataset.state = value; // read by the end-to-end test
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// GPU and models
+
+async function startGpu(): Promise<boolean> {
+  try {
+    state.gpu = await Gpu.create();
+  } catch (error) {
+    const text = error instanceof GpuUnavailableError ? error.message : `WebGPU failed to start: ${explain(error)}`;
+    setStatus("adapter", "WebGPU unavailable.");
+    showMessage("error", text);
+    setPageState("no-webgpu");
+    return false;
+  }
+  const adapter = state.gpu.adapter;
+  const name = [adapter.vendor, adapter.architecture, adapter.description].filter(Boolean).join(" · ") || "unknown adapter";
+  setStatus("adapter", `WebGPU adapter: ${name}`);
+  if (adapter.isFallback && !document.querySelector("#messages .message.warning")) {
+    showMessage(
+      "warning",
+      "This is a software WebGPU adapter (running on the CPU): everything works, but slowly. Enable hardware acceleration for real speed.",
+    );
+  }
+  state.gpu.onLost((reason) => {
+    stopLoops();
+    state.model = null;
+    setControls(false);
+    setPageState("device-lost");
+    showMessage("error", `The GPU device was lost (${reason}).`, { label: "Reload model", run: () => void recoverDevice() });
+  });
+  return true;
+}
+
+async function recoverDevice(): Promise<void> {
+  if (await startGpu()) await loadSelected();
+}
+
+function setControls(enabled: boolean): void {
+  for (const id of ["generate", "loop", "new-corners", "roam"]) $<HTMLButtonElement>(id).disabled = !enabled;
+}
+
+function stopLoops(): void {
+  state.loop = false;
+  state.roam = false;
+  $("loop").setAttribute("aria-pressed", "false");
+  $("roam").setAttribute("aria-pressed", "false");
+  $("roam").textContent = "Start";
+}
+
+function describe(entry: CatalogEntry): string {
+  const classes = entry.num_classes ? `, ${entry.num_classes} classes` : "";
+  return `${entry.name} — ${entry.backbone}, ${entry.image_size}px, ${formatCount(entry.param_count)} params${classes}`;
+}
+
+async function loadCatalogIntoPicker(): Promise<void> {
+  try {
+    state.catalog = await loadCatalog(MODELS_BASE);
+  } catch (error) {
+    setStatus("model-status", "No model to load.");
+    showMessage("error", explain(error));
+    setPageState("no-models");
+    return;
+  }
+  if (!state.catalog.length) {
+    setStatus("model-status", "index.json lists no models. Export one with `python batch_export.py`.");
+    setPageState("no-models");
+    return;
+  }
+  const select = $<HTMLSelectElement>("model-select");
+  select.replaceChildren(...state.catalog.map((entry, i) => new Option(describe(entry), String(i))));
+  const remembered = state.catalog.findIndex((entry) => entry.name === localStorage.getItem("sphere.model"));
+  select.value = String(Math.max(0, remembered));
+  select.disabled = false;
+  fillModes();
+  await loadSelected();
+}
+
+function fillModes(): void {
+  const entry = state.catalog[Number($<HTMLSelectElement>("model-select").value)];
+  const select = $<HTMLSelectElement>("mode-select");
+  const modes = MODE_ORDER.filter((mode) => entry.modes[mode]);
+  select.replaceChildren(...modes.map((mode) => new Option(`${mode} (${formatBytes(entry.modes[mode]!.bytes)})`, mode)));
+  const remembered = localStorage.getItem("sphere.mode");
+  select.value = modes.includes(remembered as Mode) ? remembered! : modes[0];
+  select.disabled = false;
+}
+
+async function loadSelected(): Promise<void> {
+  const entry = state.catalog[Number($<HTMLSelectElement>("model-select").value)];
+  const mode = $<HTMLSelectElement>("mode-select").value as Mode;
+  if (!entry || !state.gpu || state.gpu.lost) return;
+  const token = ++state.loadToken;
+  stopLoops();
+  setControls(false);
+  setPageState("loading");
+  void state.model?.dispose(); // frees the previous model's buffers once its last call is done
+  state.model = null;
+  state.corners = null;
+  const file = entry.modes[mode]!;
+  const url = new URL(file.file, MODELS_BASE).href;
+  const bar = $("progress-bar");
+  try {
+    const buffer = await fetchWeights(url, file.bytes, (loaded, total, cached) => {
+      bar.style.width = `${total ? (100 * loaded) / total : 100}%`;
+      setStatus(
+        "model-status",
+        cached
+          ? `${entry.name} ${mode}: from the cache`
+          : `Downloading ${entry.name} ${mode}: ${formatBytes(loaded)} / ${formatBytes(total)}`,
+      );
+    });
+    if (token !== state.loadToken) return;
+    const start = performance.now();
+    const model = SphereModel.load(state.gpu, buffer, file.file);
+    state.model = model;
+    state.entry = entry;
+    localStorage.setItem("sphere.model", entry.name);
+    localStorage.setItem("sphere.mode", mode);
+    setStatus(
+      "model-status",
+      `${entry.name} ${mode} ready: latent ${model.latentShape.join("×")} (L = ${model.latentSize}), ${formatBytes(file.bytes)}, set up in ${(performance.now() - start).toFixed(0)} ms.`,
+    );
+    configureConditional(entry);
+    setControls(true);
+    void refreshCacheStatus();
+    await generate();
+    await newCorners();
+    setPageState("ready");
+  } catch (error) {
+    if (token !== state.loadToken) return;
+    bar.style.width = "0";
+    setStatus("model-status", "Loading failed.");
+    reportError(error, `Could not load ${entry.name} (${mode}): `);
+    setPageState("error");
+  }
+}
+
+function configureConditional(entry: CatalogEntry): void {
+  const conditional = entry.num_classes > 0;
+  document.querySelectorAll<HTMLElement>(".conditional").forEach((element) => (element.hidden = !conditional));
+  if (!conditional) return;
+  const names = entry.num_classes === 10 && (entry.dataset ?? "").startsWith("cifar") ? CIFAR10_CLASSES : null;
+  $<HTMLSelectElement>("class-select").replaceChildren(
+    new Option("none (null class)", String(entry.num_classes)),
+    ...Array.from({ length: entry.num_classes }, (_, i) => new Option(names?.[i] ?? `class ${i}`, String(i))),
+  );
+}
+
+function labels(count: number): number[] | undefined {
+  if (!state.model || state.model.config.num_classes === 0) return undefined;
+  return new Array(count).fill(Number($<HTMLSelectElement>("class-select").value));
+}
+
+function guidance(): number {
+  return state.model && state.model.config.num_classes > 0 ? Number($<HTMLInputElement>("guidance").value) : 1;
+}
+
+async function refreshCacheStatus(): Promise<void> {
+  const { files, bytes } = await cachedBytes();
+  setStatus("cache-status", files ? `${files} file${files > 1 ? "s" : ""} cached (${formatBytes(bytes)})` : "cache empty");
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// generate and loop
+
+async function generate(seed?: number): Promise<number> {
+  const model = state.model;
+  if (!model) return 0;
+  const count = Number($<HTMLSelectElement>("count").value);
+  const steps = Number($<HTMLSelectElement>("steps").value);
+  const typed = $<HTMLInputElement>("seed").value;
+  const used = seed ?? (typed === "" ? state.random.nextUint32() : Number(typed) >>> 0);
+  const start = performance.now();
+  const images = await model.sample(count, { steps, seed: used, labels: labels(count), guidance: guidance() });
+  const elapsed = performance.now() - start;
+  const size = model.config.image_size;
+  canvasGrid($("grid"), count).forEach((canvas, i) => drawImage(canvas, images, i, model.config.in_channels, size));
+  setStatus(
+    "generate-status",
+    `${count} image${count > 1 ? "s" : ""}, ${steps} step${steps > 1 ? "s" : ""}, seed ${used}: ${elapsed.toFixed(0)} ms`,
+  );
+  document.body.dataset.generated = String(Number(document.body.dataset.generated ?? 0) + 1);
+  return elapsed;
+}
+
+async function runLoop(): Promise<void> {
+  let frames = 0;
+  let windowStart = performance.now();
+  while (state.loop && state.model) {
+    try {
+      await generate(state.random.nextUint32());
+    } catch (error) {
+      stopLoops();
+      reportError(error);
+      return;
+    }
+    frames++;
+    const now = performance.now();
+    if (now - windowStart >= 1000) {
+      setStatus("generate-status", `${$("generate-status").textContent} · ${((1000 * frames) / (now - windowStart)).toFixed(1)} fps`);
+      frames = 0;
+      windowStart = now;
+    }
+    await new Promise(requestAnimationFrame);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// reconstruct
+
+async function reconstructFrom(source: Blob | string): Promise<void> {
+  const model = state.model;
+  if (!model) {
+    showMessage("warning", "Load a model first.");
+    return;
+  }
+  try {
+    const size = model.config.image_size;
+    const rgba = centerCrop(await loadBitmap(source), size, $<HTMLCanvasElement>("recon-input"));
+    const steps = Number($<HTMLSelectElement>("recon-steps").value);
+    const { images, timings } = await model.reconstruct(toModelInput(rgba, model.config.in_channels, size), { steps, labels: labels(1) });
+    drawImage($<HTMLCanvasElement>("recon-output"), images, 0, model.config.in_channels, size);
+    setStatus(
+      "recon-status",
+      `encode ${timings.encodeMs.toFixed(1)} ms · decode ${timings.decodeMs.toFixed(1)} ms${steps > 1 ? ` (${steps} rounds)` : ""}`,
+    );
+  } catch (error) {
+    reportError(error, "Reconstruction failed: ");
+  }
+}
+
+function setupReconstruct(): void {
+  const samples = $("samples");
+  for (const sample of SAMPLE_IMAGES) {
+    const img = document.createElement("img");
+    img.src = sample.url;
+    img.alt = sample.name;
+    img.title = sample.name;
+    img.tabIndex = 0;
+    img.onclick = () => void reconstructFrom(sample.url);
+    img.onkeydown = (event) => {
+      if (event.key === "Enter") void reconstructFrom(sample.url);
+    };
+    samples.appendChild(img);
+  }
+  $<HTMLInputElement>("file-input").onchange = (event) => {
+    const file = (event.target as HTMLInputElement).files?.[0];
+    if (file) void reconstructFrom(file);
+  };
+  const zone = $("drop-zone");
+  zone.ondragover = (event) => {
+    event.preventDefault();
+    zone.classList.add("dragging");
+  };
+  zone.ondragleave = () => zone.classList.remove("dragging");
+  zone.ondrop = (event) => {
+    event.preventDefault();
+    zone.classList.remove("dragging");
+    const file = event.dataTransfer?.files?.[0];
+    if (file) void reconstructFrom(file);
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// interpolation pad
+
+async function newCorners(): Promise<void> {
+  const model = state.model;
+  if (!model) return;
+  state.corners = Array.from({ length: 4 }, () => randomPoint(model.latentSize, state.random));
+  const latents = new Float32Array(4 * model.latentSize);
+  state.corners.forEach((corner, i) => latents.set(corner, i * model.latentSize));
+  const images = await model.decode(latents, labels(4));
+  for (let i = 0; i < 4; i++) drawImage($<HTMLCanvasElement>(`corner-${i}`), images, i, model.config.in_channels, model.config.image_size);
+  requestPad(0.5, 0.5);
+}
+
+function requestPad(u: number, v: number): void {
+  state.pendingPad = [u, v];
+  const dot = $("pad-dot");
+  dot.style.left = `${100 * u}%`;
+  dot.style.top = `${100 * v}%`;
+  if (!state.padBusy) void drainPad();
+}
+
+/** Decode the latest pad position; positions that arrive meanwhile collapse into one. */
+async function drainPad(): Promise<void> {
+  state.padBusy = true;
+  try {
+    while (state.pendingPad && state.model && state.corners) {
+      const [u, v] = state.pendingPad;
+      state.pendingPad = null;
+      const model = state.model;
+      const images = await model.decode(slerp2d(state.corners, u, v), labels(1));
+      drawImage($<HTMLCanvasElement>("pad-output"), images, 0, model.config.in_channels, model.config.image_size);
+      setStatus("pad-status", `u ${u.toFixed(2)} · v ${v.toFixed(2)} · decode ${model.lastTimings.decodeMs.toFixed(1)} ms`);
+    }
+  } catch (error) {
+    reportError(error);
+  } finally {
+    state.padBusy = false;
+  }
+}
+
+function setupPad(): void {
+  const pad = $("pad");
+  const position = (event: PointerEvent): void => {
+    const rect = pad.getBoundingClientRect();
+    const clamp = (x: number) => Math.min(1, Math.max(0, x));
+    requestPad(clamp((event.clientX - rect.left) / rect.width), clamp((event.clientY - rect.top) / rect.height));
+  };
+  pad.onpointerdown = (event) => {
+    pad.setPointerCapture(event.pointerId);
+    position(event);
+  };
+  pad.onpointermove = (event) => {
+    if (event.buttons || event.pointerType === "mouse") position(event);
+  };
+  pad.onkeydown = (event) => {
+    const dot = $("pad-dot");
+    let u = parseFloat(dot.style.left || "50") / 100;
+    let v = parseFloat(dot.style.top || "50") / 100;
+    const step = 0.05;
+    if (event.key === "ArrowLeft") u -= step;
+    else if (event.key === "ArrowRight") u += step;
+    else if (event.key === "ArrowUp") v -= step;
+    else if (event.key === "ArrowDown") v += step;
+    else return;
+    event.preventDefault();
+    requestPad(Math.min(1, Math.max(0, u)), Math.min(1, Math.max(0, v)));
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// roam
+
+async function runRoam(): Promise<void> {
+  const model = state.model;
+  if (!model) return;
+  const walk = new GreatCircleWalk(
+    randomPoint(model.latentSize, state.random),
+    state.random,
+    Number($<HTMLInputElement>("roam-speed").value),
+  );
+  let frames = 0;
+  let windowStart = performance.now();
+  while (state.roam && state.model === model) {
+    walk.speed = Number($<HTMLInputElement>("roam-speed").value);
+    try {
+      const images = await model.decode(walk.step(), labels(1));
+      drawImage($<HTMLCanvasElement>("roam-output"), images, 0, model.config.in_channels, model.config.image_size);
+    } catch (error) {
+      stopLoops();
+      reportError(error);
+      return;
+    }
+    frames++;
+    const now = performance.now();
+    if (now - windowStart >= 1000) {
+      setStatus(
+        "roam-status",
+        `${((1000 * frames) / (now - windowStart)).toFixed(1)} fps · decode ${model.lastTimings.decodeMs.toFixed(1)} ms`,
+      );
+      frames = 0;
+      windowStart = now;
+    }
+    await new Promise(requestAnimationFrame);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+function wireControls(): void {
+  $<HTMLSelectElement>("model-select").onchange = () => {
+    fillModes();
+    void loadSelected();
+  };
+  $<HTMLSelectElement>("mode-select").onchange = () => void loadSelected();
+  $("generate").onclick = () => void generate().catch((error) => reportError(error));
+  $("loop").onclick = () => {
+    const on = !state.loop;
+    stopLoops();
+    state.loop = on;
+    $("loop").setAttribute("aria-pressed", String(on));
+    if (on) void runLoop();
+  };
+  $("roam").onclick = () => {
+    const on = !state.roam;
+    stopLoops();
+    state.roam = on;
+    $("roam").setAttribute("aria-pressed", String(on));
+    $("roam").textContent = on ? "Stop" : "Start";
+    if (on) void runRoam();
+  };
+  $("new-corners").onclick = () => void newCorners().catch((error) => reportError(error));
+  $("clear-cache").onclick = async () => {
+    await clearCache();
+    await refreshCacheStatus();
+  };
+  const guidanceInput = $<HTMLInputElement>("guidance");
+  guidanceInput.oninput = () => setStatus("guidance-value", guidanceInput.value);
+  setupReconstruct();
+  setupPad();
+}
+
+async function main(): Promise<void> {
+  (window as unknown as { sphereDemo: State }).sphereDemo = state; // a handle for the console and the e2e test
+  wireControls();
+  void refreshCacheStatus();
+  if (!(await startGpu())) return;
+  await loadCatalogIntoPicker();
+}
+
+void main();
