@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode, v2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -215,53 +215,3 @@ def load_image(path: str, image_size: int) -> torch.Tensor:
         raise DatasetError(f"cannot read image '{path}' ({error}); pass a jpg/png/webp/bmp file") from error
     transform = build_transform(min(image.size), image_size, hflip=False)
     return transform(image).as_subclass(torch.Tensor).unsqueeze(0)
-
-
-class ReplacementSampler(Sampler):
-    """Draws num_samples indices with replacement, reseeded per (seed, epoch, rank): for tiny datasets."""
-
-    def __init__(self, dataset_size: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1):
-        self.dataset_size, self.num_samples = dataset_size, num_samples
-        self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the epoch whose draw __iter__ returns, as DistributedSampler.set_epoch does."""
-        self.epoch = epoch
-
-    def __iter__(self):
-        generator = torch.Generator().manual_seed((self.seed + self.epoch) * self.world_size + self.rank)
-        return iter(torch.randint(self.dataset_size, (self.num_samples,), generator=generator).tolist())
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def build_dataloader(
-    dataset: Dataset,
-    batch_size: int,
-    seed: int,
-    rank: int = 0,
-    world_size: int = 1,
-    num_workers: int = 0,
-    drop_last: bool = True,
-) -> DataLoader:
-    """Per-rank loader of batch_size items; call loader.sampler.set_epoch(epoch) each epoch to reshuffle.
-
-    A DistributedSampler shuffles with (seed, epoch) and splits the data across ranks (one rank: the whole
-    data, seeded). A dataset smaller than one global batch is sampled with replacement, one batch per epoch.
-    """
-    if len(dataset) < batch_size * world_size:
-        sampler = ReplacementSampler(len(dataset), batch_size, seed, rank, world_size)
-    else:
-        sampler = DistributedSampler(
-            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=drop_last
-        )
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
-    )

@@ -13,7 +13,7 @@ from PIL import Image
 
 import download_cifar
 import download_faces
-from engine.data import DatasetError, build_dataloader, build_dataset, load_image
+from engine.data import DatasetError, build_dataset, load_image
 
 SHARED_NPZ = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_train_subset.npz"
 
@@ -186,32 +186,6 @@ def test_load_image_errors(tmp_path):
     for path in (tmp_path / "missing.png", tmp_path / "text.png"):
         with pytest.raises(DatasetError, match="cannot read image"):
             load_image(str(path), 32)
-
-
-def test_dataloader_seeding_epochs_and_ranks():
-    dataset = build_dataset("demo")
-    loader = build_dataloader(dataset, batch_size=100, seed=3)
-    first = list(loader.sampler)
-    assert sorted(first) == list(range(1000)) and len(loader) == 10
-    assert list(build_dataloader(dataset, batch_size=100, seed=3).sampler) == first
-    loader.sampler.set_epoch(1)
-    assert list(loader.sampler) != first
-    images, labels = next(iter(loader))
-    assert images.shape == (100, 3, 32, 32) and labels.dtype == torch.int64
-    ranks = [list(build_dataloader(dataset, 100, seed=3, rank=r, world_size=2).sampler) for r in (0, 1)]
-    assert len(ranks[0]) == 500 and not set(ranks[0]) & set(ranks[1])
-
-
-def test_tiny_dataset_is_sampled_with_replacement(tmp_path, cifar):
-    for index in range(3):
-        Image.fromarray(cifar["images"][index]).save(tmp_path / f"{index}.png")
-    loader = build_dataloader(build_dataset(str(tmp_path)), batch_size=8, seed=0)
-    batches = list(loader)
-    assert len(batches) == 1 and batches[0][0].shape == (8, 3, 32, 32)
-    indices = list(loader.sampler)
-    assert len(indices) == 8 and set(indices) <= {0, 1, 2}
-    loader.sampler.set_epoch(5)
-    assert list(loader.sampler) != indices
 
 
 def write_face_archive(tmp_path: Path, kind: str, images: np.ndarray) -> Path:

@@ -264,3 +264,23 @@ def test_quick_fid_during_training(tmp_path):
     fids = {key: r[key] for r in records for key in r if key.startswith("fid_") and key.endswith("step")}
     assert set(fids) == {"fid_1step", "fid_2step"} and all(value > 0 for value in fids.values())
     assert list((tmp_path / "results" / "fid_stats").glob("*.npz"))
+
+
+def test_resumable_batch_sampler_shards_reshuffles_and_resumes():
+    from engine.trainer import ResumableBatchSampler
+
+    def batches(rank, world, epoch=0, start=0, size=1000, steps=5):
+        sampler = ResumableBatchSampler(size, global_batch=100, steps_per_epoch=steps, seed=3, rank=rank, world=world)
+        sampler.set_epoch(epoch, start)
+        return list(sampler)
+
+    whole = batches(0, 1)
+    assert len(whole) == 5 and all(len(b) == 100 for b in whole)
+    assert len({i for b in whole for i in b}) == 500  # no repeats inside an epoch
+    assert batches(0, 1) == whole and batches(0, 1, epoch=1) != whole
+    halves = [batches(r, 2) for r in (0, 1)]
+    for step, (a, b) in enumerate(zip(*halves)):
+        assert len(a) == len(b) == 50 and not set(a) & set(b) and sorted(a + b) == sorted(whole[step])
+    assert batches(0, 1, start=3) == whole[3:]  # mid-epoch resume sees exactly the remaining batches
+    tiny = batches(0, 1, size=7, steps=2)  # fewer images than one batch: permutations are chained
+    assert all(len(b) == 100 and set(b) <= set(range(7)) for b in tiny)
