@@ -103,6 +103,11 @@ def main(args):
     name = torch.cuda.get_device_name(device) if gpu else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name} | image {args.image_size}px | batch {args.batch_size} | perceptual {args.perceptual}")
     print(f"{'model':<14}{'params (M)':>11}{'train img/s':>13}{'peak GiB':>10}{'1-step sample img/s':>21}")
+    if not gpu:
+        print(
+            "(CPU peak memory is the process's peak RSS so far, so it never goes down between rows:"
+            " run one --models entry per call for per-model numbers)"
+        )
     for model_name in args.models:
         row = bench_model(model_name, args, device)
         print(
