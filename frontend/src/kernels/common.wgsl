@@ -36,3 +36,18 @@ fn gelu(x: f32) -> f32 {
 fn tanh_safe(x: f32) -> f32 {
   return tanh(clamp(x, -15.0, 15.0));
 }
+
+// Sum of one value per thread over a 64-thread workgroup (every thread gets the total). Kernels that reduce
+// use workgroups of 64 and this shared scratch array.
+var<workgroup> partial: array<f32, 64>;
+
+fn reduce_sum(lid: u32, value: f32) -> f32 {
+  partial[lid] = value;
+  workgroupBarrier();
+  var total = 0.0;
+  for (var j = 0u; j < 64u; j++) {
+    total += partial[j];
+  }
+  workgroupBarrier();
+  return total;
+}

@@ -6,19 +6,6 @@
 
 const STATS: bool = {{STATS}};
 
-var<workgroup> partial: array<f32, 64>;
-
-fn reduce_sum(lid: u32, value: f32) -> f32 {
-  partial[lid] = value;
-  workgroupBarrier();
-  var total = 0.0;
-  for (var j = 0u; j < 64u; j++) {
-    total += partial[j];
-  }
-  workgroupBarrier();
-  return total;
-}
-
 // v is the normalized value of channel c (before the affine); i is the flat NCHW index.
 fn finish(b: u32, c: u32, i: u32, v: f32) -> f32 {
   {{FINISH}}

@@ -3,8 +3,6 @@
 
 {{BINDINGS}}
 
-var<workgroup> partial: array<f32, 64>;
-
 fn finish(row: u32, i: u32, v: f32) -> f32 {
   {{FINISH}}
 }

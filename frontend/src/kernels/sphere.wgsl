@@ -5,19 +5,6 @@
 
 const NOISE: bool = {{NOISE}};
 
-var<workgroup> partial: array<f32, 64>;
-
-fn reduce_sum(lid: u32, value: f32) -> f32 {
-  partial[lid] = value;
-  workgroupBarrier();
-  var total = 0.0;
-  for (var j = 0u; j < 64u; j++) {
-    total += partial[j];
-  }
-  workgroupBarrier();
-  return total;
-}
-
 fn noisy(base: u32, e: u32, scale: f32) -> f32 {
   {{NOISY}}
 }
