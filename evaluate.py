@@ -27,7 +27,6 @@ from engine.metrics import (
     Metric,
     ReferenceStats,
     ReferenceStatsError,
-    build_lpips,
     check_reference_weights,
     dataset_batches,
     fid_from_features,
@@ -41,7 +40,7 @@ from engine.metrics import (
     ssim,
 )
 from engine.setup import positive_int
-from losses import PerceptualWeightsError
+from losses import PerceptualWeightsError, build_lpips
 
 GENERATION_METRICS = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall")
 RECONSTRUCTION_METRICS = ("rfid", "psnr", "ssim", "lpips")

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -23,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
+from engine.checkpoint import atomic_write
 from engine.inception import InceptionFeatures, build_inception, images_to_uint8
 
 REF_IMAGES_MAX = 50_000  # reference statistics use the dataset's first 50k images (all of CIFAR-10 train)
@@ -241,13 +240,6 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
     return ssim_map.flatten(1).mean(1)
 
 
-def build_lpips(vgg_weights: str | None = None):
-    """LPIPS-VGG (frozen, eval): --vgg_weights PATH, else $SPHERE_VGG_WEIGHTS, else the ImageNet download."""
-    from losses.perceptual import build_lpips as build
-
-    return build(vgg_weights)
-
-
 @torch.no_grad()
 def lpips_distance(lpips_model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-image LPIPS (B,) of images in [-1, 1] (0 for identical images)."""
@@ -323,21 +315,12 @@ def reference_path(cache_dir: str | Path, dataset_name: str, image_size: int) ->
 
 def save_reference(reference: ReferenceStats, path: str | Path) -> None:
     """npz with mu, sigma, num_features (+ features, fingerprint when known), written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"mu": reference.mu, "sigma": reference.sigma, "num_features": np.int64(reference.num_features or -1)}
     if reference.features is not None:
         arrays["features"] = reference.features
     if reference.fingerprint is not None:
         arrays["fingerprint"] = np.array(reference.fingerprint)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(file, **arrays)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda file: np.savez(file, **arrays))
 
 
 def _read_npz(path: Path, with_features: bool) -> dict[str, np.ndarray]:

@@ -20,6 +20,7 @@ from engine import metrics
 from engine.data import ArrayDataset
 from engine.images import per_image_generators
 from engine.inception import InceptionFeatures, InceptionWeightsError, build_inception, images_to_uint8
+from losses import build_lpips
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS = Path(
@@ -229,7 +230,7 @@ def test_ssim_identical_is_one_matches_scipy_and_drops_with_noise(image_sets):
 
 @pytest.mark.skipif(not VGG_WEIGHTS.is_file(), reason=f"needs {VGG_WEIGHTS}")
 def test_lpips_identical_is_zero_and_grows_with_distortion(image_sets):
-    lpips_model = metrics.build_lpips(str(VGG_WEIGHTS))
+    lpips_model = build_lpips(str(VGG_WEIGHTS))
     images = to_float(image_sets["real_a"][:8])
     assert metrics.lpips_distance(lpips_model, images, images).abs().max().item() < 1e-6
     noisy = (images + 0.2 * torch.randn(images.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
