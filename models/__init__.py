@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .sphere import SPHERE_MODELS, SphereConfig, SphereEncoder
+from .sphere import CFG_MODES, SPHERE_MODELS, SphereConfig, SphereEncoder
 
 _FAMILIES = [SPHERE_MODELS]
 
@@ -32,4 +32,4 @@ def model_from_config(config: dict) -> SphereEncoder:
     return SphereEncoder(SphereConfig.from_dict(config))
 
 
-__all__ = ["MODELS", "SphereConfig", "SphereEncoder", "build_model", "model_from_config"]
+__all__ = ["CFG_MODES", "MODELS", "SphereConfig", "SphereEncoder", "build_model", "model_from_config"]

@@ -28,11 +28,24 @@ from .layers import (
 )
 
 
+def default_compression_ratio(image_size: int) -> float:
+    """Pixels per latent entry, 3 S^2 / L: 1.5 up to 32 px (CIFAR, L = 2048), 3 above (ImageNet 256 px)."""
+    return 1.5 if image_size <= 32 else 3.0
+
+
+def default_patch_size(image_size: int) -> int:
+    """The official per-resolution patch: 2 up to 64 px, then S / 32 (128 px: 4, 256 px: 8, 512 px: 16)."""
+    return max(2, image_size // 32)
+
+
 def default_latent_dim(image_size: int) -> int:
-    """L for an image size: (S/2)^2 tokens x 8 channels up to 32 px (2048 at 32 px), then 2048 * S / 32."""
-    if image_size <= 32:
-        return (image_size // 2) ** 2 * 8
-    return 2048 * image_size // 32
+    """L = 3 S^2 / compression ratio: 2048 at 32 px (16x16 tokens x 8), 65536 at 256 px (32x32 x 64)."""
+    return round(3 * image_size**2 / default_compression_ratio(image_size))
+
+
+def default_mixer_depth(image_size: int) -> int:
+    """Latent MLP-mixer blocks: 2 up to 32 px (the official CIFAR setting), 4 above (ImageNet, faces)."""
+    return 2 if image_size <= 32 else 4
 
 
 def default_noise_angle(image_size: int) -> float:
@@ -54,11 +67,14 @@ class SphereConfig:
     depth: int = 6  # vit: transformer blocks in each of E and D; convnet: residual blocks per level
     heads: int = 6  # vit only
     mlp_ratio: float = 4.0  # vit SwiGLU hidden ratio (parameter-matched to a GELU MLP of this ratio)
-    patch_size: int = 0  # vit; 0 = 2 up to 32 px, image_size // 16 above (16x16 tokens)
+    patch_size: int = 0  # vit; 0 = the official per-resolution patch (default_patch_size)
     qk_norm: bool = True  # vit: RMSNorm on queries and keys
     rope_theta: float = 100.0  # vit: RoPE base; small because grids are at most a few dozen tokens wide
-    mixer_depth: int = 2  # latent MLP-mixer blocks after the encoder head and before the decoder body
+    mixer_depth: int = 0  # latent MLP-mixer blocks after E's head and D's embedding; 0 = by image size
     mixer_expansion: int = 2
+    # vit decoder: "width" mixes after the linear embedding, on W channels (the official code); "latent" mixes the
+    # latent channels before it (checkpoints written before this setting existed load as "latent")
+    decoder_mixer: str = "width"
     pixel_head: str = "auto"  # vit: "conv" (small conv head), "linear" (unpatchify), "auto" = conv up to 32 px
     pixel_head_channels: int = 64  # vit conv pixel head width
     channel_mults: tuple[int, ...] = field(default=(1, 2, 2))  # convnet: one level per entry, /2 between
@@ -66,8 +82,12 @@ class SphereConfig:
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
+        if self.backbone == "convnet":
+            self.decoder_mixer = "width"  # no mixer in the convnet: one canonical value keeps configs comparable
         if self.patch_size == 0:
-            self.patch_size = 2 if self.image_size <= 32 else max(1, self.image_size // 16)
+            self.patch_size = default_patch_size(self.image_size)
+        if self.mixer_depth == 0:
+            self.mixer_depth = default_mixer_depth(self.image_size)
         if self.pixel_head == "auto":
             self.pixel_head = "conv" if self.image_size <= 32 else "linear"
         self.validate()
@@ -76,6 +96,8 @@ class SphereConfig:
         """Raise ValueError with a one-line fix when the settings do not fit together."""
         if self.backbone not in ("vit", "convnet"):
             raise ValueError(f"unknown backbone '{self.backbone}': use 'vit' or 'convnet'")
+        if self.decoder_mixer not in ("width", "latent"):
+            raise ValueError(f"unknown decoder_mixer '{self.decoder_mixer}': use 'width' or 'latent'")
         stride = self.patch_size if self.backbone == "vit" else 2 ** (len(self.channel_mults) - 1)
         if self.image_size % stride != 0 or self.image_size < stride:
             raise ValueError(f"image_size {self.image_size} is not a multiple of the {self.backbone} stride {stride}")
@@ -115,7 +137,11 @@ class SphereConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown Sphere Encoder config keys {unknown}")
-        return cls(**data)
+        return cls(**{**LEGACY_DEFAULTS, **data})
+
+
+# Settings added after checkpoints were already in use, with the value that reproduces those older models.
+LEGACY_DEFAULTS = {"decoder_mixer": "latent"}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -158,13 +184,15 @@ class ViTEncoder(nn.Module):
 
 
 class ViTDecoder(nn.Module):
-    """Latent MLP-mixer -> linear embedding -> RoPE transformer -> pixel head -> tanh."""
+    """Linear embedding -> latent MLP-mixer on width W -> RoPE transformer -> pixel head -> tanh."""
 
     def __init__(self, cfg: SphereConfig):
         super().__init__()
         cond_dim = cfg.width if cfg.num_classes > 0 else 0
         self.patch_size, self.grid_size, self.out_channels = cfg.patch_size, cfg.latent_grid, cfg.in_channels
-        self.mixer = LatentMixer(cfg.latent_grid**2, cfg.latent_channels, cfg.mixer_depth, cfg.mixer_expansion)
+        self.mix_first = cfg.decoder_mixer == "latent"  # legacy layout: mix the latent channels, then embed
+        mixer_channels = cfg.latent_channels if self.mix_first else cfg.width
+        self.mixer = LatentMixer(cfg.latent_grid**2, mixer_channels, cfg.mixer_depth, cfg.mixer_expansion)
         self.embed = nn.Linear(cfg.latent_channels, cfg.width)
         self.grid = _TokenGrid(cfg.latent_grid, cfg.width, cfg.width // cfg.heads, cfg.rope_theta)
         self.label_embed = LabelEmbedding(cfg.num_classes, cfg.width) if cond_dim else None
@@ -191,7 +219,8 @@ class ViTDecoder(nn.Module):
         return x.reshape(batch, -1, grid * p, grid * p)
 
     def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.embed(self.mixer(v)) + self.grid.pos  # (B, N, width)
+        x = self.embed(self.mixer(v)) if self.mix_first else self.mixer(self.embed(v))
+        x = x + self.grid.pos  # (B, N, width)
         cond = self.label_embed(labels) if self.label_embed is not None else None
         for block in self.blocks:
             x = block(x, self.grid.rope_cos, self.grid.rope_sin, cond)
@@ -268,6 +297,21 @@ class ConvDecoder(nn.Module):
 # The model
 
 
+CFG_MODES = ("combo", "both", "latent", "pixel")
+
+
+def guidance_scales(cfg: float, cfg_mode: str) -> tuple[float, float]:
+    """(scale after E, scale after D) for guidance cfg. "combo" (the official default) puts sqrt(cfg) at both
+    places so the total is cfg; "both" puts cfg at each; "latent" / "pixel" only after E / D."""
+    if cfg_mode not in CFG_MODES:
+        raise ValueError(f"unknown cfg_mode '{cfg_mode}': use one of {', '.join(CFG_MODES)}")
+    if not cfg >= 0:
+        raise ValueError(f"the guidance scale must be >= 0 (1 = off), got {cfg}")
+    if cfg_mode == "combo":
+        return math.sqrt(cfg), math.sqrt(cfg)
+    return (cfg if cfg_mode in ("both", "latent") else 1.0), (cfg if cfg_mode in ("both", "pixel") else 1.0)
+
+
 def per_image_noise(n: int, shape: tuple[int, ...], generator, device: torch.device | str) -> torch.Tensor:
     """N(0, I) noise (n, *shape); `generator` is None, one torch.Generator, or a list of n (one per image, so
     an image does not depend on the batch it is drawn in)."""
@@ -338,20 +382,20 @@ class SphereEncoder(nn.Module):
         return {"z": z, "x_small": x_small, "x_big": x_big, "z_big": z_big}
 
     # ---- guidance -----------------------------------------------------------------------------------
-    def _guided(self, fn, inputs: torch.Tensor, labels, cfg: float, active: bool) -> torch.Tensor:
-        """fn(inputs, labels), or with CFG: out_uncond + cfg * (out_cond - out_uncond) in one batch."""
+    def _guided(self, fn, inputs: torch.Tensor, labels, scale: float) -> torch.Tensor:
+        """fn(inputs, labels), or with CFG: out_uncond + scale * (out_cond - out_uncond) in one batch."""
         labels = self._labels(labels, inputs.shape[0], inputs.device)
-        if not active or cfg == 1.0 or labels is None:
+        if scale == 1.0 or labels is None:
             return fn(inputs, labels)
         null = torch.full_like(labels, self.config.num_classes)
         cond, uncond = fn(torch.cat([inputs, inputs]), torch.cat([labels, null])).chunk(2)
-        return uncond + cfg * (cond - uncond)
+        return uncond + scale * (cond - uncond)
 
-    def _encode_guided(self, x, labels, cfg, cfg_mode):
-        return self._guided(self.encoder, x, labels, cfg, cfg_mode in ("both", "latent"))
+    def _encode_guided(self, x, labels, cfg: float, cfg_mode: str):
+        return self._guided(self.encoder, x, labels, guidance_scales(cfg, cfg_mode)[0])
 
-    def _decode_guided(self, v, labels, cfg, cfg_mode):
-        return self._guided(self.decoder, v, labels, cfg, cfg_mode in ("both", "pixel")).clamp(-1, 1)
+    def _decode_guided(self, v, labels, cfg: float, cfg_mode: str):
+        return self._guided(self.decoder, v, labels, guidance_scales(cfg, cfg_mode)[1]).clamp(-1, 1)
 
     # ---- generation ---------------------------------------------------------------------------------
     @torch.no_grad()
@@ -362,7 +406,7 @@ class SphereEncoder(nn.Module):
         generator=None,
         labels: torch.Tensor | None = None,
         cfg: float = 1.0,
-        cfg_mode: str = "both",
+        cfg_mode: str = "combo",
         noise_angle: float | None = None,
         return_all: bool = False,
     ):
@@ -370,7 +414,7 @@ class SphereEncoder(nn.Module):
 
         x = D(f(e)); then steps-1 times z = E(x), x = D(f(f(z) + sigma_max e')), e' drawn once per image.
         generator: None, a torch.Generator, or a list of n (per-image reproducibility). labels: None = the
-        null class for conditional models. cfg_mode: "both", "latent" (after E) or "pixel" (after D).
+        null class for conditional models. cfg_mode: where guidance applies (see guidance_scales).
         noise_angle: refinement noise in degrees (None = the model's theta_max). return_all: list of the
         images after each step (step T of a longer run equals a T-step run).
         """
@@ -420,7 +464,7 @@ class SphereEncoder(nn.Module):
 
 _VIT_SIZES = {
     "tiny": dict(width=64, depth=2, heads=2, mlp_ratio=2.0, mixer_depth=1, pixel_head_channels=16),
-    "small": dict(width=384, depth=6, heads=6),
+    "small": dict(width=512, depth=8, heads=8),
     "base": dict(width=768, depth=12, heads=12),
     "large": dict(width=1024, depth=24, heads=16, pixel_head_channels=128),
 }

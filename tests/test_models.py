@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from models import MODELS, SphereConfig, build_model, model_from_config
+from models.sphere import guidance_scales
 from models.layers import apply_rope, rope_angles_2d, sphere_project
 from tests.helpers import perturb
 
@@ -111,3 +112,70 @@ def test_reconstruct_steps():
     assert len(outs) == 3
     assert torch.allclose(outs[0], model.decode(model.project(model.encode(x))), atol=1e-6)
     assert torch.allclose(outs[1], model.decode(model.project(model.encode(outs[0]))), atol=1e-5)
+
+
+def test_vit_decoder_mixes_at_width_after_the_embedding():
+    """The official decoder embeds the 8 latent channels to width W, then runs the latent MLP-mixer on W."""
+    model = perturb(build_model("vit_tiny", image_size=16)).eval()
+    decoder, width = model.decoder, model.config.width
+    assert decoder.mixer.norm.weight.shape == (width,)
+    v = model.project(torch.randn(2, *model.latent_shape))
+    seen = {}
+    decoder.mixer.register_forward_hook(lambda module, args, out: seen.setdefault("input", args[0]))
+    decoder(v)
+    assert torch.allclose(seen["input"], decoder.embed(v))
+
+
+def test_checkpoints_from_before_the_decoder_change_still_load():
+    """A config saved without `decoder_mixer` is the old layout (mixer on the latent channels, then the embedding)."""
+    old = {k: v for k, v in build_model("vit_tiny", image_size=16).config.to_dict().items() if k != "decoder_mixer"}
+    model = perturb(model_from_config(old)).eval()
+    assert model.config.decoder_mixer == "latent"
+    assert model.decoder.mixer.norm.weight.shape == (model.config.latent_channels,)
+    v = model.project(torch.randn(2, *model.latent_shape))
+    decoder = model.decoder
+    expected = decoder.embed(decoder.mixer(v)) + decoder.grid.pos
+    seen = {}
+    decoder.blocks[0].register_forward_hook(lambda module, args, out: seen.setdefault("input", args[0]))
+    decoder(v)
+    assert torch.allclose(seen["input"], expected)
+    convnet = {k: v for k, v in build_model("convnet_tiny").config.to_dict().items() if k != "decoder_mixer"}
+    assert model_from_config(convnet).config == build_model("convnet_tiny").config  # nothing changed there
+
+
+def test_sizes_follow_the_official_configs():
+    with torch.device("meta"):
+        small = build_model("vit_small").config
+        assert (small.width, small.depth, small.heads) == (512, 8, 8)
+        imagenet = build_model("vit_base", image_size=256).config
+        cifar = build_model("vit_base", image_size=32).config
+        faces = build_model("vit_base", image_size=64).config
+    assert (imagenet.patch_size, imagenet.latent_grid, imagenet.latent_channels) == (8, 32, 64)
+    assert (imagenet.mixer_depth, imagenet.pixel_head, imagenet.noise_angle) == (4, "linear", 85.0)
+    assert (cifar.patch_size, cifar.latent_grid, cifar.latent_channels, cifar.mixer_depth) == (2, 16, 8, 2)
+    assert (faces.patch_size, faces.latent_dim, faces.mixer_depth) == (2, 4096, 4)
+
+
+def test_vit_base_parameter_count_matches_the_official_model():
+    """Official ViT-Base sphere encoder at 32 px: about 264M parameters class-conditional, 176M without classes."""
+    with torch.device("meta"):
+        conditional = sum(p.numel() for p in build_model("vit_base", num_classes=10).parameters())
+        unconditional = sum(p.numel() for p in build_model("vit_base").parameters())
+    assert conditional == pytest.approx(263.8e6, rel=0.02)
+    assert unconditional == pytest.approx(176.4e6, rel=0.02)
+
+
+def test_combo_guidance_puts_the_square_root_at_both_places():
+    assert guidance_scales(4.0, "combo") == (2.0, 2.0)
+    assert guidance_scales(4.0, "both") == (4.0, 4.0)
+    assert guidance_scales(4.0, "latent") == (4.0, 1.0) and guidance_scales(4.0, "pixel") == (1.0, 4.0)
+    with pytest.raises(ValueError, match="cfg_mode"):
+        guidance_scales(2.0, "everywhere")
+    with pytest.raises(ValueError, match=">= 0"):
+        guidance_scales(-1.0, "combo")
+    model = perturb(build_model("vit_tiny", image_size=16, num_classes=3)).eval()
+    gen = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    labels = torch.tensor([0, 2])
+    combo = model.sample(2, 3, generator=gen(), labels=labels, cfg=4.0)  # combo is the default
+    assert torch.allclose(combo, model.sample(2, 3, generator=gen(), labels=labels, cfg=2.0, cfg_mode="both"))
+    assert not torch.allclose(combo, model.sample(2, 3, generator=gen(), labels=labels, cfg=4.0, cfg_mode="both"))
