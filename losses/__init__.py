@@ -1,13 +1,16 @@
 """Training objectives (one per model family) and perceptual losses."""
 
-from .perceptual import PerceptualWeightsError, build_lpips
+from .perceptual import PerceptualDistance, PerceptualWeightsError, build_convnext_small, build_lpips, build_perceptual
 from .sphere import SphereLoss, SphereLossConfig, hard_case_levels, stratified_levels
 
 __all__ = [
+    "PerceptualDistance",
     "PerceptualWeightsError",
     "SphereLoss",
     "SphereLossConfig",
+    "build_convnext_small",
     "build_lpips",
+    "build_perceptual",
     "hard_case_levels",
     "stratified_levels",
 ]

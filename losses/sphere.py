@@ -17,13 +17,13 @@ class SphereLossConfig:
     noise_angle: float = 80.0  # theta_max in degrees; sigma_max = tan(theta_max)
     small_noise_ratio: float = 0.5  # v_small uses r * u * ratio * sigma_max
     hard_case_prob: float = 0.1  # chance that a sample's angle is pushed beyond theta_max
-    hard_case_extra_angle: float = 5.0  # hard cases reach up to theta_max + this (degrees), capped below 90
+    hard_case_extra_angle: float = 5.0  # hard cases reach up to min(theta_max + this, 89) degrees (official)
     recon_dist_weight: float = 1.0
     recon_perc_weight: float = 1.0
     con_dist_weight: float = 0.5
     con_perc_weight: float = 0.5
     latent_weight: float = 0.1
-    distance: str = "l1"  # "l1" or "smooth_l1" (beta = 1, as in the official code)
+    distance: str = "smooth_l1"  # "smooth_l1" (beta = 1 on [0, 1] images, the official code) or "l1"
     label_dropout: float = 0.1  # conditional models: chance a label is replaced by the null class
 
     def __post_init__(self):
@@ -51,13 +51,16 @@ def stratified_levels(batch: int, device=None, generator: torch.Generator | None
     return levels[torch.randperm(batch, device=device, generator=generator)]
 
 
+HARD_CASE_MAX_ANGLE = 89.0  # degrees; nearer 90 the pushed r explodes (tan) and v_big becomes pure noise
+
+
 def hard_case_levels(
     levels: torch.Tensor, noise_angle: float, prob: float, extra_angle: float, generator=None
 ) -> torch.Tensor:
     """With probability `prob`, push a sample's r above 1 so its angle atan(r sigma_max) lands uniformly in
-    (theta_max, min(theta_max + extra, 89.9)] degrees. The r = 0 sample stays the clean anchor."""
+    (theta_max, min(theta_max + extra, 89)] degrees. The r = 0 sample stays the clean anchor."""
     sigma_max = math.tan(math.radians(noise_angle))
-    top = math.radians(min(noise_angle + extra_angle, 89.9))
+    top = math.radians(max(noise_angle, min(noise_angle + extra_angle, HARD_CASE_MAX_ANGLE)))
     pushed = (torch.rand(levels.shape, device=levels.device, generator=generator) < prob) & (levels > 0)
     u = torch.rand(levels.shape, device=levels.device, generator=generator)
     angle = math.radians(noise_angle) + u * (top - math.radians(noise_angle))
@@ -91,13 +94,14 @@ class SphereLoss:
         return self.perceptual(a.float(), b.float()).mean()
 
     def draw_noise(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Scaled noises (r u ratio sigma_max e, r sigma_max e) sharing the same direction e."""
+        """Scaled noises (r u ratio sigma_max e, r_hard sigma_max e) sharing the same direction e; only v_big
+        gets the hard-case push r_hard, v_small keeps the un-pushed r (DESIGN §3)."""
         cfg, batch, device = self.config, latent.shape[0], latent.device
         r = stratified_levels(batch, device)
-        r = hard_case_levels(r, cfg.noise_angle, cfg.hard_case_prob, cfg.hard_case_extra_angle)
+        r_hard = hard_case_levels(r, cfg.noise_angle, cfg.hard_case_prob, cfg.hard_case_extra_angle)
         u = stratified_levels(batch, device)
         e = torch.randn(latent.shape, device=device)
-        big = _per_sample(r * cfg.sigma_max, e) * e
+        big = _per_sample(r_hard * cfg.sigma_max, e) * e
         small = _per_sample(r * u * cfg.small_noise_ratio * cfg.sigma_max, e) * e
         return small, big
 

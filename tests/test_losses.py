@@ -1,19 +1,26 @@
 """The Sphere Encoder objective: noise levels, loss terms, gradient paths, LPIPS loading."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+import torchvision
 
 from losses import (
+    PerceptualDistance,
     PerceptualWeightsError,
     SphereLoss,
     SphereLossConfig,
+    build_convnext_small,
     build_lpips,
+    build_perceptual,
     hard_case_levels,
     stratified_levels,
 )
 from models import build_model
+from tests.conftest import CIFAR_SUBSET, needs_cifar_subset, needs_real_vgg
 from tests.helpers import perturb
 
 
@@ -46,9 +53,28 @@ def test_hard_cases_stay_within_angle_bounds(angle):
     hard = pushed > 1
     assert 0.08 < hard.float().mean() < 0.12
     assert angles[hard].min() > angle - 1e-3
-    assert angles[hard].max() <= min(angle + 5.0, 89.9) + 1e-3
+    assert angles[hard].max() <= min(angle + 5.0, 89.0) + 1e-3
     assert pushed[0] == 0  # the clean anchor is never pushed
     assert torch.equal(pushed[~hard], r[~hard])
+
+
+def test_hard_cases_at_85_degrees_are_capped_at_89():
+    """At theta_max = 85 (the default above 32 px) a cap near 90 degrees let r reach ~50, so v_big was pure noise."""
+    torch.manual_seed(0)
+    pushed = hard_case_levels(torch.rand(20000), 85.0, prob=0.5, extra_angle=5.0)
+    assert pushed.max() <= math.tan(math.radians(89.0)) / math.tan(math.radians(85.0)) + 1e-4  # r <= 5.01
+
+
+def test_v_small_keeps_the_unpushed_level():
+    """Only v_big uses the hard-case r; v_small's angle stays within atan(0.5 sigma_max) (70.6 deg at 80 deg)."""
+    cfg = SphereLossConfig(noise_angle=80.0, hard_case_prob=1.0, recon_perc_weight=0, con_perc_weight=0)
+    torch.manual_seed(0)
+    small, big = SphereLoss(cfg).draw_noise(torch.empty(64, 256, 32))
+    scale_small = small.flatten(1).norm(dim=1) / math.sqrt(256 * 32)  # ||e|| ~ sqrt(L) within ~1%
+    scale_big = big.flatten(1).norm(dim=1) / math.sqrt(256 * 32)
+    assert scale_big.max() > 1.5 * cfg.sigma_max  # the hard cases did push v_big
+    angles_small = torch.rad2deg(torch.atan(scale_small))
+    assert angles_small.max() <= math.degrees(math.atan(0.5 * cfg.sigma_max)) + 0.5
 
 
 def test_sigma_and_angle():
@@ -130,6 +156,12 @@ def test_label_dropout_uses_null_class():
     assert set(dropped.unique().tolist()) == {0, 10}
 
 
+def test_default_distance_is_the_official_smooth_l1():
+    a, b = torch.zeros(1, 3, 4, 4), torch.full((1, 3, 4, 4), 0.5)  # pixel gap 0.25 in [0, 1]
+    loss = SphereLoss(SphereLossConfig(recon_perc_weight=0, con_perc_weight=0))
+    assert loss.distance(a, b).item() == pytest.approx(0.5 * 0.25**2)
+
+
 def test_smooth_l1_distance_differs_from_l1():
     a, b = torch.zeros(1, 3, 4, 4), torch.ones(1, 3, 4, 4)  # pixel gap 0.5 in [0, 1]
     l1 = SphereLoss(SphereLossConfig(distance="l1", recon_perc_weight=0, con_perc_weight=0)).distance(a, b)
@@ -137,10 +169,10 @@ def test_smooth_l1_distance_differs_from_l1():
     assert l1.item() == pytest.approx(0.5) and sl1.item() == pytest.approx(0.125)
 
 
+@needs_real_vgg
+@needs_cifar_subset
 def test_lpips_offline_backbone_ranks_distortions(lpips_model):
     import numpy as np
-
-    from tests.conftest import CIFAR_SUBSET
 
     images = torch.from_numpy(np.load(CIFAR_SUBSET)["images"][:8]).permute(0, 3, 1, 2).float() / 127.5 - 1
     same = lpips_model(images, images).mean()
@@ -150,13 +182,11 @@ def test_lpips_offline_backbone_ranks_distortions(lpips_model):
     assert 0 < noisy < other
 
 
-def test_lpips_missing_or_bad_weights_give_clear_errors(tmp_path, monkeypatch):
+def test_lpips_missing_or_bad_weights_give_clear_errors(tmp_path, vgg_weights_file):
     with pytest.raises(PerceptualWeightsError, match="SPHERE_VGG_WEIGHTS"):
         build_lpips(str(tmp_path / "missing.pth"))
     truncated = tmp_path / "truncated.pth"
-    from tests.conftest import VGG_WEIGHTS
-
-    truncated.write_bytes(VGG_WEIGHTS.read_bytes()[:100000])
+    truncated.write_bytes(Path(vgg_weights_file).read_bytes()[:100000])
     with pytest.raises(PerceptualWeightsError, match="unreadable|cannot read"):
         build_lpips(str(truncated))
     wrong = tmp_path / "wrong.pth"
@@ -165,20 +195,79 @@ def test_lpips_missing_or_bad_weights_give_clear_errors(tmp_path, monkeypatch):
         build_lpips(str(wrong))
 
 
-def test_lpips_without_weights_offline_fails_loudly(monkeypatch, tmp_path):
-    """No file and no download: a clear error naming both fixes, never random VGG weights."""
+def _offline(monkeypatch, tmp_path):
+    """No network and an empty torch hub cache: torchvision's weight downloads fail as they do offline."""
     import urllib.error
 
-    import torchvision
-
-    monkeypatch.delenv("SPHERE_VGG_WEIGHTS", raising=False)
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    import torchvision.models._api
 
     def offline(*args, **kwargs):
         raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(torchvision.models.vgg, "load_state_dict_from_url", offline, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", offline)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+
+
+def test_lpips_without_weights_offline_fails_loudly(monkeypatch, tmp_path):
+    """No file and no download: a one-line error naming both fixes (never our machines' paths), never random VGG."""
+    monkeypatch.delenv("SPHERE_VGG_WEIGHTS", raising=False)
+    _offline(monkeypatch, tmp_path)
     with pytest.raises(PerceptualWeightsError) as error:
         build_lpips(None)
-    assert "--vgg_weights" in str(error.value) and "SPHERE_VGG_WEIGHTS" in str(error.value)
+    message = str(error.value)
+    assert "--vgg_weights" in message and "SPHERE_VGG_WEIGHTS" in message and "download" in message
+    assert "shared" not in message and "\n" not in message
+
+
+@pytest.fixture(scope="module")
+def convnext_file(tmp_path_factory):
+    """A random-weight torchvision convnext_small() state_dict: the loading and loss mechanics, not real values."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("convnext") / "convnext_small_random.pth"
+    torch.save(torchvision.models.convnext_small(weights=None).state_dict(), path)
+    return path
+
+
+def test_convnext_term_is_the_official_weighted_mean(convnext_file, lpips_model):
+    """perc = (LPIPS + w MSE(ConvNeXt-S logits of 224 px resizes)) / (1 + w), with gradients to the input."""
+    convnext = build_convnext_small(str(convnext_file))
+    assert not convnext.training and not any(p.requires_grad for p in convnext.parameters())
+    perceptual = PerceptualDistance(lpips_model, convnext, convnext_weight=0.1)
+    torch.manual_seed(0)
+    a = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
+    b = torch.rand(2, 3, 32, 32) * 2 - 1
+    value = perceptual(a, b)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+    def logits(x):
+        return convnext((F.interpolate((x + 1) / 2, size=224, mode="bilinear", antialias=True) - mean) / std)
+
+    expected = (lpips_model(a, b).mean() + 0.1 * F.mse_loss(logits(a), logits(b))) / 1.1
+    assert value.item() == pytest.approx(expected.item(), rel=1e-5)
+    value.backward()
+    assert a.grad.abs().sum() > 0
+    assert PerceptualDistance(lpips_model)(a, b).item() == pytest.approx(lpips_model(a, b).mean().item())
+
+
+def test_convnext_weights_errors_name_the_flag_the_variable_and_the_download(tmp_path, monkeypatch):
+    monkeypatch.delenv("SPHERE_CONVNEXT_WEIGHTS", raising=False)
+    with pytest.raises(PerceptualWeightsError, match="does not exist.*--convnext_weights"):
+        build_convnext_small(str(tmp_path / "missing.pth"))
+    wrong = tmp_path / "vgg.pth"
+    torch.save({"0.weight": torch.zeros(2)}, wrong)
+    with pytest.raises(PerceptualWeightsError, match="not a state_dict of ConvNeXt-S"):
+        build_convnext_small(str(wrong))
+    _offline(monkeypatch, tmp_path)
+    with pytest.raises(PerceptualWeightsError) as error:
+        build_convnext_small(None)
+    message = str(error.value)
+    assert "--convnext_weights" in message and "SPHERE_CONVNEXT_WEIGHTS" in message and "download" in message
+    assert "--convnext_weight 0" in message
+
+
+def test_perceptual_loads_convnext_only_when_weighted(monkeypatch, vgg_weights_file):
+    monkeypatch.setenv("SPHERE_CONVNEXT_WEIGHTS", "/nonexistent/convnext.pth")
+    assert build_perceptual(vgg_weights_file, convnext_weight=0.0).convnext is None
+    with pytest.raises(PerceptualWeightsError, match="convnext"):
+        build_perceptual(vgg_weights_file, convnext_weight=0.1)
