@@ -238,7 +238,8 @@ def test_convnext_term_is_the_official_weighted_mean(convnext_file, lpips_model)
     a = (torch.rand(2, 3, 32, 32) * 2 - 1).requires_grad_(True)
     b = torch.rand(2, 3, 32, 32) * 2 - 1
     value = perceptual(a, b)
-    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
 
     def logits(x):
         return convnext((F.interpolate((x + 1) / 2, size=224, mode="bilinear", antialias=True) - mean) / std)

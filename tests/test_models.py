@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from models import MODELS, SphereConfig, build_model, model_from_config
-from models.sphere import guidance_scales
 from models.layers import apply_rope, rope_angles_2d, sphere_project
+from models.sphere import guidance_scales
 from tests.helpers import perturb
 
 SMALL = ["vit_tiny", "convnet_tiny"]
