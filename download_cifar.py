@@ -5,12 +5,12 @@ python download_cifar.py --root data --archive ~/Downloads/cifar-10-python.tar.g
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import check_integrity, extract_archive
 
+from engine.cli import InputError, check_output_dir
 from engine.data import DatasetError
 
 
@@ -51,18 +51,18 @@ def download(folder: Path) -> None:
 
 def main(args: argparse.Namespace) -> Path:
     """Install CIFAR-10 into <root>/cifar10, check both splits and return that folder."""
-    folder = Path(args.root) / "cifar10"
-    if args.archive:
-        install_archive(Path(args.archive), folder)
-    else:
-        download(folder)
+    try:
+        folder = check_output_dir(Path(args.root) / "cifar10", "--root")
+        if args.archive:
+            install_archive(Path(args.archive), folder)
+        else:
+            download(folder)
+    except (DatasetError, InputError) as error:
+        raise SystemExit(f"error: {error}") from None
     sizes = [len(CIFAR10(root=str(folder), train=train, download=False)) for train in (True, False)]
     print(f"CIFAR-10 ready in {folder}: {sizes[0]} train, {sizes[1]} test images (--dataset cifar10)")
     return folder
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except DatasetError as error:
-        sys.exit(f"error: {error}")
+    main(parse_args())

@@ -7,7 +7,6 @@ python download_faces.py --root data --archive ffhq-64x64.zip    # zip, tar, fol
 import argparse
 import io
 import shutil
-import sys
 import tarfile
 import zipfile
 from collections.abc import Iterator
@@ -16,7 +15,8 @@ from pathlib import Path
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from engine.data import IMAGE_EXTENSIONS, DatasetError
+from engine.cli import InputError, check_output_dir, positive_int
+from engine.data import IMAGE_EXTENSIONS, DatasetError, to_rgb
 
 # A public dataset repo holding one ffhq-64x64.zip (70,000 PNGs, about 880 MB)
 DEFAULT_REPO_ID = "Dmini/FFHQ-64x64"
@@ -29,7 +29,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--root", default="data", help="data folder; images go to <root>/ffhq_64")
     parser.add_argument("--repo_id", default=DEFAULT_REPO_ID, help="Hugging Face dataset repo to download")
     parser.add_argument("--archive", default=None, help="local zip/tar/folder/parquet to convert instead")
-    parser.add_argument("--size", type=int, default=64, help="output resolution (center crop + resize)")
+    parser.add_argument("--size", type=positive_int, default=64, help="output resolution (center crop + resize)")
     parser.add_argument("--overwrite", action=argparse.BooleanOptionalAction, default=False)
     return parser.parse_args(argv)
 
@@ -109,7 +109,7 @@ def convert_images(source: Path, folder: Path, size: int) -> tuple[int, int]:
     for blob in tqdm(iter_image_blobs(source), desc="converting", unit="img"):
         try:
             with Image.open(io.BytesIO(blob)) as image:
-                square = ImageOps.fit(image.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+                square = ImageOps.fit(to_rgb(image), (size, size), Image.Resampling.LANCZOS)
         except Exception:  # a corrupt file in the archive is skipped, not fatal
             skipped += 1
             continue
@@ -118,10 +118,10 @@ def convert_images(source: Path, folder: Path, size: int) -> tuple[int, int]:
     return written, skipped
 
 
-def main(args: argparse.Namespace) -> Path:
+def fill_folder(args: argparse.Namespace) -> Path:
     """Fill <root>/ffhq_64 with PNGs from the hub or from --archive and return that folder."""
-    folder = Path(args.root) / "ffhq_64"
-    if folder.exists() and any(folder.iterdir()) and not args.overwrite:
+    folder = check_output_dir(Path(args.root) / "ffhq_64", "--root")
+    if folder.is_dir() and any(folder.iterdir()) and not args.overwrite:
         raise DatasetError(f"'{folder}' already exists and is not empty; pass --overwrite to rebuild it")
     source = Path(args.archive) if args.archive else download_snapshot(args.repo_id)
     partial = folder.with_name(folder.name + ".partial")  # an interrupted run never looks complete
@@ -142,8 +142,12 @@ def main(args: argparse.Namespace) -> Path:
     return folder
 
 
-if __name__ == "__main__":
+def main(args: argparse.Namespace) -> Path:
     try:
-        main(parse_args())
-    except DatasetError as error:
-        sys.exit(f"error: {error}")
+        return fill_folder(args)
+    except (DatasetError, InputError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main(parse_args())
