@@ -5,8 +5,10 @@ docs/web_format.md; keep the two in step.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,10 @@ from models.layers import ConvResBlock
 from .checkpoint import atomic_write
 
 FORMAT_NAME = "sphere-web"
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: __metadata__ carries data_sha256, the SHA-256 of the data section (docs §2)
+DATA_HASH_KEY = "data_sha256"
+REQUIRED_METADATA = ("config", "quantization", "group_size", DATA_HASH_KEY)
+REQUIRED_CONFIG_KEYS = ("backbone", "image_size", "latent_dim", "num_classes")  # what readers and index.json use
 MODES = ("fp32", "fp16", "q8", "q4")
 QUANT_LEVELS = {"q8": 127, "q4": 7}  # symmetric: q in [-Q, Q]
 DTYPES = {  # format dtype -> (bytes per value, numpy little-endian dtype)
@@ -31,6 +36,7 @@ DTYPES = {  # format dtype -> (bytes per value, numpy little-endian dtype)
 PAD_PREFIX = "__pad__."
 ALIGN_BYTES = 4  # every tensor starts at a multiple of 4 so JS can view it as a typed array
 MIN_QUANT_NUMEL = 1024  # smaller weights stay fp16: their bytes are negligible, their error is not
+MAX_GROUP_SIZE = 1024  # longer groups defeat grouping, and quantization pads every row to a whole group
 MAX_HEADER_BYTES = 64 * 1024 * 1024  # a longer "header" means this is not one of our files
 FP16_MAX = 65504.0
 
@@ -225,28 +231,34 @@ def _to_bytes(dtype: str, tensor: torch.Tensor) -> bytes:
     return tensor.detach().cpu().contiguous().numpy().astype(DTYPES[dtype][1], copy=False).tobytes()
 
 
-def build_header(entries: list[tuple[str, str, torch.Tensor]], metadata: dict[str, str]) -> tuple[bytes, list]:
-    """(JSON header padded to 8-byte alignment, payloads in data order with __pad__ entries inserted)."""
-    header, chunks, offset, pad_index = {"__metadata__": metadata}, [], 0, 0
+def layout_tensors(entries: list[tuple[str, str, torch.Tensor]]) -> tuple[dict, list[bytes]]:
+    """(tensor table, payloads in data order) with __pad__ entries keeping every tensor 4-byte aligned."""
+    table, chunks, offset, pad_index = {}, [], 0, 0
     for name, dtype, tensor in entries:
         payload = _to_bytes(dtype, tensor)
-        header[name] = {
-            "dtype": dtype,
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + len(payload)],
-        }
+        table[name] = {"dtype": dtype, "shape": list(tensor.shape), "data_offsets": [offset, offset + len(payload)]}
         chunks.append(payload)
         offset += len(payload)
-        remainder = offset % ALIGN_BYTES
-        if remainder:
-            pad = ALIGN_BYTES - remainder
-            header[f"{PAD_PREFIX}{pad_index}"] = {
-                "dtype": "U8",
-                "shape": [pad],
-                "data_offsets": [offset, offset + pad],
-            }
+        pad = -offset % ALIGN_BYTES
+        if pad:
+            table[f"{PAD_PREFIX}{pad_index}"] = {"dtype": "U8", "shape": [pad], "data_offsets": [offset, offset + pad]}
             chunks.append(bytes(pad))
             offset, pad_index = offset + pad, pad_index + 1
+    return table, chunks
+
+
+def data_sha256(chunks: list[bytes]) -> str:
+    """Lowercase hex SHA-256 of the whole data section (every byte after the header, padding included)."""
+    digest = hashlib.sha256()
+    for chunk in chunks:
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_header(entries: list[tuple[str, str, torch.Tensor]], metadata: dict[str, str]) -> tuple[bytes, list]:
+    """(JSON header padded to 8-byte alignment, payloads in data order); metadata gains data_sha256."""
+    table, chunks = layout_tensors(entries)
+    header = {"__metadata__": {**metadata, DATA_HASH_KEY: data_sha256(chunks)}, **table}
     text = json.dumps(header, separators=(",", ":")).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)  # the data section starts at a multiple of 8
     return text, chunks
@@ -280,8 +292,8 @@ def export_model(
     """
     if mode not in MODES:
         raise WebFormatError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
-    if group_size < 1:
-        raise WebFormatError(f"group_size must be >= 1, got {group_size}")
+    if not 1 <= group_size <= MAX_GROUP_SIZE:
+        raise WebFormatError(f"group_size must be in 1..{MAX_GROUP_SIZE}, got {group_size}")
     state, bn_folded = fold_batchnorm(model)
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     quantized = quantized_weights(model, keep_edges) if mode in QUANT_LEVELS else set()
@@ -355,9 +367,9 @@ def _check_metadata(metadata: dict, source: str) -> None:
         )
     if metadata.get("mode") not in MODES:
         raise WebFormatError(f"'{source}' has unknown mode {metadata.get('mode')!r}; expected one of {MODES}")
-    for key in ("config", "quantization", "group_size"):
+    for key in REQUIRED_METADATA:
         if key not in metadata:
-            raise WebFormatError(f"'{source}' metadata lacks '{key}'")
+            raise WebFormatError(f"'{source}' metadata lacks '{key}'; re-export it with export_weights.py")
 
 
 def _check_entry(name: str, entry, source: str) -> tuple[str, list[int], int, int]:
@@ -437,6 +449,8 @@ def read_raw(path: str | Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]
     metadata = header.pop("__metadata__")
     table = {name: _check_entry(name, entry, source) for name, entry in header.items()}
     _check_layout(table, len(blob) - data_start, source)
+    if hashlib.sha256(memoryview(blob)[data_start:]).hexdigest() != metadata[DATA_HASH_KEY]:
+        raise WebFormatError(f"web weight file '{source}' is corrupt (data checksum mismatch); re-export it")
     tensors = {}
     for name, (dtype, shape, begin, _end) in table.items():
         if name.startswith(PAD_PREFIX):
@@ -462,7 +476,7 @@ def _dequantize_entry(name: str, info: dict, tensors: dict, source: str) -> torc
         raise WebFormatError(
             f"'{source}': quantization entry '{name}' is incomplete or names a missing tensor ({error})"
         ) from None
-    if mode not in QUANT_LEVELS or not shape or group_size < 1:
+    if mode not in QUANT_LEVELS or not shape or not 1 <= group_size <= MAX_GROUP_SIZE:
         raise WebFormatError(f"'{source}': quantization entry '{name}' has a bad mode/shape/group_size")
     rows, cols = shape[0], math.prod(shape[1:])
     packed_cols = cols if mode == "q8" else math.ceil(cols / 2)
@@ -476,11 +490,31 @@ def _dequantize_entry(name: str, info: dict, tensors: dict, source: str) -> torc
     return dequantize_groups(packed, scales, 8 if mode == "q8" else 4, cols, group_size).reshape(shape)
 
 
+def config_of(metadata: dict, source: str) -> dict:
+    """The file's architecture config, with the keys every reader needs."""
+    config = _json_field(metadata, "config", source)
+    missing = [key for key in REQUIRED_CONFIG_KEYS if not isinstance(config, dict) or key not in config]
+    if missing:
+        raise WebFormatError(f"'{source}': config lacks {missing}; re-export it with export_weights.py")
+    return config
+
+
+def check_buildable(config: dict, source: str) -> None:
+    """Build the config's model on the meta device (no memory): a config this code cannot build is a bad file."""
+    try:
+        with torch.device("meta"):
+            model_from_config(config)
+    except Exception as error:  # bad values fail anywhere in the constructors (ValueError, AssertionError...)
+        reason = (str(error).splitlines() or [""])[0][:200] or error.__class__.__name__
+        raise WebFormatError(f"'{source}' holds a config this code cannot build ({reason}); re-export it") from None
+
+
 def read_web_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, str]]:
     """(SphereConfig dict, complete float32 state_dict loadable with strict=True, metadata) of a file."""
     source = str(path)
     metadata, tensors = read_raw(path)
-    config = _json_field(metadata, "config", source)
+    config = config_of(metadata, source)
+    check_buildable(config, source)
     quantization = _json_field(metadata, "quantization", source)
     state = {}
     for name, info in quantization.items():
@@ -497,10 +531,7 @@ def read_web_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], d
 def load_model_from_web_weights(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild the SphereEncoder of a sphere-web file (eval mode) with its dequantized weights."""
     config, state, _ = read_web_weights(path)
-    try:
-        model = model_from_config(config)
-    except (TypeError, ValueError) as error:
-        raise WebFormatError(f"'{path}' holds a config this code cannot build ({error})") from None
+    model = model_from_config(config)  # read_web_weights checked that it builds
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
@@ -558,14 +589,18 @@ def index_entry(model_dir: Path, root: Path) -> dict | None:
             modes[mode] = {"file": path.relative_to(root).as_posix(), "bytes": path.stat().st_size}
     if metadata is None:
         return None
-    config = json.loads(metadata["config"])
-    source = json.loads(metadata.get("source", "{}"))
+    config = config_of(metadata, str(model_dir))
+    source = _json_field(metadata, "source", str(model_dir)) if "source" in metadata else {}
+    try:
+        latent_shape = list(SphereConfig.from_dict(config).latent_shape)
+    except (TypeError, ValueError) as error:
+        raise WebFormatError(f"'{model_dir}' holds a config this code cannot build ({error})") from None
     return {
         "name": model_dir.name,
-        "dataset": source.get("dataset"),
+        "dataset": source.get("dataset") if isinstance(source, dict) else None,
         "image_size": config["image_size"],
         "latent_dim": config["latent_dim"],
-        "latent_shape": list(SphereConfig.from_dict(config).latent_shape),
+        "latent_shape": latent_shape,
         "backbone": config["backbone"],
         "num_classes": config["num_classes"],
         "param_count": int(metadata.get("param_count", 0)),
@@ -573,13 +608,21 @@ def index_entry(model_dir: Path, root: Path) -> dict | None:
     }
 
 
+def _listed(model_dir: Path, root: Path) -> dict | None:
+    """index_entry, or None with a warning for a folder whose files cannot be read (one bad folder does not
+    keep the others out of the index)."""
+    try:
+        return index_entry(model_dir, root)
+    except (OSError, WebFormatError) as error:
+        warnings.warn(f"index.json leaves out '{model_dir.name}': {error}", stacklevel=3)
+        return None
+
+
 def write_index(output_root: str | Path) -> list[dict]:
     """Rebuild output_root/index.json from the model folders found under it (so it never lists missing
     files); returns the entries, sorted by name."""
     root = Path(output_root)
-    entries = [
-        entry for folder in sorted(p for p in root.iterdir() if p.is_dir()) if (entry := index_entry(folder, root))
-    ]
+    entries = [entry for folder in sorted(p for p in root.iterdir() if p.is_dir()) if (entry := _listed(folder, root))]
     tmp = root / "index.json.tmp"
     tmp.write_text(json.dumps(entries, indent=2) + "\n")
     tmp.replace(root / "index.json")

@@ -3,6 +3,7 @@ BatchNorm folding, safetensors compatibility, file sizes and the reader's reject
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -20,6 +21,7 @@ from engine.webformat import (
     quantize_groups,
     read_raw,
     read_web_weights,
+    write_index,
 )
 from models import build_model
 
@@ -231,7 +233,7 @@ def test_file_is_valid_safetensors_with_aligned_tensors(batchnorm_model, mode, t
     with safetensors.safe_open(str(path), "pt") as handle:
         metadata = handle.metadata()
         keys = set(handle.keys())
-    assert metadata["format"] == "sphere-web" and metadata["version"] == "1" and metadata["mode"] == mode
+    assert metadata["format"] == "sphere-web" and metadata["version"] == "2" and metadata["mode"] == mode
     assert json.loads(metadata["config"]) == model.config.to_dict()
     assert set(safetensors.torch.load_file(str(path))) == keys
     start, header = data_start_and_header(path)
@@ -304,7 +306,9 @@ def overlap_second_tensor(header):
     [
         (set_metadata("format", "pytorch"), ["wrong magic", "pytorch"]),
         (lambda header: header.pop("__metadata__"), ["wrong magic", "__metadata__"]),
-        (set_metadata("version", "2"), ["unsupported version", "'2'"]),
+        (set_metadata("version", "3"), ["unsupported version", "'3'"]),
+        (set_metadata("version", "1"), ["unsupported version", "'1'", "re-export"]),  # v1 had no checksum
+        (lambda header: header["__metadata__"].pop("data_sha256"), ["lacks 'data_sha256'", "re-export"]),
         (set_metadata("mode", "q3"), ["unknown mode"]),
         (set_entry("dtype", "BF17"), ["unknown dtype", "BF17"]),
         (shift_out_of_range, ["out of range"]),
@@ -368,3 +372,83 @@ def test_reader_rejects_inconsistent_quantization_entry(good_file, tmp_path):
     rewrite_header(good_file, bad, drop_scales)
     with pytest.raises(WebFormatError, match="quantization entry"):
         read_web_weights(bad)
+
+
+# ---- data checksum (format version 2) -------------------------------------------------------------------
+
+
+def test_data_sha256_covers_every_byte_after_the_header(good_file):
+    start, header = data_start_and_header(good_file)
+    digest = hashlib.sha256(good_file.read_bytes()[start:]).hexdigest()
+    assert header["__metadata__"]["data_sha256"] == digest and digest == digest.lower() and len(digest) == 64
+
+
+@pytest.mark.parametrize("where", [0.0, 0.5, -1])
+def test_flipped_data_byte_is_corrupt(good_file, tmp_path, where):
+    blob = bytearray(good_file.read_bytes())
+    start, _ = data_start_and_header(good_file)
+    index = len(blob) - 1 if where == -1 else start + int(where * (len(blob) - start))
+    blob[index] ^= 0x01
+    bad = tmp_path / "flipped.safetensors"
+    bad.write_bytes(bytes(blob))
+    with pytest.raises(WebFormatError) as error:
+        read_web_weights(bad)
+    assert str(error.value) == f"web weight file '{bad}' is corrupt (data checksum mismatch); re-export it"
+
+
+# ---- configs this code cannot build ---------------------------------------------------------------------
+
+
+def edit_config(**changes):
+    def edit(header):
+        config = json.loads(header["__metadata__"]["config"])
+        for key, value in changes.items():
+            if value is None:
+                config.pop(key)
+            else:
+                config[key] = value
+        header["__metadata__"]["config"] = json.dumps(config)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (edit_config(latent_dim=1000), ["cannot build", "latent_dim 1000"]),
+        (edit_config(backbone="resnet"), ["cannot build", "resnet"]),
+        (edit_config(heads=5), ["cannot build"]),  # width 192 / 5 heads: an AssertionError in the layers
+        (edit_config(width=-8), ["cannot build"]),
+        (edit_config(colour="blue"), ["cannot build", "colour"]),
+        (edit_config(image_size=None), ["config lacks", "image_size"]),
+        (set_metadata("config", "[1, 2]"), ["config lacks"]),
+        (set_metadata("config", "{not json"), ["not valid JSON"]),
+    ],
+)
+def test_reader_rejects_bad_configs(good_file, tmp_path, edit, words):
+    bad = tmp_path / "bad_config.safetensors"
+    rewrite_header(good_file, bad, edit)
+    for read in (read_web_weights, load_model_from_web_weights):
+        with pytest.raises(WebFormatError) as error:
+            read(bad)
+        message = str(error.value)
+        assert "\n" not in message and all(word in message for word in words), message
+
+
+def test_group_size_out_of_range_is_an_error(tmp_path):
+    model = perturbed_model("vit_tiny")
+    for group_size in (0, 10**9):
+        with pytest.raises(WebFormatError, match="group_size must be in 1..1024"):
+            export_model(model, tmp_path / "m.safetensors", "q4", group_size=group_size)
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_index_leaves_out_unreadable_folders(good_file, tmp_path):
+    good, broken = tmp_path / "good", tmp_path / "broken"
+    good.mkdir()
+    broken.mkdir()
+    (good / "model_q4.safetensors").write_bytes(good_file.read_bytes())
+    (broken / "model_q4.safetensors").write_bytes(b"\x00" * 4)
+    with pytest.warns(UserWarning, match="leaves out 'broken'"):
+        entries = write_index(tmp_path)
+    assert [entry["name"] for entry in entries] == ["good"]
