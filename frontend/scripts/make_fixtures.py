@@ -3,7 +3,8 @@
 Writes frontend/test-fixtures/ (git-ignored):
   <model>/model_<mode>.safetensors   tiny randomized Sphere Encoders exported with engine.webformat
   <model>/reference_<mode>.safetensors  inputs and PyTorch outputs of the DEQUANTIZED model of that file
-                                         (encode, decode, sample, guided sample, reconstruct)
+                                         (encode, decode, sample, guided sample with cfg_mode "combo",
+                                         reconstruct)
   <model>/dequant_<mode>.safetensors    the float32 state dict read back by engine.webformat
   kernels.safetensors + kernels.json    single-op cases (GEMM in every encoding, convs, norms, attention...)
   index.json                             the demo's model list for these files (engine.webformat.write_index)
@@ -45,6 +46,7 @@ from models.layers import apply_rope, rope_angles_2d, sincos_pos_embed_2d, spher
 MODES = ("fp32", "fp16", "q8", "q4")
 BATCH = 2
 # name -> (registry name, overrides, modes). Tiny 16 px models: SwiftShader runs WebGPU on the CPU.
+LEGACY = {"vit_legacy16": "decoder_mixer"}  # model -> config key its files' headers lack, as older exports did
 MODELS = {
     "vit_tiny16": ("vit_tiny", dict(image_size=16), MODES),
     "convnet_tiny16": ("convnet_tiny", dict(image_size=16), MODES),
@@ -54,6 +56,8 @@ MODELS = {
         dict(image_size=16, num_classes=10, pixel_head="linear", patch_size=4, qk_norm=False),
         ("fp32", "q4"),
     ),
+    # a file exported before decoder_mixer existed: no key in its config, the decoder mixes the latent channels
+    "vit_legacy16": ("vit_tiny", dict(image_size=16, decoder_mixer="latent"), ("fp32", "q8")),
     # adaLN-Zero in conv blocks + BatchNorm folded at export + two levels
     "convnet_cond_bn16": (
         "convnet_tiny",
@@ -123,7 +127,7 @@ def references(model, images: torch.Tensor, labels: torch.Tensor | None, seed: i
     out["sample"] = model.sample(n, steps=3, generator=torch.Generator().manual_seed(seed + 1), labels=labels)
     if labels is not None:
         out["sample_guided"] = model.sample(
-            n, steps=2, generator=torch.Generator().manual_seed(seed + 1), labels=labels, cfg=GUIDANCE
+            n, steps=2, generator=torch.Generator().manual_seed(seed + 1), labels=labels, cfg=GUIDANCE, cfg_mode="combo"
         )
         out["labels"] = labels.float()
     draw = torch.Generator().manual_seed(seed + 2)
@@ -132,6 +136,19 @@ def references(model, images: torch.Tensor, labels: torch.Tensor | None, seed: i
         images, steps=2, generator=torch.Generator().manual_seed(seed + 2), labels=labels, noise_angle=RECON_ANGLE
     )
     return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def drop_config_key(path: Path, key: str) -> None:
+    """Rewrite a web file's header without `key` in its config (the data section is kept byte for byte)."""
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    config = json.loads(header["__metadata__"]["config"])
+    del config[key]
+    header["__metadata__"]["config"] = json.dumps(config)
+    text = json.dumps(header, separators=(",", ":"))
+    text += " " * (-(8 + len(text)) % 8)  # the data section starts at a multiple of 8 (docs/web_format.md §1)
+    path.write_bytes(len(text).to_bytes(8, "little") + text.encode() + raw[8 + header_len :])
 
 
 def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
@@ -147,12 +164,14 @@ def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
     for mode in modes:
         path = folder / f"model_{mode}.safetensors"
         summary = export_model(model, path, mode)
+        if name in LEGACY:
+            drop_config_key(path, LEGACY[name])
         reference_model = load_model_from_web_weights(path)  # dequantized: the browser must match it tightly
         _, state, _ = read_web_weights(path)
         save_file({k: v.float().contiguous() for k, v in state.items()}, str(folder / f"dequant_{mode}.safetensors"))
         save_file(references(reference_model, images, labels, seed), str(folder / f"reference_{mode}.safetensors"))
         entry["modes"][mode] = {
-            "bytes": summary["bytes"],
+            "bytes": path.stat().st_size,
             "quantized": summary["quantized"],
             "tensor_names": sorted(read_raw(path)[1]),  # as stored (packed names for quantized weights)
         }

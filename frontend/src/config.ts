@@ -16,10 +16,21 @@ export interface SphereConfig {
   rope_theta: number;
   mixer_depth: number;
   mixer_expansion: number;
+  decoder_mixer: "width" | "latent"; // vit decoder: mixer on width W after the embedding, or (older files) on the latent before it
   pixel_head: "conv" | "linear";
   pixel_head_channels: number;
   channel_mults: number[];
   norm: "group" | "batch";
+}
+
+/**
+ * The config of a file's header with the values that reproduce older exports (models/sphere.py
+ * LEGACY_DEFAULTS): a file written before `decoder_mixer` existed mixes the latent channels before the
+ * decoder's embedding. The convnet has no mixer and always says "width", as SphereConfig does.
+ */
+export function withLegacyDefaults(config: SphereConfig): SphereConfig {
+  const decoderMixer = config.backbone === "convnet" ? "width" : (config.decoder_mixer ?? "latent");
+  return { ...config, decoder_mixer: decoderMixer };
 }
 
 /** Side of the latent grid: tokens per row (vit) or latent feature-map size (convnet). */

@@ -183,11 +183,10 @@ function transformerBlock(g: GraphBuilder, prefix: string, x: BufferRef, tables:
   g.linear(`${prefix}.mlp.down`, rows, hidden, { layout: "rows", buffer: gated }, residual(5));
 }
 
-/** LatentMixer on x (B, T, C) in place, final RMSNorm into `out`. */
-function latentMixer(g: GraphBuilder, prefix: string, x: Binding, out: Binding): void {
+/** LatentMixer on x (B, T, channels) in place, final RMSNorm (plus `addTable` when given) into `out`. */
+function latentMixer(g: GraphBuilder, prefix: string, x: Binding, out: Binding, channels: number, addTable?: ops.RowTable): void {
   const { batch, cfg, weights } = g;
   const tokens = latentGrid(cfg) ** 2;
-  const channels = latentChannels(cfg);
   const expanded = cfg.mixer_expansion;
   const h = g.buf("mixer_h", batch * tokens * channels);
   for (let i = 0; i < cfg.mixer_depth; i++) {
@@ -229,7 +228,7 @@ function latentMixer(g: GraphBuilder, prefix: string, x: Binding, out: Binding):
       { layout: "rows_residual", buffer: x, scale: weights.vector(`${block}.channel_scale`) },
     );
   }
-  g.push(ops.rmsNorm(`${prefix}.norm`, x, out, batch * tokens, channels, weights.vector(`${prefix}.norm.weight`)));
+  g.push(ops.rmsNorm(`${prefix}.norm`, x, out, batch * tokens, channels, weights.vector(`${prefix}.norm.weight`), undefined, addTable));
 }
 
 /** ViTEncoder: patch embedding + pos -> blocks -> RMSNorm -> head -> latent mixer; image (B,3,S,S) -> z (B,T,C). */
@@ -252,27 +251,31 @@ function vitEncoder(g: GraphBuilder, io: GraphIO, tables: TokenTables): void {
   g.push(ops.rmsNorm("encoder.norm", x, h, rows, cfg.width, g.weights.vector("encoder.norm.weight")));
   const mixed = g.buf("mixer_x", rows * latentChannels(cfg));
   g.linear("encoder.head", rows, cfg.width, { layout: "rows", buffer: h }, { layout: "rows", buffer: mixed });
-  latentMixer(g, "encoder.mixer", mixed, io.output);
+  latentMixer(g, "encoder.mixer", mixed, io.output, latentChannels(cfg));
 }
 
-/** ViTDecoder: latent mixer -> embed + pos -> blocks -> RMSNorm -> head (unpatchify, conv head) -> tanh. */
+/**
+ * ViTDecoder: embed -> latent mixer on width W + pos (decoder_mixer "width"), or latent mixer on the latent
+ * channels -> embed + pos ("latent", older files) -> blocks -> RMSNorm -> head (unpatchify, conv head) -> tanh.
+ */
 function vitDecoder(g: GraphBuilder, io: GraphIO, tables: TokenTables): void {
   const cfg = g.cfg;
   const tokens = latentGrid(cfg) ** 2;
   const rows = g.batch * tokens;
   const channels = latentChannels(cfg);
-  const mixed = g.buf("mixer_x", rows * channels);
-  g.push({ kind: "copy", src: io.input, dst: mixed, bytes: rows * channels * 4 });
-  const mixerOut = g.buf("mixer_out", rows * channels);
-  latentMixer(g, "decoder.mixer", mixed, mixerOut);
   const x = g.buf("x", rows * cfg.width);
-  g.linear(
-    "decoder.embed",
-    rows,
-    channels,
-    { layout: "rows", buffer: mixerOut },
-    { layout: "rows_add_table", buffer: x, table: tables.pos, period: tokens },
-  );
+  const positions: ops.RowTable = { table: tables.pos, period: tokens };
+  if (cfg.decoder_mixer === "width") {
+    const mixed = g.buf("mixer_x", rows * cfg.width);
+    g.linear("decoder.embed", rows, channels, { layout: "rows", buffer: io.input }, { layout: "rows", buffer: mixed });
+    latentMixer(g, "decoder.mixer", mixed, x, cfg.width, positions);
+  } else {
+    const mixed = g.buf("mixer_x", rows * channels);
+    g.push({ kind: "copy", src: io.input, dst: mixed, bytes: rows * channels * 4 }); // the mixer works in place
+    const mixerOut = g.buf("mixer_out", rows * channels);
+    latentMixer(g, "decoder.mixer", mixed, mixerOut, channels);
+    g.linear("decoder.embed", rows, channels, { layout: "rows", buffer: mixerOut }, { layout: "rows_add_table", buffer: x, ...positions });
+  }
   const cond = g.labelEmbedding("decoder", io.labels, cfg.width);
   for (let i = 0; i < cfg.depth; i++) transformerBlock(g, `decoder.blocks.${i}`, x, tables, cond);
   const h = g.buf("h", rows * cfg.width);

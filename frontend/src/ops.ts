@@ -330,7 +330,13 @@ export interface Modulation {
   scale: number;
 }
 
-/** RMSNorm over the last dim (eps 1e-6), with an affine weight or an adaLN modulation. */
+/** A (period, dim) table added to the rows of an output: + table[row % period, :] (position embeddings). */
+export interface RowTable {
+  table: Binding;
+  period: number;
+}
+
+/** RMSNorm over the last dim (eps 1e-6), with an affine weight or an adaLN modulation, then an optional table. */
 export function rmsNorm(
   label: string,
   x: Binding,
@@ -339,6 +345,7 @@ export function rmsNorm(
   dim: number,
   weight: Binding | null,
   modulation?: Modulation,
+  addTable?: RowTable,
 ): Dispatch {
   const declared: Declared[] = [
     { name: "x", buffer: x, type: "f32" },
@@ -359,6 +366,12 @@ export function rmsNorm(
       SCALE: u32(modulation.scale),
     });
     finish = `let base = (row / P.TOKENS) * P.ADA_STRIDE;\n  let w = ${weight ? "v * weight[i]" : "v"};\n  return w * (1.0 + ada[base + P.SCALE + i]) + ada[base + P.SHIFT + i];`;
+  }
+  if (addTable) {
+    if (modulation) throw new Error("rmsNorm: a modulated norm takes no table");
+    declared.push({ name: "table", buffer: addTable.table, type: "f32" });
+    params.PERIOD = u32(addTable.period);
+    finish = `return ${weight ? "v * weight[i]" : "v"} + table[(row % P.PERIOD) * P.D + i];`;
   }
   const groups: [number, number, number] = rows <= MAX_GROUPS_X ? [rows, 1, 1] : [MAX_GROUPS_X, Math.ceil(rows / MAX_GROUPS_X), 1];
   return dispatch(label, rmsnormWgsl, { FINISH: finish }, declared, groups, params);
