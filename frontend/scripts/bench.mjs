@@ -80,7 +80,7 @@ try {
       for (const [mode, file] of Object.entries(entry.modes)) {
         if (only && !`${entry.name}/${mode}`.includes(only)) continue;
         const buffer = await (await fetch(`/bench-models/${file.file}`)).arrayBuffer();
-        const model = SphereModel.load(gpu, buffer, file.file);
+        const model = await SphereModel.load(gpu, buffer, file.file);
         const random = new Random(1);
         const latents = new Float32Array(batch * model.latentSize);
         for (let i = 0; i < batch; i++) latents.set(randomPoint(model.latentSize, random), i * model.latentSize);

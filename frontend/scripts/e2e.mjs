@@ -17,15 +17,23 @@ const outDir = path.join(root, "test-results", "e2e-dist");
 const fixtures = path.join(root, "test-fixtures");
 if (!fs.existsSync(path.join(fixtures, "index.json"))) throw new Error("no test-fixtures/index.json: run npm run fixtures");
 
-// models/: the fixtures, plus an index entry whose file is truncated (the page must say why it fails)
+// models/: the fixtures, plus index entries whose file is truncated or has a flipped data byte (the page must
+// say why each fails)
 const extraModels = path.join(root, "test-results", "e2e-models");
 fs.rmSync(extraModels, { recursive: true, force: true });
-fs.mkdirSync(path.join(extraModels, "broken"), { recursive: true });
 const index = JSON.parse(fs.readFileSync(path.join(fixtures, "index.json"), "utf-8"));
 const good = index.find((entry) => entry.name === modelName);
 const bytes = fs.readFileSync(path.join(fixtures, good.modes.q8.file));
-fs.writeFileSync(path.join(extraModels, "broken", "model_q8.safetensors"), bytes.subarray(0, bytes.length - 1000));
-index.push({ ...good, name: "zz_broken", modes: { q8: { file: "broken/model_q8.safetensors", bytes: bytes.length - 1000 } } });
+const corrupt = Buffer.from(bytes);
+corrupt[corrupt.length - 100] ^= 0x10;
+for (const [name, data] of [
+  ["broken", bytes.subarray(0, bytes.length - 1000)],
+  ["corrupt", corrupt],
+]) {
+  fs.mkdirSync(path.join(extraModels, name), { recursive: true });
+  fs.writeFileSync(path.join(extraModels, name, "model_q8.safetensors"), data);
+  index.push({ ...good, name: `zz_${name}`, modes: { q8: { file: `${name}/model_q8.safetensors`, bytes: data.length } } });
+}
 fs.writeFileSync(path.join(extraModels, "index.json"), JSON.stringify(index));
 
 await build({ root, logLevel: "warn", build: { outDir, emptyOutDir: true, copyPublicDir: false } });
@@ -63,19 +71,29 @@ try {
   const generatedCount = () => page.evaluate(() => Number(document.body.dataset.generated ?? 0));
   check((await waitState("ready")) === "ready", "page loads the first model from index.json");
 
-  // a broken file: a clear message, then the next model loads fine
-  const broken = await page.evaluate(
-    () => [...document.querySelectorAll("#model-select option")].find((o) => o.textContent.startsWith("zz_broken"))?.value,
+  // broken files: a clear message each (a corrupt one is not kept in the cache), then the next model loads fine
+  const failsWith = async (name, pattern, what) => {
+    const option = await page.evaluate(
+      (n) => [...document.querySelectorAll("#model-select option")].find((o) => o.textContent.startsWith(n))?.value,
+      name,
+    );
+    await page.selectOption("#model-select", option);
+    check((await waitState("error")) === "error", `a ${what} weight file fails to load`);
+    await page.waitForFunction(() => document.querySelector("#messages .message.error"), null, { timeout: 10_000 });
+    const message = await page.textContent("#messages .message.error");
+    check(pattern.test(message), `the ${what} file is explained: ${message}`);
+    await page.click("#messages .message.error button.secondary"); // dismiss
+  };
+  await failsWith("zz_broken", /Could not load zz_broken \(q8\): The weight file could not be read: .*truncated/, "truncated");
+  await failsWith(
+    "zz_corrupt",
+    /Could not load zz_corrupt \(q8\): The weight file could not be read: web weight file '[^']+' is corrupt \(data checksum mismatch\); re-export it/,
+    "corrupt",
   );
-  await page.selectOption("#model-select", broken);
-  check((await waitState("error")) === "error", "a truncated weight file fails to load");
-  await page.waitForFunction(() => document.querySelector("#messages .message.error"), null, { timeout: 10_000 });
-  const brokenMessage = await page.textContent("#messages .message.error");
-  check(
-    /Could not load zz_broken \(q8\): The weight file could not be read: .*truncated/.test(brokenMessage),
-    `the failure is explained: ${brokenMessage}`,
+  const cachedCorrupt = await page.evaluate(async () =>
+    (await (await caches.open("sphere-encoder-weights-v1")).keys()).some((request) => request.url.includes("corrupt/")),
   );
-  await page.click("#messages .message.error button.secondary"); // dismiss
+  check(!cachedCorrupt, "the corrupt download is dropped from the cache");
 
   // pick the model and precision
   const value = await page.evaluate(

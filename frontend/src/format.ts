@@ -1,19 +1,24 @@
 /**
- * Reader for the `sphere-web` weight format (docs/web_format.md, version 1): a safetensors-compatible file
+ * Reader for the `sphere-web` weight format (docs/web_format.md, version 2): a safetensors-compatible file
  * (u64 header length, JSON header, 4-byte aligned data) holding the encoder and decoder of a Sphere Encoder
- * in one of the modes fp32, fp16, q8 or q4. Mirrors engine/webformat.py: same checks, same messages' intent.
+ * in one of the modes fp32, fp16, q8 or q4, with a SHA-256 of its data section. Mirrors engine/webformat.py:
+ * same checks, same messages' intent.
  */
 
-import type { SphereConfig } from "./config";
+import { withLegacyDefaults, type SphereConfig } from "./config";
 
 export const FORMAT_NAME = "sphere-web";
-export const FORMAT_VERSION = "1";
+export const FORMAT_VERSION = "2"; // 2: __metadata__ carries data_sha256 (docs §2.1); version-1 files are re-exported
+export const DATA_HASH_KEY = "data_sha256";
+const REQUIRED_METADATA = ["config", "quantization", "group_size", DATA_HASH_KEY];
+const REQUIRED_CONFIG_KEYS = ["backbone", "image_size", "latent_dim", "num_classes"]; // what every reader uses
 export const MODES = ["fp32", "fp16", "q8", "q4"] as const;
 export type Mode = (typeof MODES)[number];
 
 const PAD_PREFIX = "__pad__.";
 const ALIGN_BYTES = 4;
 const MAX_HEADER_BYTES = 64 * 1024 * 1024; // a longer "header" means this is not one of our files
+const MAX_GROUP_SIZE = 1024; // as the exporter: longer groups defeat grouping
 export const DTYPE_BYTES = { F32: 4, F16: 2, I8: 1, U8: 1 } as const;
 export type DType = keyof typeof DTYPE_BYTES;
 
@@ -204,8 +209,28 @@ function parseJsonField<T>(metadata: Record<string, string>, key: string, source
   }
 }
 
-/** Parse a sphere-web file: the safetensors layout plus magic, version, mode and quantization entries. */
-export function parseWeightFile(buffer: ArrayBuffer, source = "weights"): WeightFile {
+/**
+ * Parse a sphere-web file: the safetensors layout, magic, version, mode, config and quantization entries,
+ * then the SHA-256 of the data section (after the structural checks, so a short file is "truncated").
+ */
+export async function parseWeightFile(buffer: ArrayBuffer, source = "weights"): Promise<WeightFile> {
+  const { file, dataStart } = checkWeightFile(buffer, source);
+  const actual = await sha256Hex(new Uint8Array(buffer, dataStart));
+  if (actual !== file.metadata[DATA_HASH_KEY]) {
+    throw new WebFormatError(`web weight file '${source}' is corrupt (data checksum mismatch); re-export it`);
+  }
+  return file;
+}
+
+/** Lowercase hex SHA-256 (Web Crypto: browsers in a secure context, Node >= 19). */
+async function sha256Hex(bytes: Uint8Array): Promise<string> {
+  if (!globalThis.crypto?.subtle) throw new Error("checking a weight file needs Web Crypto (an https or localhost page)");
+  const digest = new Uint8Array(await globalThis.crypto.subtle.digest("SHA-256", bytes as Uint8Array<ArrayBuffer>));
+  return Array.from(digest, (byte) => byte.toString(16).padStart(2, "0")).join("");
+}
+
+/** The synchronous checks of parseWeightFile (everything but the checksum). */
+function checkWeightFile(buffer: ArrayBuffer, source: string): { file: WeightFile; dataStart: number } {
   const base = parseSafetensors(buffer, source);
   const metadata = base.metadata;
   if (metadata.format !== FORMAT_NAME) {
@@ -223,13 +248,13 @@ export function parseWeightFile(buffer: ArrayBuffer, source = "weights"): Weight
   if (!(MODES as readonly string[]).includes(metadata.mode)) {
     fail(source, `has unknown mode ${JSON.stringify(metadata.mode ?? null)}; expected one of ${MODES.join(", ")}`);
   }
-  for (const key of ["config", "quantization", "group_size"]) {
-    if (!(key in metadata)) fail(source, `metadata lacks '${key}'`);
+  for (const key of REQUIRED_METADATA) {
+    if (!(key in metadata)) fail(source, `metadata lacks '${key}'; re-export it with export_weights.py`);
   }
-  const config = parseJsonField<SphereConfig>(metadata, "config", source);
+  const config = withLegacyDefaults(configOf(metadata, source));
   const quantization = parseJsonField<Record<string, QuantEntry>>(metadata, "quantization", source);
   for (const [name, info] of Object.entries(quantization)) checkQuantEntry(name, info, base.tensors, source);
-  return {
+  const file: WeightFile = {
     metadata,
     tensors: base.tensors,
     mode: metadata.mode as Mode,
@@ -240,6 +265,16 @@ export function parseWeightFile(buffer: ArrayBuffer, source = "weights"): Weight
     paramCount: Number(metadata.param_count ?? 0),
     byteLength: buffer.byteLength,
   };
+  return { file, dataStart: base.dataStart };
+}
+
+/** The header's config, with the keys every reader needs (a file without them is bad, not a crash later). */
+function configOf(metadata: Record<string, string>, source: string): SphereConfig {
+  const config = parseJsonField<Record<string, unknown>>(metadata, "config", source);
+  const isObject = config !== null && typeof config === "object" && !Array.isArray(config);
+  const missing = REQUIRED_CONFIG_KEYS.filter((key) => !isObject || !(key in config));
+  if (missing.length) fail(source, `: config lacks ${missing.map((key) => `'${key}'`).join(", ")}; re-export it with export_weights.py`);
+  return config as unknown as SphereConfig;
 }
 
 function checkQuantEntry(name: string, info: QuantEntry, tensors: Map<string, TensorEntry>, source: string): void {
@@ -250,6 +285,7 @@ function checkQuantEntry(name: string, info: QuantEntry, tensors: Map<string, Te
     info.shape.length > 0 &&
     Number.isInteger(info.group_size) &&
     info.group_size >= 1 &&
+    info.group_size <= MAX_GROUP_SIZE &&
     (info.mode === "q8" || info.mode === "q4");
   if (!ok) fail(source, `: quantization entry '${name}' has a bad mode/shape/group_size`);
   const data = tensors.get(info.data);

@@ -1,6 +1,15 @@
 /** The demo page: pick a model and precision, generate, loop, reconstruct, interpolate and roam. */
 
-import { cachedBytes, clearCache, fetchWeights, formatBytes, formatCount, loadCatalog, type CatalogEntry } from "./app/catalog";
+import {
+  cachedBytes,
+  clearCache,
+  fetchWeights,
+  forgetWeights,
+  formatBytes,
+  formatCount,
+  loadCatalog,
+  type CatalogEntry,
+} from "./app/catalog";
 import { canvasGrid, centerCrop, drawImage, loadBitmap, toModelInput } from "./app/images";
 import { WebFormatError, type Mode } from "./format";
 import { Gpu, GpuUnavailableError } from "./gpu";
@@ -217,7 +226,8 @@ async function loadSelected(): Promise<void> {
     });
     if (token !== state.loadToken) return;
     const start = performance.now();
-    const model = SphereModel.load(state.gpu, buffer, file.file);
+    const model = await SphereModel.load(state.gpu, buffer, file.file);
+    if (token !== state.loadToken) return void model.dispose(); // another model was picked meanwhile
     state.model = model;
     state.entry = entry;
     localStorage.setItem("sphere.model", entry.name);
@@ -233,11 +243,13 @@ async function loadSelected(): Promise<void> {
     await newCorners();
     setPageState("ready");
   } catch (error) {
+    if (error instanceof WebFormatError) await forgetWeights(url, file.bytes).catch(() => undefined); // a fixed file is fetched anew
     if (token !== state.loadToken) return;
     bar.style.width = "0";
     setStatus("model-status", "Loading failed.");
     reportError(error, `Could not load ${entry.name} (${mode}): `);
     setPageState("error");
+    void refreshCacheStatus();
   }
 }
 

@@ -20,7 +20,7 @@ export interface SampleOptions {
   noise?: Float32Array; // e (n * L) instead of drawing it: the initial point is f(e)
   renoise?: Float32Array; // e' (n * L), drawn once and reused by every refinement
   labels?: number[]; // class per image for conditional models (default: the null class)
-  guidance?: number; // classifier-free guidance scale on latents and pixels (1 = off)
+  guidance?: number; // classifier-free guidance w (1 = off), split as sqrt(w) after E and after D (cfg_mode "combo")
   noiseAngle?: number; // refinement noise in degrees (default: the model's theta_max)
 }
 
@@ -159,12 +159,14 @@ export class SphereModel {
     this.weights = new GpuWeights(gpu, file);
   }
 
-  /** Parse a sphere-web file and build the batch-1 graphs (so a bad file fails here, not at the first call). */
-  static load(gpu: Gpu, buffer: ArrayBuffer, source = "weights"): SphereModel {
-    const file = parseWeightFile(buffer, source);
+  /** Parse and verify a sphere-web file and build the batch-1 graphs (so a bad file fails here, not at the first call). */
+  static async load(gpu: Gpu, buffer: ArrayBuffer, source = "weights"): Promise<SphereModel> {
+    const file = await parseWeightFile(buffer, source);
     const cfg = file.config;
     if (cfg.backbone !== "vit" && cfg.backbone !== "convnet")
       throw new WebFormatError(`'${source}' has unknown backbone '${cfg.backbone}'`);
+    if (cfg.decoder_mixer !== "width" && cfg.decoder_mixer !== "latent")
+      throw new WebFormatError(`'${source}' has unknown decoder_mixer '${cfg.decoder_mixer}' (expected 'width' or 'latent')`);
     if (cfg.norm === "batch" && !file.bnFolded) throw new WebFormatError(`'${source}' has BatchNorm that was not folded at export`);
     const model = new SphereModel(gpu, file);
     try {
@@ -268,6 +270,7 @@ export class SphereModel {
       const steps = options.steps ?? 1;
       if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps must be an integer >= 1, got ${steps}`);
       const guidance = options.guidance ?? 1;
+      const scale = comboScale(guidance); // after E and again after D
       const guided = guidance !== 1 && this.config.num_classes > 0;
       const session = this.session(n, guided);
       const L = this.latentSize;
@@ -278,7 +281,7 @@ export class SphereModel {
       session.write(session.noise, guided ? doubled(noise) : noise);
       if (renoise) session.write(session.renoise, guided ? doubled(renoise) : renoise);
       this.writeLabels(session, n, options.labels);
-      if (session.guidanceScale) this.gpu.device.queue.writeBuffer(session.guidanceScale, 0, new Float32Array([guidance]));
+      if (session.guidanceScale) this.gpu.device.queue.writeBuffer(session.guidanceScale, 0, new Float32Array([scale]));
       const sigma = sigmaForAngle(options.noiseAngle ?? this.config.noise_angle);
       const all: Step[] = [session.projection(null), ...session.decoder];
       for (let i = 1; i < steps; i++) all.push(...session.encoder, session.projection(sigma), ...session.decoder);
@@ -336,6 +339,15 @@ export class SphereModel {
       this.weights.destroy();
     });
   }
+}
+
+/**
+ * The scale of each guidance place for a total guidance w: the official "combo" mode (models/sphere.py
+ * guidance_scales) mixes sqrt(w) after the encoder and sqrt(w) after the decoder, so the total is w.
+ */
+export function comboScale(guidance: number): number {
+  if (!(guidance >= 0)) throw new Error(`the guidance scale must be >= 0 (1 = off), got ${guidance}`);
+  return Math.sqrt(guidance);
 }
 
 function doubled(values: Float32Array): Float32Array {

@@ -40,6 +40,10 @@ function cacheAvailable(): boolean {
   return typeof caches !== "undefined";
 }
 
+function cacheKey(url: string, expectedBytes: number): string {
+  return `${url}#bytes=${expectedBytes}`;
+}
+
 /**
  * The bytes of a weight file, from the Cache API when present, else downloaded with progress and cached.
  * The cache key carries the expected size, so a re-exported file of another size is fetched again.
@@ -50,7 +54,7 @@ export async function fetchWeights(
   onProgress: (loaded: number, total: number, cached: boolean) => void,
   signal?: AbortSignal,
 ): Promise<ArrayBuffer> {
-  const key = `${url}#bytes=${expectedBytes}`;
+  const key = cacheKey(url, expectedBytes);
   const cache = cacheAvailable() ? await caches.open(CACHE_NAME).catch(() => null) : null;
   const hit = await cache?.match(key);
   if (hit) {
@@ -89,6 +93,11 @@ async function readWithProgress(response: Response, total: number, onProgress: (
     offset += chunk.byteLength;
   }
   return out.buffer;
+}
+
+/** Drop a cached weight file (one that failed to parse: a corrupt copy must not be served again). */
+export async function forgetWeights(url: string, expectedBytes: number): Promise<void> {
+  if (cacheAvailable()) await (await caches.open(CACHE_NAME)).delete(cacheKey(url, expectedBytes));
 }
 
 /** Bytes held by our cache (0 when the Cache API is missing). */

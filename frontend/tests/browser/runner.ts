@@ -297,7 +297,7 @@ async function modelTests(h: Harness, base: string, manifest: Manifest, only: st
       const buffer = await (await fetch(`${base}/${name}/model_${mode}.safetensors`)).arrayBuffer();
       let model: SphereModel;
       try {
-        model = SphereModel.load(h.gpu, buffer, `${name}/model_${mode}`);
+        model = await SphereModel.load(h.gpu, buffer, `${name}/model_${mode}`);
       } catch (error) {
         h.record(`model/${tag}/load`, false, String((error as Error)?.stack ?? error));
         continue;

@@ -15,8 +15,8 @@ const fixtures = manifest();
 const cases = Object.entries(fixtures.models).flatMap(([name, info]) => Object.keys(info.modes).map((mode) => ({ name, mode })));
 
 describe("weight files written by engine/webformat.py", () => {
-  it.each(cases)("$name/$mode parses with the exporter's config and tensor table", ({ name, mode }) => {
-    const file = parseWeightFile(readBuffer(`${name}/model_${mode}.safetensors`));
+  it.each(cases)("$name/$mode parses with the exporter's config and tensor table", async ({ name, mode }) => {
+    const file = await parseWeightFile(readBuffer(`${name}/model_${mode}.safetensors`));
     const info = fixtures.models[name];
     expect(file.mode).toBe(mode);
     expect(file.config).toEqual(info.config);
@@ -25,8 +25,8 @@ describe("weight files written by engine/webformat.py", () => {
     expect(file.byteLength).toBe(info.modes[mode].bytes);
   });
 
-  it.each(cases)("$name/$mode dequantizes bit-exactly like the Python reader", ({ name, mode }) => {
-    const file = parseWeightFile(readBuffer(`${name}/model_${mode}.safetensors`));
+  it.each(cases)("$name/$mode dequantizes bit-exactly like the Python reader", async ({ name, mode }) => {
+    const file = await parseWeightFile(readBuffer(`${name}/model_${mode}.safetensors`));
     const expected = readTensors(`${name}/dequant_${mode}.safetensors`);
     const names = parameterNames(file);
     for (const param of names) {
@@ -43,8 +43,16 @@ describe("weight files written by engine/webformat.py", () => {
     expect(missing).toEqual([]);
   });
 
-  it("packs matrices for the GPU with 4-byte aligned buffers", () => {
-    const file = parseWeightFile(readBuffer("vit_tiny16/model_q4.safetensors"));
+  it("reads a config without decoder_mixer (an older export) as the legacy decoder layout", async () => {
+    const buffer = readBuffer("vit_legacy16/model_fp32.safetensors");
+    const header = parseSafetensors(buffer).metadata;
+    expect(JSON.parse(header.config)).not.toHaveProperty("decoder_mixer");
+    expect((await parseWeightFile(buffer)).config.decoder_mixer).toBe("latent");
+    expect((await parseWeightFile(readBuffer("vit_tiny16/model_fp32.safetensors"))).config.decoder_mixer).toBe("width");
+  });
+
+  it("packs matrices for the GPU with 4-byte aligned buffers", async () => {
+    const file = await parseWeightFile(readBuffer("vit_tiny16/model_q4.safetensors"));
     const name = Object.keys(file.quantization)[0];
     const packed = packedMatrix(file, name);
     expect(packed.encoding).toBe("q4");
@@ -62,29 +70,57 @@ describe("bad files are rejected with a clear message", () => {
       .filter((k) => k !== "__metadata__")
       .sort((a, b) => header[b].data_offsets[1] - header[a].data_offsets[1])[0];
 
-  const expectError = (buffer: ArrayBuffer, pattern: RegExp) => {
-    expect(() => parseWeightFile(buffer, "bad.safetensors")).toThrow(WebFormatError);
-    expect(() => parseWeightFile(buffer, "bad.safetensors")).toThrow(pattern);
+  const expectError = async (buffer: ArrayBuffer, pattern: RegExp) => {
+    await expect(parseWeightFile(buffer, "bad.safetensors")).rejects.toThrow(WebFormatError);
+    await expect(parseWeightFile(buffer, "bad.safetensors")).rejects.toThrow(pattern);
   };
 
-  it("accepts the untouched file", () => {
-    expect(() => parseWeightFile(good())).not.toThrow();
+  it("accepts the untouched file", async () => {
+    await expect(parseWeightFile(good())).resolves.toMatchObject({ mode: "q8" });
+  });
+  it("rejects a flipped data byte as corrupt, in one line", async () => {
+    const buffer = good();
+    const bytes = new Uint8Array(buffer);
+    bytes[bytes.length - 100] ^= 0x10; // inside the last tensors: the layout still checks out
+    await expectError(buffer, /^web weight file 'bad.safetensors' is corrupt \(data checksum mismatch\); re-export it$/);
+  });
+  it("rejects a checksum that is not the data's", () =>
+    expectError(
+      withHeader(good(), (h) => (h.__metadata__.data_sha256 = "0".repeat(64))),
+      /is corrupt \(data checksum mismatch\)/,
+    ));
+  it("rejects a file without a checksum", () =>
+    expectError(
+      withHeader(good(), (h) => delete h.__metadata__.data_sha256),
+      /metadata lacks 'data_sha256'; re-export it with export_weights.py/,
+    ));
+  it("rejects a version-1 file (no checksum) with the way out", () =>
+    expectError(
+      withHeader(good(), (h) => {
+        h.__metadata__.version = "1";
+        delete h.__metadata__.data_sha256;
+      }),
+      /unsupported version "1": this reader knows version 2; re-export with export_weights.py/,
+    ));
+  it("reports a truncated file as truncated, not corrupt", async () => {
+    const buffer = good();
+    await expectError(buffer.slice(0, buffer.byteLength - 4), /truncated/);
   });
   it("rejects a file shorter than the length field", () => expectError(new ArrayBuffer(5), /truncated/));
   it("rejects a file cut inside the header", () => expectError(good().slice(0, 100), /truncated/));
-  it("rejects a file cut inside the data", () => {
+  it("rejects a file cut inside the data", async () => {
     const buffer = good();
-    expectError(buffer.slice(0, buffer.byteLength - 10), /truncated/);
+    await expectError(buffer.slice(0, buffer.byteLength - 10), /truncated/);
   });
-  it("rejects an implausible header length (not our file)", () => {
+  it("rejects an implausible header length (not our file)", async () => {
     const bytes = new Uint8Array(64).fill(0x89);
-    expectError(bytes.buffer, /wrong magic/);
+    await expectError(bytes.buffer, /wrong magic/);
   });
-  it("rejects a header that is not JSON", () => {
+  it("rejects a header that is not JSON", async () => {
     const bytes = new Uint8Array(32);
     new DataView(bytes.buffer).setBigUint64(0, 16n, true);
     bytes.set(new TextEncoder().encode("PNG garbage here"), 8);
-    expectError(bytes.buffer, /wrong magic.*not JSON/);
+    await expectError(bytes.buffer, /wrong magic.*not JSON/);
   });
   it("rejects the wrong format name", () =>
     expectError(
@@ -98,8 +134,8 @@ describe("bad files are rejected with a clear message", () => {
     ));
   it("rejects an unknown version", () =>
     expectError(
-      withHeader(good(), (h) => (h.__metadata__.version = "2")),
-      /unsupported version "2"/,
+      withHeader(good(), (h) => (h.__metadata__.version = "3")),
+      /unsupported version "3"/,
     ));
   it("rejects an unknown mode", () =>
     expectError(
@@ -134,11 +170,11 @@ describe("bad files are rejected with a clear message", () => {
       withHeader(good(), (h) => (h[firstTensor(h)].shape = [3, 5, 7])),
       /shape\/byte-length mismatch/,
     ));
-  it("rejects trailing bytes", () => {
+  it("rejects trailing bytes", async () => {
     const buffer = good();
     const longer = new Uint8Array(buffer.byteLength + 8);
     longer.set(new Uint8Array(buffer));
-    expectError(longer.buffer, /trailing bytes/);
+    await expectError(longer.buffer, /trailing bytes/);
   });
   it("rejects a quantization entry naming a missing tensor", () =>
     expectError(
@@ -149,6 +185,24 @@ describe("bad files are rejected with a clear message", () => {
         h.__metadata__.quantization = JSON.stringify(quant);
       }),
       /names a missing tensor/,
+    ));
+  it("rejects a quantization group longer than the exporter allows", () =>
+    expectError(
+      withHeader(good(), (h) => {
+        const quant = JSON.parse(h.__metadata__.quantization);
+        for (const entry of Object.values(quant) as { group_size: number }[]) entry.group_size = 4096;
+        h.__metadata__.quantization = JSON.stringify(quant);
+      }),
+      /bad mode\/shape\/group_size/,
+    ));
+  it("rejects a config without the keys every reader needs", () =>
+    expectError(
+      withHeader(good(), (h) => {
+        const config = JSON.parse(h.__metadata__.config);
+        delete config.latent_dim;
+        h.__metadata__.config = JSON.stringify(config);
+      }),
+      /config lacks 'latent_dim'; re-export it/,
     ));
   it("rejects metadata that is not JSON", () =>
     expectError(
