@@ -1,9 +1,13 @@
 """Sample image grids from a trained Sphere Encoder, or reconstruct your own images.
 
 python sampling.py                                   # 1/2/4-step grids from the latest run's EMA weights
-python sampling.py --checkpoint results/<run>/checkpoints/checkpoint_latest.pth --num_samples 64
+python sampling.py --checkpoint results/<run> --num_samples 64          # a run folder: its latest checkpoint
+python sampling.py --checkpoint results/<run>/checkpoints/checkpoint_epoch_10.pth
 python sampling.py --input photo.jpg                 # strip: input | 1 step | 2 | 3 | 4
 python sampling.py --cfg 2.0 --class 3               # class-conditional model with guidance
+
+Outputs go to <dest_folder>/<run>/<checkpoint stem>/ (for --weights: <dest_folder>/<model folder>/<file stem>/);
+an existing file is never replaced without --overwrite.
 """
 
 from __future__ import annotations
@@ -14,10 +18,24 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engine.checkpoint import CheckpointError, find_latest_checkpoint, load_model_from_checkpoint
+from engine.checkpoint import CheckpointError, load_model_from_checkpoint
+from engine.cli import (
+    InputError,
+    angle_degrees,
+    check_device,
+    check_output_dir,
+    non_negative_float,
+    positive_int,
+    refuse_overwrite,
+    resolve_checkpoint,
+    seed_int,
+    source_folder_name,
+)
 from engine.data import DatasetError, load_image
 from engine.images import per_image_generators, save_grid
-from engine.setup import positive_int
+from engine.webformat import WebFormatError, load_model_from_web_weights
+
+CFG_MODES = ["combo", "both", "latent", "pixel"]  # combo: sqrt(w) after E and sqrt(w) after D (DESIGN §3)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,24 +43,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--checkpoint", default=None, help="default: the latest run under --results_dir")
+    source.add_argument(
+        "--checkpoint", default=None, help="a checkpoint file or a run folder (its latest); default: the latest run"
+    )
     source.add_argument("--weights", default=None, help="an exported web weight file (export_weights.py)")
     parser.add_argument("--results_dir", default="results")
-    parser.add_argument("--dest_folder", default="samples", help="outputs go to <dest_folder>/<run name>/")
+    parser.add_argument(
+        "--dest_folder", default="samples", help="outputs go to <dest_folder>/<run or model folder>/<file stem>/"
+    )
+    parser.add_argument(
+        "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing output files"
+    )
     parser.add_argument("--num_samples", type=positive_int, default=16)
     parser.add_argument("--steps", type=positive_int, nargs="+", default=[1, 2, 4], help="step counts to render")
-    parser.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded by (seed, i)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="image i uses its own generator seeded by (seed, i)")
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--input", nargs="+", default=None, help="image file(s) to reconstruct")
     parser.add_argument(
         "--recon_noise_angle",
-        type=float,
+        type=angle_degrees,
         default=0.0,
         help="re-noise angle (degrees) between reconstruction steps; 0 = plain cycles",
     )
-    parser.add_argument("--noise_angle", type=float, default=None, help="sampling re-noise angle (default: model's)")
-    parser.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale (1 = off)")
-    parser.add_argument("--cfg_mode", choices=["both", "latent", "pixel"], default="both")
+    parser.add_argument(
+        "--noise_angle", type=angle_degrees, default=None, help="sampling re-noise angle (default: model's)"
+    )
+    parser.add_argument("--cfg", type=non_negative_float, default=1.0, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--cfg_mode", choices=CFG_MODES, default="combo", help="where guidance applies")
     parser.add_argument(
         "--class",
         dest="class_label",
@@ -58,28 +85,64 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also save every sample as its own PNG",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.steps = list(dict.fromkeys(args.steps))  # a repeated count would write the same file twice
+    return args
 
 
-def load_model(args):
-    """(model, run name) from --weights, --checkpoint or the latest run."""
+def weights_file(args) -> Path:
+    """The file to load: --weights, --checkpoint (a file, or a run folder's latest) or the latest run's."""
+    return Path(args.weights) if args.weights else resolve_checkpoint(args.checkpoint, args.results_dir)
+
+
+def load_model(args, path: Path) -> torch.nn.Module:
     if args.weights:
-        from engine.webformat import load_model_from_web_weights
+        return load_model_from_web_weights(path, device=args.device)
+    return load_model_from_checkpoint(path, use_ema=args.ema, map_location=args.device)[0]
 
-        return load_model_from_web_weights(args.weights, device=args.device), Path(args.weights).parent.name
-    path = Path(args.checkpoint) if args.checkpoint else find_latest_checkpoint(args.results_dir)
-    model, _ = load_model_from_checkpoint(path, use_ema=args.ema, map_location=args.device)
-    return model, path.parent.parent.name
+
+def output_folder(args, path: Path) -> Path:
+    """<dest_folder>/<run or model folder>/<file stem>/: one folder per checkpoint or web file."""
+    return Path(args.dest_folder) / source_folder_name(path) / path.stem
+
+
+def grid_path(out_dir: Path, steps: int, seed: int) -> Path:
+    return out_dir / f"samples_{steps}step_seed{seed}.png"
+
+
+def individual_path(out_dir: Path, steps: int, seed: int, index: int) -> Path:
+    return out_dir / f"{steps}step" / f"{seed}_{index:05d}.png"
+
+
+def recon_path(out_dir: Path, file: str) -> Path:
+    return out_dir / f"recon_{Path(file).stem}.png"
+
+
+def planned_outputs(args, out_dir: Path) -> list[Path]:
+    """Every file this run will write, known before any work so that nothing is overwritten by surprise."""
+    if args.input:
+        paths = [recon_path(out_dir, file) for file in args.input]
+        if len(set(paths)) < len(paths):
+            raise InputError("two --input files share a name (stem); their strips would overwrite each other")
+        return paths
+    paths = [grid_path(out_dir, steps, args.seed) for steps in args.steps]
+    if args.individual:
+        paths += [individual_path(out_dir, t, args.seed, i) for t in args.steps for i in range(args.num_samples)]
+    return paths
+
+
+def check_class_flags(model, args) -> None:
+    num_classes = model.config.num_classes
+    if num_classes == 0 and (args.class_label is not None or args.cfg != 1.0):
+        raise InputError("--class/--cfg need a class-conditional model (trained with --conditional)")
+    if num_classes and args.class_label is not None and not 0 <= args.class_label < num_classes:
+        raise InputError(f"--class must be in 0..{num_classes - 1}, got {args.class_label}")
 
 
 def class_labels(model, args, start: int, count: int) -> torch.Tensor | None:
     num_classes = model.config.num_classes
     if num_classes == 0:
-        if args.class_label is not None or args.cfg != 1.0:
-            raise SystemExit("error: --class/--cfg need a class-conditional model (trained with --conditional)")
         return None
-    if args.class_label is not None and not 0 <= args.class_label < num_classes:
-        raise SystemExit(f"error: --class must be in 0..{num_classes - 1}, got {args.class_label}")
     if args.class_label is not None:
         return torch.full((count,), args.class_label, dtype=torch.long)
     return torch.arange(start, start + count) % num_classes
@@ -110,36 +173,40 @@ def generate(model, args) -> list[torch.Tensor]:
 def save_samples(grids: list[torch.Tensor], args, out_dir: Path) -> list[Path]:
     paths = []
     for steps, images in zip(args.steps, grids):
-        paths.append(save_grid(images, out_dir / f"samples_{steps}step_seed{args.seed}.png"))
+        paths.append(save_grid(images, grid_path(out_dir, steps, args.seed)))
         if args.individual:
             for index, image in enumerate(images):
-                save_grid(image[None], out_dir / f"{steps}step" / f"{args.seed}_{index:05d}.png", nrow=1)
+                save_grid(image[None], individual_path(out_dir, steps, args.seed, index), nrow=1)
     return paths
 
 
 def reconstruct_inputs(model, args, out_dir: Path) -> list[Path]:
     """Per input: center-crop, encode without noise, decode with 1..max(steps) rounds; save the strip."""
-    paths = []
-    for file in args.input:
-        image = load_image(file, model.config.image_size).to(args.device)
+    paths, images = [], [load_image(file, model.config.image_size) for file in args.input]  # all readable first
+    for file, image in zip(args.input, images):
+        image = image.to(args.device)
         generator = per_image_generators(args.seed, 0, 1, args.device)
         steps = model.reconstruct(
             image, max(args.steps), generator=generator, noise_angle=args.recon_noise_angle, return_all=True
         )
         strip = torch.cat([image, *steps])
-        paths.append(save_grid(strip, out_dir / f"recon_{Path(file).stem}.png", nrow=strip.shape[0]))
+        paths.append(save_grid(strip, recon_path(out_dir, file), nrow=strip.shape[0]))
     return paths
 
 
 def main(args: argparse.Namespace) -> list[Path]:
     try:
-        model, run_name = load_model(args)
-        out_dir = Path(args.dest_folder) / run_name
+        args.device = check_device(args.device)  # before loading: a missing GPU is not a broken checkpoint
+        path = weights_file(args)
+        out_dir = check_output_dir(output_folder(args, path), "--dest_folder")
+        refuse_overwrite(planned_outputs(args, out_dir), args.overwrite)
+        model = load_model(args, path)
+        check_class_flags(model, args)
         if args.input:
             paths = reconstruct_inputs(model, args, out_dir)
         else:
             paths = save_samples(generate(model, args), args, out_dir)
-    except (CheckpointError, DatasetError) as error:
+    except (CheckpointError, DatasetError, InputError, WebFormatError) as error:
         raise SystemExit(f"error: {error}") from None
     for path in paths:
         print(f"wrote {path}")
