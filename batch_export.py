@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
 from engine.checkpoint import CheckpointError
-from engine.webformat import MODES, WebFormatError, export_checkpoint, write_index
+from engine.cli import LATEST, InputError, check_output_dir, int_in_range, resolve_checkpoint, source_folder_name
+from engine.webformat import MAX_GROUP_SIZE, MODES, WebFormatError, export_checkpoint, write_index
 
-LATEST = Path("checkpoints") / "checkpoint_latest.pth"
 RUN_NAME = re.compile(r"^(?P<dataset>.+)_(?P<stamp>\d{8}_\d{6})(?:_\d+)?$")  # <dataset>_<YYYYmmdd_HHMMSS>[_k]
 
 
@@ -34,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output_root", default="frontend/public/models")
     parser.add_argument("--mode", action="append", choices=MODES, default=None, help="default: all four")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--group_size", type=int, default=32)
+    parser.add_argument("--group_size", type=int_in_range(1, MAX_GROUP_SIZE), default=32)
     return parser.parse_args(argv)
 
 
@@ -58,7 +57,10 @@ def latest_runs(results_dir: str | Path) -> list[Path]:
         if dataset not in latest or _stamp_key(run_dir) > _stamp_key(latest[dataset]):
             latest[dataset] = run_dir
     if not latest:
-        raise CheckpointError(f"no runs with {LATEST} under '{results_dir}/'; train with training.py or pass runs")
+        raise CheckpointError(
+            f"no runs with {LATEST.as_posix()} under '{results_dir}/'; train with training.py, or pass run folders "
+            "or checkpoint files as arguments (batch_export.py RUN_DIR_OR_CHECKPOINT ...)"
+        )
     return sorted(latest.values())
 
 
@@ -69,22 +71,23 @@ def _stamp_key(run_dir: Path) -> tuple[str, str]:
 
 
 def resolve_run(run: str | Path) -> tuple[str, Path]:
-    """(model folder name, checkpoint) for a run folder or a checkpoint file."""
-    path = Path(run)
-    if path.is_dir():
-        return path.resolve().name, path / LATEST
-    if path.parent.name == "checkpoints":  # results/<run>/checkpoints/<file>.pth
-        name = path.resolve().parent.parent.name
-        return (name if path.name == LATEST.name else f"{name}_{path.stem.removeprefix('checkpoint_')}"), path
-    return path.stem, path
+    """(model folder name, checkpoint) for a run folder or a checkpoint file: <run> for its latest checkpoint,
+    <run>_<stem without 'checkpoint_'> for another one, the file's stem outside a run folder."""
+    path = resolve_checkpoint(run)
+    if not path.is_file():
+        raise CheckpointError(f"'{run}' does not exist; pass run folders (results/<run>) or checkpoint files")
+    if path.parent.name != LATEST.parts[0]:
+        return path.stem, path
+    name = source_folder_name(path)
+    return (name if path.name == LATEST.name else f"{name}_{path.stem.removeprefix('checkpoint_')}"), path
 
 
-def main(args: argparse.Namespace) -> list[dict]:
-    runs = args.runs or latest_runs(args.results_dir)
+def export_runs(args: argparse.Namespace) -> list[dict]:
+    """Export every run (all resolved before the first export), then rebuild <output_root>/index.json."""
+    output_root = check_output_dir(args.output_root, "--output_root")
+    runs = [resolve_run(run) for run in args.runs or latest_runs(args.results_dir)]
     modes = list(dict.fromkeys(args.mode or MODES))
-    output_root = Path(args.output_root)
-    for run in runs:
-        name, checkpoint = resolve_run(run)
+    for name, checkpoint in runs:
         summaries = export_checkpoint(checkpoint, output_root / name, modes, args.ema, args.group_size)
         sizes = ", ".join(f"{s['mode']} {s['bytes'] / 1e6:.2f} MB" for s in summaries)
         print(f"{name}: {sizes}")
@@ -93,8 +96,12 @@ def main(args: argparse.Namespace) -> list[dict]:
     return entries
 
 
-if __name__ == "__main__":
+def main(args: argparse.Namespace) -> list[dict]:
     try:
-        main(parse_args())
-    except (CheckpointError, WebFormatError) as error:
-        sys.exit(f"error: {error}")
+        return export_runs(args)
+    except (CheckpointError, InputError, WebFormatError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main(parse_args())

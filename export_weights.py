@@ -1,20 +1,21 @@
 """Export a trained Sphere Encoder (encoder + decoder) to sphere-web weight files for the WebGPU demo.
 
-    python export_weights.py --checkpoint results/cifar10_<stamp>/checkpoints/checkpoint_latest.pth \
-        --output_dir frontend/public/models/cifar10_<stamp> --mode q8 --mode q4
+    python export_weights.py --checkpoint results/cifar10_<stamp> --output_dir frontend/public/models/cifar10_<stamp> \
+        --mode q8 --mode q4 --index_root frontend/public/models
 
-Writes <output_dir>/model_<mode>.safetensors per mode (all four when --mode is not given) and refreshes
-<output_dir>/../index.json. Format, quantization and BatchNorm folding: docs/web_format.md.
+Writes <output_dir>/model_<mode>.safetensors per mode (all four when --mode is not given) and nothing outside
+--output_dir, except <index_root>/index.json when --index_root names the folder that holds --output_dir.
+Format, quantization and BatchNorm folding: docs/web_format.md.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from engine.checkpoint import CheckpointError, find_latest_checkpoint
-from engine.webformat import MODES, WebFormatError, export_checkpoint, write_index
+from engine.checkpoint import CheckpointError
+from engine.cli import InputError, check_output_dir, int_in_range, resolve_checkpoint
+from engine.webformat import MAX_GROUP_SIZE, MODES, WebFormatError, export_checkpoint, write_index
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -22,7 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint",
         default=None,
-        help="training checkpoint (.pth); default: the latest one under --results_dir",
+        help="a checkpoint (.pth) or a run folder (its latest); default: the latest run under --results_dir",
     )
     parser.add_argument("--results_dir", default="results", help="where to look when --checkpoint is not given")
     parser.add_argument("--output_dir", required=True, help="model folder, e.g. frontend/public/models/<name>")
@@ -39,14 +40,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="export the EMA weights (default) or the raw ones (--no-ema)",
     )
-    parser.add_argument("--group_size", type=int, default=32, help="q8/q4 values per fp16 scale along the input")
     parser.add_argument(
-        "--index",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="rebuild index.json in the output folder's parent",
+        "--group_size",
+        type=int_in_range(1, MAX_GROUP_SIZE),
+        default=32,
+        help="q8/q4 values per fp16 scale along the input",
+    )
+    parser.add_argument(
+        "--index_root",
+        default=None,
+        help="also rebuild index.json in this folder, which must hold --output_dir; default: no index",
     )
     return parser.parse_args(argv)
+
+
+def check_index_root(index_root: str | None, output_dir: Path) -> None:
+    """index.json lists the sub-folders of its own folder: --output_dir must be one of them."""
+    if index_root is not None and Path(index_root).resolve() != output_dir.resolve().parent:
+        raise InputError(
+            f"--index_root '{index_root}' must be the folder that holds --output_dir '{output_dir}' "
+            "(index.json lists its sub-folders)"
+        )
 
 
 def print_summaries(summaries: list[dict]) -> None:
@@ -58,17 +72,19 @@ def print_summaries(summaries: list[dict]) -> None:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
-    checkpoint = Path(args.checkpoint) if args.checkpoint else find_latest_checkpoint(args.results_dir)
     modes = list(dict.fromkeys(args.mode or MODES))  # keep order, drop repeats
-    summaries = export_checkpoint(checkpoint, args.output_dir, modes, args.ema, args.group_size)
+    try:
+        check_index_root(args.index_root, Path(args.output_dir))
+        checkpoint = resolve_checkpoint(args.checkpoint, args.results_dir)
+        output_dir = check_output_dir(args.output_dir, "--output_dir")
+        summaries = export_checkpoint(checkpoint, output_dir, modes, args.ema, args.group_size)
+        if args.index_root is not None:
+            print(f"{Path(args.index_root) / 'index.json'}: {len(write_index(args.index_root))} models")
+    except (CheckpointError, InputError, WebFormatError) as error:
+        raise SystemExit(f"error: {error}") from None
     print_summaries(summaries)
-    if args.index:
-        write_index(Path(args.output_dir).parent)
     return summaries
 
 
 if __name__ == "__main__":
-    try:
-        main(parse_args())
-    except (CheckpointError, WebFormatError) as error:
-        sys.exit(f"error: {error}")
+    main(parse_args())

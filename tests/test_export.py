@@ -4,6 +4,8 @@ checkpoints written in the documented layout (model, ema, config, step, epoch)."
 from __future__ import annotations
 
 import json
+import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,7 @@ import torch
 import batch_export
 import export_weights
 import training
-from engine.checkpoint import CheckpointError, atomic_save
+from engine.checkpoint import atomic_save
 from engine.webformat import MODES, load_model_from_web_weights, read_web_weights
 from models import build_model
 
@@ -53,6 +55,7 @@ def test_export_weights_main_matches_checkpoint(trained_run, tmp_path):
     checkpoint = trained_run / "checkpoints" / "checkpoint_latest.pth"
     out_dir = tmp_path / "models" / trained_run.name
     argv = ["--checkpoint", str(checkpoint), "--output_dir", str(out_dir), "--mode", "fp32", "--mode", "q4"]
+    argv += ["--index_root", str(tmp_path / "models")]
     summaries = export_weights.main(export_weights.parse_args(argv))
     assert [s["mode"] for s in summaries] == ["fp32", "q4"]
     assert sorted(p.name for p in out_dir.iterdir()) == ["model_fp32.safetensors", "model_q4.safetensors"]
@@ -76,7 +79,7 @@ def test_export_weights_no_ema_and_default_modes(tmp_path):
     model = build_model("convnet_tiny", image_size=16, norm="batch")
     write_run(results, "faces_20250101_000000", "faces", model)
     out_dir = tmp_path / "out" / "faces"
-    argv = ["--results_dir", str(results), "--output_dir", str(out_dir), "--no-ema", "--no-index"]
+    argv = ["--results_dir", str(results), "--output_dir", str(out_dir), "--no-ema"]
     export_weights.main(export_weights.parse_args(argv))  # --checkpoint defaults to the latest run
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"model_{m}.safetensors" for m in MODES)
     assert not (tmp_path / "out" / "index.json").exists()
@@ -86,8 +89,76 @@ def test_export_weights_no_ema_and_default_modes(tmp_path):
 
 def test_export_weights_missing_checkpoint_is_a_clear_error(tmp_path):
     argv = ["--checkpoint", str(tmp_path / "nope.pth"), "--output_dir", str(tmp_path / "out")]
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(SystemExit, match="error: checkpoint .* does not exist"):
         export_weights.main(export_weights.parse_args(argv))
+    assert not (tmp_path / "out").exists()  # nothing created for a failed export
+
+
+def test_export_weights_never_writes_outside_output_dir(tmp_path):
+    """The bug: the parent's index.json (here the user's own file) was replaced by every export."""
+    results = tmp_path / "results"
+    write_run(results, "faces_20250101_000000", "faces", build_model("convnet_tiny", image_size=16))
+    parent = tmp_path / "site"
+    parent.mkdir()
+    (parent / "index.json").write_text('{"mine": true}\n')
+    argv = ["--results_dir", str(results), "--output_dir", str(parent / "faces"), "--mode", "q8"]
+    export_weights.main(export_weights.parse_args(argv))
+    assert (parent / "index.json").read_text() == '{"mine": true}\n'
+    assert sorted(p.name for p in parent.iterdir()) == ["faces", "index.json"]
+    with pytest.raises(SystemExit, match="--index_root .* must be the folder that holds --output_dir"):
+        export_weights.main(export_weights.parse_args([*argv, "--index_root", str(tmp_path)]))
+    assert (parent / "index.json").read_text() == '{"mine": true}\n'
+
+
+def test_export_weights_takes_a_run_folder(tmp_path):
+    results = tmp_path / "results"
+    model = build_model("convnet_tiny", image_size=16)
+    write_run(results, "faces_20250101_000000", "faces", model)
+    for given in (results / "faces_20250101_000000", results / "faces_20250101_000000" / "checkpoints"):
+        out_dir = tmp_path / "out" / given.name
+        argv = ["--checkpoint", str(given), "--output_dir", str(out_dir), "--mode", "fp32", "--no-ema"]
+        (summary,) = export_weights.main(export_weights.parse_args(argv))
+        exported = load_model_from_web_weights(summary["path"])
+        assert torch.allclose(decoded(exported), decoded(model.eval()), atol=1e-5)
+    (results / "empty_run").mkdir()
+    argv = ["--checkpoint", str(results / "empty_run"), "--output_dir", str(tmp_path / "never")]
+    with pytest.raises(SystemExit, match="has no checkpoints/checkpoint_latest.pth"):
+        export_weights.main(export_weights.parse_args(argv))
+
+
+def test_exported_files_are_readable_by_others(tmp_path):
+    """A static web server runs as another user: files must not keep mkstemp's 0600 (fixed in atomic_write)."""
+    results = tmp_path / "results"
+    write_run(results, "faces_20250101_000000", "faces", build_model("convnet_tiny", image_size=16))
+    argv = ["--results_dir", str(results), "--output_dir", str(tmp_path / "site" / "faces"), "--mode", "q4"]
+    (summary,) = export_weights.main(export_weights.parse_args([*argv, "--index_root", str(tmp_path / "site")]))
+    for path in (summary["path"], tmp_path / "site" / "index.json"):
+        mode = stat.S_IMODE(Path(path).stat().st_mode)
+        assert mode & 0o044 == 0o044, f"{path} has mode {oct(mode)}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--group_size", "0"], "argument --group_size"),
+        (["--group_size", "100000"], "argument --group_size"),
+        (["--mode", "q3"], "argument --mode"),
+    ],
+)
+def test_export_weights_rejects_nonsense_flags(tmp_path, capsys, flags, words):
+    with pytest.raises(SystemExit):
+        export_weights.parse_args(["--output_dir", str(tmp_path), *flags])
+    assert words in capsys.readouterr().err
+
+
+def test_export_weights_output_dir_that_is_a_file(tmp_path):
+    results = tmp_path / "results"
+    write_run(results, "faces_20250101_000000", "faces", build_model("convnet_tiny", image_size=16))
+    (tmp_path / "taken").write_text("a file")
+    argv = ["--results_dir", str(results), "--output_dir", str(tmp_path / "taken" / "faces")]
+    with pytest.raises(SystemExit, match="cannot create --output_dir .* is a file") as caught:
+        export_weights.main(export_weights.parse_args(argv))
+    assert "\n" not in str(caught.value)
 
 
 def test_batch_export_latest_run_per_dataset(trained_run, tmp_path):
@@ -130,8 +201,17 @@ def test_batch_export_explicit_checkpoint_file(tmp_path):
 
 
 def test_batch_export_without_runs_is_a_clear_error(tmp_path):
-    with pytest.raises(CheckpointError, match="no runs"):
+    with pytest.raises(SystemExit, match="no runs") as caught:
         batch_export.main(batch_export.parse_args(["--results_dir", str(tmp_path), "--output_root", str(tmp_path)]))
+    message = str(caught.value)
+    assert "--checkpoint" not in message and "pass run folders or checkpoint files as arguments" in message
+
+
+def test_batch_export_missing_run_is_a_clear_error(tmp_path):
+    argv = [str(tmp_path / "no_such_run.pth"), "--output_root", str(tmp_path / "models")]
+    with pytest.raises(SystemExit, match="does not exist"):
+        batch_export.main(batch_export.parse_args(argv))
+    assert not (tmp_path / "models").exists()
 
 
 def test_sampling_py_reads_an_exported_file(trained_run, tmp_path):
@@ -144,4 +224,4 @@ def test_sampling_py_reads_an_exported_file(trained_run, tmp_path):
     (weights,) = out.glob("*q8*.safetensors")
     common = ["--num_samples", "3", "--steps", "2", "--dest_folder", str(tmp_path / "samples"), "--device", "cpu"]
     (from_file,) = sampling.main(sampling.parse_args(["--weights", str(weights), *common]))
-    assert from_file.is_file() and from_file.parent.name == out.name
+    assert from_file.is_file() and from_file.parent == tmp_path / "samples" / out.name / "model_q8"
