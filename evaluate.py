@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: FID, KID, Inception Score, precision/recall of samples; rFID, PSNR, SSIM, LPIPS.
 
 python evaluate.py --steps 1 2 4 --num_samples 50000                 # latest run, paper-comparable FID
-python evaluate.py --checkpoint results/<run>/checkpoints/checkpoint_latest.pth --cfg 1.0 1.5
+python evaluate.py --checkpoint results/<run> --cfg 1.0 1.5                 # a run folder: its latest checkpoint
 python evaluate.py --reconstruction --no-generation --recon_split test --num_recon 10000
 
 Results are printed as a table and appended, one JSON line per (evaluation, metric), to <run>/eval.jsonl.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -18,7 +19,18 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from engine.checkpoint import CheckpointError, find_latest_checkpoint, load_model_from_checkpoint
+from engine.checkpoint import CheckpointError, load_model_from_checkpoint
+from engine.cli import (
+    InputError,
+    angle_degrees,
+    check_device,
+    check_output_dir,
+    int_in_range,
+    non_negative_float,
+    positive_int,
+    resolve_checkpoint,
+    seed_int,
+)
 from engine.data import DatasetError, build_dataset
 from engine.images import per_image_generators
 from engine.inception import InceptionFeatures, InceptionWeightsError, build_inception, images_to_uint8
@@ -39,9 +51,11 @@ from engine.metrics import (
     sample_step_batches,
     ssim,
 )
-from engine.setup import positive_int
 from losses import PerceptualWeightsError, build_lpips
+from losses.perceptual import VGG_ENV
 
+CFG_MODES = ["combo", "both", "latent", "pixel"]  # combo: sqrt(w) after E and sqrt(w) after D (DESIGN §3)
+at_least_two = int_in_range(2)  # FID and precision/recall need two images or more
 GENERATION_METRICS = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall")
 RECONSTRUCTION_METRICS = ("rfid", "psnr", "ssim", "lpips")
 
@@ -51,31 +65,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint", default=None, help="default: the latest run's checkpoint_latest.pth")
+    model.add_argument(
+        "--checkpoint", default=None, help="a checkpoint file or a run folder (its latest); default: the latest run"
+    )
     model.add_argument("--results_dir", default="results", help="where to look for the latest run")
     model.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="--no-ema: raw weights")
     model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen = parser.add_argument_group("generation (FID, KID, IS, precision/recall)")
     gen.add_argument("--generation", action=argparse.BooleanOptionalAction, default=True)
     gen.add_argument("--steps", type=positive_int, nargs="+", default=[1, 2, 4], help="sampling step counts")
-    gen.add_argument("--num_samples", type=positive_int, default=50_000, help="50000 for paper-comparable FID")
-    gen.add_argument("--cfg", type=float, nargs="+", default=[1.0], help="CFG scale(s), conditional models only")
-    gen.add_argument("--seed", type=int, default=0, help="image i uses its own generator seeded by (seed, i)")
+    gen.add_argument("--num_samples", type=at_least_two, default=50_000, help="50000 for paper-comparable FID")
+    gen.add_argument(
+        "--cfg", type=non_negative_float, nargs="+", default=[1.0], help="CFG scale(s), conditional models only"
+    )
+    gen.add_argument("--cfg_mode", choices=CFG_MODES, default="combo", help="where guidance applies")
+    gen.add_argument("--seed", type=seed_int, default=0, help="image i uses its own generator seeded by (seed, i)")
     gen.add_argument("--batch_size", type=positive_int, default=100)
     gen.add_argument("--save_images", default=None, help="also write every sample as PNG under this folder")
     rec = parser.add_argument_group("reconstruction (rFID, PSNR, SSIM, LPIPS)")
     rec.add_argument("--reconstruction", action=argparse.BooleanOptionalAction, default=False)
-    rec.add_argument("--recon_split", choices=["train", "test"], default="test", help="CIFAR-10 split (others: all)")
-    rec.add_argument("--num_recon", type=positive_int, default=10_000, help="first N images of the split")
-    rec.add_argument("--recon_noise_angle", type=float, default=None, help="re-noise of steps > 1 (default 0)")
+    rec.add_argument(
+        "--recon_split", choices=["train", "test"], default="test", help="split of CIFAR-10, fashion, npz with 'split'"
+    )
+    rec.add_argument("--num_recon", type=at_least_two, default=10_000, help="first N images of the split")
+    rec.add_argument("--recon_noise_angle", type=angle_degrees, default=None, help="re-noise of steps > 1 (default 0)")
     data = parser.add_argument_group("data and reference statistics")
     data.add_argument("--dataset", default=None, help="default: the run's training dataset")
     data.add_argument("--data_root", default="data")
     data.add_argument("--ref", default=None, help="precomputed npz with mu, sigma (default: cached training stats)")
     data.add_argument("--ref_cache_dir", default="results/fid_stats")
-    data.add_argument("--num_ref", type=positive_int, default=REF_IMAGES_MAX, help="training images for the stats")
+    data.add_argument("--num_ref", type=at_least_two, default=REF_IMAGES_MAX, help="training images for the stats")
     data.add_argument("--inception_weights", default=None, help="FID Inception file (or SPHERE_INCEPTION_WEIGHTS)")
-    data.add_argument("--vgg_weights", default=None, help="vgg16().features file for LPIPS (or SPHERE_VGG_WEIGHTS)")
+    data.add_argument(
+        "--vgg_weights",
+        default=None,
+        help="vgg16().features file for LPIPS (or SPHERE_VGG_WEIGHTS); default: the run's own --vgg_weights",
+    )
     data.add_argument("--out", default=None, help="also write all results to this JSON file")
     args = parser.parse_args(argv)
     args.steps, args.cfg = sorted(set(args.steps)), list(dict.fromkeys(args.cfg))  # drop repeats
@@ -132,6 +157,25 @@ def write_records(records: list[dict], checkpoint: Path, out: str | None) -> Pat
     return jsonl
 
 
+def check_outputs(args) -> None:
+    """Fail on unusable output paths before hours of sampling."""
+    if args.out and Path(args.out).is_dir():
+        raise InputError(f"--out '{args.out}' is a folder; pass a JSON file name")
+    if args.out:
+        check_output_dir(Path(args.out).parent, "the folder of --out")
+    if args.save_images:
+        check_output_dir(args.save_images, "--save_images")
+
+
+def lpips_weights(args, run_config: dict) -> str | None:
+    """--vgg_weights, else $SPHERE_VGG_WEIGHTS (read by build_lpips), else the file the run trained with when it
+    is still there; None then means torchvision's ImageNet VGG16."""
+    if args.vgg_weights or os.environ.get(VGG_ENV):
+        return args.vgg_weights
+    recorded = run_config.get("train", {}).get("vgg_weights")
+    return recorded if recorded and Path(recorded).is_file() else None
+
+
 def save_pngs(images: torch.Tensor, folder: Path, start: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pixels = images_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
@@ -158,7 +202,7 @@ def load_generation_reference(args, run_config: dict, extractor: InceptionFeatur
 def generated_features(model, extractor: InceptionFeatures, args, cfg: float) -> dict[int, tuple]:
     """{T: (pool3 features, logits or None)} of num_samples images per step count (one sampling pass)."""
     collected = {t: ([], []) for t in args.steps}
-    batches = sample_step_batches(model, args.num_samples, args.steps, args.batch_size, args.seed, cfg)
+    batches = sample_step_batches(model, args.num_samples, args.steps, args.batch_size, args.seed, cfg, args.cfg_mode)
     with tqdm(total=args.num_samples, desc=f"sampling + Inception (cfg {cfg:g})", unit="img") as bar:
         for start, images_by_steps in batches:
             for steps, images in images_by_steps.items():
@@ -173,16 +217,18 @@ def generated_features(model, extractor: InceptionFeatures, args, cfg: float) ->
 
 
 def evaluate_generation(model, extractor: InceptionFeatures, reference: ReferenceStats, args, context) -> list[dict]:
-    cfgs = args.cfg if model.config.num_classes > 0 else [1.0]
+    conditional = model.config.num_classes > 0
+    cfgs = args.cfg if conditional else [1.0]
     if cfgs != args.cfg:
         print("note: --cfg is ignored for an unconditional model (num_classes = 0)")
+    context = {**context, "cfg_mode": args.cfg_mode} if conditional else context
     records = []
     for cfg in cfgs:
         for steps, (features, logits) in generated_features(model, extractor, args, cfg).items():
             results = generation_metrics(
                 features, logits, reference, extractor.logits_unavailable_reason, device=args.device
             )
-            cfg_value = cfg if model.config.num_classes > 0 else None
+            cfg_value = cfg if conditional else None
             records += make_records(results, "generation", steps, cfg_value, context)
     return records
 
@@ -228,7 +274,7 @@ def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_confi
     name, image_size = args.dataset or run_config["dataset"], run_config["image_size"]
     dataset = build_dataset(name, image_size, train=args.recon_split == "train", hflip=False, root=args.data_root)
     count = min(len(dataset), args.num_recon)
-    lpips_model = build_lpips(args.vgg_weights).to(args.device)
+    lpips_model = build_lpips(lpips_weights(args, run_config)).to(args.device)
     real_features, scores = [], {t: [] for t in steps}
     with tqdm(total=count, desc="reconstruction + Inception", unit="img") as bar:
         for start, originals, recons in reconstruction_batches(model, dataset, args, steps):
@@ -257,7 +303,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     if not (args.generation or args.reconstruction):
         raise SystemExit("error: nothing to evaluate: drop --no-generation or add --reconstruction")
     try:
-        checkpoint = Path(args.checkpoint) if args.checkpoint else find_latest_checkpoint(args.results_dir)
+        args.device = check_device(args.device)  # before loading: a missing GPU is not a broken checkpoint
+        check_outputs(args)
+        checkpoint = resolve_checkpoint(args.checkpoint, args.results_dir)
         model, run_config = load_model_from_checkpoint(checkpoint, use_ema=args.ema, map_location=args.device)
         extractor = build_inception(args.inception_weights, args.device)
         context = {"checkpoint": str(checkpoint), "dataset": args.dataset or run_config["dataset"], "ema": args.ema}
@@ -268,7 +316,14 @@ def main(args: argparse.Namespace) -> list[dict]:
             records += evaluate_generation(model, extractor, reference, args, gen_context)
         if args.reconstruction:
             records += evaluate_reconstruction(model, extractor, args, run_config, context)
-    except (CheckpointError, DatasetError, InceptionWeightsError, ReferenceStatsError, PerceptualWeightsError) as error:
+    except (
+        CheckpointError,
+        DatasetError,
+        InceptionWeightsError,
+        InputError,
+        ReferenceStatsError,
+        PerceptualWeightsError,
+    ) as error:
         raise SystemExit(f"error: {error}") from None
     print(format_table(records))
     print(f"appended {len(records)} results to {write_records(records, checkpoint, args.out)}")

@@ -425,12 +425,13 @@ def sample_step_batches(
     batch_size: int,
     seed: int = 0,
     cfg: float = 1.0,
+    cfg_mode: str = "combo",
 ) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
     """(first global index, {T: images (B, 3, H, W) in [-1, 1] after T steps}) per batch.
 
     One max(steps)-round run gives every shorter count (step T of a longer run equals a T-step run). Image i
     has its own generator (engine.images.per_image_generators, as sampling.py), so batches do not matter;
-    conditional models get class-balanced labels and the CFG scale.
+    conditional models get class-balanced labels, the CFG scale and where it applies (cfg_mode).
     """
     from engine.images import per_image_generators
 
@@ -444,6 +445,7 @@ def sample_step_batches(
             generator=per_image_generators(seed, start, count, device),
             labels=balanced_labels(start, count, num_classes, device),
             cfg=cfg if num_classes else 1.0,
+            cfg_mode=cfg_mode,
             return_all=True,
         )
         yield start, {t: outputs[t - 1] for t in steps}

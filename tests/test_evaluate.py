@@ -1,8 +1,9 @@
-"""evaluate.py end to end on a tiny trained checkpoint: table, eval.jsonl, --out, PNGs, --ref, reconstruction."""
+"""evaluate.py end to end on a tiny trained checkpoint: table, eval.jsonl, --out, PNGs, --ref, reconstruction,
+run folders, the device check, the run's own VGG weights and nonsense flags. Metric values are checked in
+test_metrics.py; here the FID Inception is the real one when SPHERE_INCEPTION_WEIGHTS is set, else random."""
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -11,16 +12,29 @@ import torch
 import evaluate
 import training
 from engine.checkpoint import atomic_save, load_checkpoint
+from losses import build_lpips
+from tests.conftest import REAL_INCEPTION_WEIGHTS
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-WEIGHTS = Path(
-    os.environ.get("SPHERE_INCEPTION_WEIGHTS") or SHARED / "weights" / "pt_inception-2015-12-05-fid-pool3.pth"
-)
-VGG_WEIGHTS = Path(os.environ.get("SPHERE_VGG_WEIGHTS") or SHARED / "weights" / "vgg16_features_hed.pth")
 
-pytestmark = pytest.mark.skipif(
-    not (WEIGHTS.is_file() and VGG_WEIGHTS.is_file()), reason=f"needs {WEIGHTS} and {VGG_WEIGHTS}"
-)
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory) -> Path:
+    """The real FID Inception, else a random-weight one with a zeroed classifier head, like the pool3-only
+    weights (same code path, meaningless values)."""
+    if REAL_INCEPTION_WEIGHTS is not None:
+        return REAL_INCEPTION_WEIGHTS
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    with pytest.MonkeyPatch.context() as patch:  # build the network without its download / weights file
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {})
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *args, **kwargs: None)
+        torch.manual_seed(0)
+        network = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    state = network.state_dict()
+    state["fc.weight"].zero_()
+    state["fc.bias"].zero_()
+    path = tmp_path_factory.mktemp("weights") / "inception_random.pth"
+    torch.save(state, path)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -42,17 +56,24 @@ def checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-def run_evaluate(checkpoint: Path, tmp_path: Path, *flags: str) -> list[dict]:
-    common = ["--checkpoint", str(checkpoint), "--device", "cpu", "--inception_weights", str(WEIGHTS)]
-    common += ["--ref_cache_dir", str(tmp_path / "fid_stats"), "--num_ref", "16", "--vgg_weights", str(VGG_WEIGHTS)]
-    return evaluate.main(evaluate.parse_args([*common, *flags]))
+@pytest.fixture
+def run_evaluate(inception_weights, vgg_weights_file):
+    """evaluate.main on a checkpoint with CPU, test weights and a reference cache under tmp_path."""
+
+    def run(checkpoint: Path, tmp_path: Path, *flags: str, vgg: bool = True) -> list[dict]:
+        common = ["--checkpoint", str(checkpoint), "--device", "cpu", "--inception_weights", str(inception_weights)]
+        common += ["--ref_cache_dir", str(tmp_path / "fid_stats"), "--num_ref", "16"]
+        common += ["--vgg_weights", vgg_weights_file] if vgg else []
+        return evaluate.main(evaluate.parse_args([*common, *flags]))
+
+    return run
 
 
 def by_key(records: list[dict]) -> dict[tuple, dict]:
     return {(r["evaluation"], r["steps"], r["cfg"], r["metric"]): r for r in records}
 
 
-def test_generation_table_jsonl_out_and_images(checkpoint, tmp_path, capsys):
+def test_generation_table_jsonl_out_and_images(run_evaluate, checkpoint, tmp_path, capsys):
     out, images = tmp_path / "out.json", tmp_path / "png"
     flags = ["--steps", "1", "2", "--cfg", "1", "2", "--num_samples", "10", "--batch_size", "8"]
     records = run_evaluate(checkpoint, tmp_path, *flags, "--out", str(out), "--save_images", str(images))
@@ -88,7 +109,7 @@ def test_generation_table_jsonl_out_and_images(checkpoint, tmp_path, capsys):
     assert by_key(again)["generation", 2, 2.0, "fid"]["value"] != found["generation", 2, 1.0, "fid"]["value"]
 
 
-def test_reconstruction_metrics(checkpoint, tmp_path):
+def test_reconstruction_metrics(run_evaluate, checkpoint, tmp_path):
     flags = ["--reconstruction", "--no-generation", "--steps", "2", "--num_recon", "10", "--batch_size", "8"]
     records = run_evaluate(checkpoint, tmp_path, *flags)
     found = by_key(records)
@@ -102,7 +123,7 @@ def test_reconstruction_metrics(checkpoint, tmp_path):
     assert all(r["num_samples"] == 10 and r["split"] == "test" for r in records)
 
 
-def test_bad_inputs_exit_with_one_line(checkpoint, tmp_path):
+def test_bad_inputs_exit_with_one_line(run_evaluate, checkpoint, tmp_path):
     corrupt = tmp_path / "corrupt.npz"
     corrupt.write_bytes(b"not an npz")
     with pytest.raises(SystemExit, match="error: cannot read reference statistics"):
@@ -111,3 +132,84 @@ def test_bad_inputs_exit_with_one_line(checkpoint, tmp_path):
         run_evaluate(tmp_path / "missing.pth", tmp_path, "--num_samples", "4")
     with pytest.raises(SystemExit, match="Inception weights file .* does not exist"):
         evaluate.main(evaluate.parse_args(["--checkpoint", str(checkpoint), "--inception_weights", "nope.pth"]))
+
+
+def test_checkpoint_may_be_a_run_folder(run_evaluate, checkpoint, tmp_path):
+    flags = ["--reconstruction", "--no-generation", "--steps", "1", "--num_recon", "4", "--batch_size", "4"]
+    records = run_evaluate(checkpoint.parent.parent, tmp_path, *flags)
+    assert {record["checkpoint"] for record in records} == {str(checkpoint)}
+
+
+def test_cuda_missing_is_named_before_loading(checkpoint, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match=r"^error: CUDA is not available; use --device cpu$"):
+        evaluate.main(evaluate.parse_args(["--checkpoint", str(checkpoint), "--device", "cuda"]))
+
+
+@pytest.fixture
+def lpips_calls(monkeypatch, vgg_weights_file) -> list:
+    """The vgg_weights argument of every build_lpips call evaluate.py makes (the model built is the test one)."""
+    calls = []
+
+    def spy(vgg_weights=None):
+        calls.append(vgg_weights)
+        return build_lpips(vgg_weights_file)
+
+    monkeypatch.setattr(evaluate, "build_lpips", spy)
+    return calls
+
+
+def with_recorded_vgg(checkpoint: Path, tmp_path: Path, vgg_weights: str) -> Path:
+    """A copy of the run's checkpoint whose config records `--vgg_weights vgg_weights` (as training.py saves it)."""
+    state = load_checkpoint(checkpoint)
+    state["config"]["train"]["vgg_weights"] = vgg_weights
+    copy = tmp_path / "run" / "checkpoints" / "checkpoint_latest.pth"
+    atomic_save(state, copy)
+    return copy
+
+
+def test_lpips_uses_the_runs_vgg(run_evaluate, checkpoint, tmp_path, monkeypatch, lpips_calls, vgg_weights_file):
+    monkeypatch.delenv("SPHERE_VGG_WEIGHTS", raising=False)
+    flags = ["--reconstruction", "--no-generation", "--steps", "1", "--num_recon", "2", "--batch_size", "2"]
+    recorded = with_recorded_vgg(checkpoint, tmp_path, vgg_weights_file)
+    run_evaluate(recorded, tmp_path, *flags, vgg=False)
+    missing = with_recorded_vgg(checkpoint, tmp_path, str(tmp_path / "moved_away.pth"))
+    run_evaluate(missing, tmp_path, *flags, vgg=False)  # a recorded file that is gone: torchvision's default
+    run_evaluate(recorded, tmp_path, *flags, "--vgg_weights", str(tmp_path / "flag.pth"), vgg=False)
+    monkeypatch.setenv("SPHERE_VGG_WEIGHTS", str(tmp_path / "env.pth"))
+    run_evaluate(recorded, tmp_path, *flags, vgg=False)  # build_lpips reads the variable itself
+    assert lpips_calls == [vgg_weights_file, None, str(tmp_path / "flag.pth"), None]
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--num_samples", "1"],
+        ["--num_recon", "0"],
+        ["--num_ref", "1"],
+        ["--cfg", "-0.5"],
+        ["--cfg_mode", "nowhere"],
+        ["--recon_noise_angle", "90"],
+        ["--seed", "-1"],
+    ],
+)
+def test_nonsense_flag_values_are_rejected_by_the_parser(capsys, flags):
+    with pytest.raises(SystemExit) as caught:
+        evaluate.parse_args(flags)
+    assert caught.value.code == 2 and f"argument {flags[0]}" in capsys.readouterr().err
+
+
+def test_unusable_output_paths_fail_before_any_work(checkpoint, tmp_path):
+    (tmp_path / "a_file").write_text("x")
+    common = ["--checkpoint", str(checkpoint), "--device", "cpu", "--inception_weights", str(tmp_path / "none.pth")]
+    for flags, words in (
+        (["--out", str(tmp_path)], "is a folder"),
+        (["--out", str(tmp_path / "a_file" / "out.json")], "is a file"),
+        (["--save_images", str(tmp_path / "a_file")], "is a file"),
+    ):
+        with pytest.raises(SystemExit, match=words):  # checked before the (missing) Inception weights
+            evaluate.main(evaluate.parse_args([*common, *flags]))
+
+
+def test_cfg_mode_defaults_to_combo():
+    assert evaluate.parse_args([]).cfg_mode == "combo"
