@@ -31,6 +31,7 @@ def int_in_range(low: int, high: int | None = None) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be an integer {bounds}, got {text}")
         return value
 
+    parse.__name__ = "int"  # argparse names the type in "invalid int value: 'x'"
     return parse
 
 

@@ -497,3 +497,16 @@ def test_make_fashion_demo_pads_and_splits(tmp_path, monkeypatch):
 def test_load_image_rejects_a_folder(tmp_path):
     with pytest.raises(DatasetError, match="is a folder"):
         load_image(str(tmp_path), 32)
+
+
+def test_download_scripts_reject_unusable_roots_and_sizes(tmp_path, capsys):
+    (tmp_path / "a_file").write_text("not a folder")
+    root = str(tmp_path / "a_file")
+    with pytest.raises(SystemExit, match="cannot create --root .* is a file") as caught:
+        download_cifar.main(download_cifar.parse_args(["--root", root, "--archive", str(tmp_path / "x.tar.gz")]))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(SystemExit, match="cannot create --root .* is a file"):
+        download_faces.main(download_faces.parse_args(["--root", root, "--archive", str(tmp_path)]))
+    with pytest.raises(SystemExit):
+        download_faces.parse_args(["--size", "0"])
+    assert "argument --size" in capsys.readouterr().err
