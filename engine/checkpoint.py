@@ -15,19 +15,32 @@ import torch
 from models import model_from_config
 
 REQUIRED_KEYS = ("model", "config", "step", "epoch")
+RESUME_KEYS = ("model", "ema", "optimizer", "scheduler")  # what continuing a run needs beyond REQUIRED_KEYS
+TEMP_GLOB = ".*.tmp"  # atomic_write's temp files: .<name>.<random>.tmp
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or not one of ours."""
 
 
+def current_umask() -> int:
+    """The process umask (Python can only read it by setting it, so set it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
-    """write(file) into a temp file in the same folder, fsync, then rename over `path` (never a half file)."""
+    """write(file) into a temp file in the same folder, fsync, then rename over `path` (never a half file).
+
+    The file gets the mode a plain open() would (0644 under umask 022), not mkstemp's 0600, so that exported
+    web files stay readable by a static web server's user."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
+            os.fchmod(file.fileno(), 0o666 & ~current_umask())
             write(file)
             file.flush()
             os.fsync(file.fileno())
@@ -40,6 +53,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> None:
 def atomic_save(obj, path: str | Path) -> None:
     """torch.save, atomically."""
     atomic_write(path, lambda file: torch.save(obj, file))
+
+
+def remove_stale_temp_files(folder: Path) -> None:
+    """Delete the atomic_write temp files that a killed process left in `folder`."""
+    for path in folder.glob(TEMP_GLOB):
+        path.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -63,6 +82,45 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
             f"'{path}' is not a training.py checkpoint (missing {missing}); pass a checkpoint written by training.py"
         )
     return ckpt
+
+
+def require_resumable(ckpt: dict, source: str | Path) -> None:
+    """CheckpointError naming what a checkpoint lacks to continue training (e.g. one stripped to weights)."""
+    missing = [key for key in RESUME_KEYS if ckpt.get(key) is None]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint '{source}' cannot be resumed: it has no {', '.join(missing)} state; to fine-tune its "
+            f"weights in a new run pass --init_from {source} (fresh optimizer and schedule), or pass --no-resume"
+        )
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """'key: saved -> current' for every architecture setting that differs between two model configs."""
+    keys = sorted(set(saved) | set(current))
+    return [f"{key}: {saved.get(key)} -> {current.get(key)}" for key in keys if saved.get(key) != current.get(key)]
+
+
+def load_weights(path: str | Path) -> tuple[dict, dict | None, dict | None]:
+    """(model state, EMA state or None, model config or None) of a training.py checkpoint, including one
+    stripped to weights, or of a bare state_dict; for --init_from."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--init_from '{path}' is not a file; pass a checkpoint_*.pth to start from")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise CheckpointError(
+            f"--init_from '{path}' is unreadable or not a checkpoint ({error.__class__.__name__}); "
+            "pass a checkpoint_*.pth written by training.py or a saved state_dict"
+        ) from None
+    if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict):
+        return ckpt["model"], ckpt.get("ema"), (ckpt.get("config") or {}).get("model")
+    if isinstance(ckpt, dict) and ckpt and all(isinstance(value, torch.Tensor) for value in ckpt.values()):
+        return ckpt, None, None
+    raise CheckpointError(
+        f"--init_from '{path}' holds no model weights (neither a 'model' entry nor a state_dict); "
+        "pass a checkpoint_*.pth written by training.py"
+    )
 
 
 def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
@@ -100,8 +158,9 @@ def find_latest_checkpoint(results_dir: str | Path = "results") -> Path:
     return candidates[-1]
 
 
-def capture_rng_state() -> dict:
-    """Python, NumPy and torch (CPU + CUDA) RNG states as plain types/tensors (weights_only-loadable)."""
+def capture_rng_state(device: torch.device | None = None) -> dict:
+    """This process's Python, NumPy and torch RNG states as plain types/tensors (weights_only-loadable); on a
+    GPU also the state of this process's own device (not every visible GPU: each rank saves its own)."""
     py_version, py_state, py_gauss = random.getstate()
     np_state = np.random.get_state()
     state = {
@@ -109,16 +168,52 @@ def capture_rng_state() -> dict:
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
         "torch": torch.get_rng_state(),
     }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device is not None and torch.device(device).type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng_state(state: dict) -> None:
+def _restore_cuda_state(state, device: torch.device | None) -> None:
+    if state is None or device is None or torch.device(device).type != "cuda":
+        return
+    device = torch.device(device)
+    if isinstance(state, (list, tuple)):  # older checkpoints held every visible GPU's state
+        index = device.index or 0
+        if index >= len(state):
+            return
+        state = state[index]
+    torch.cuda.set_rng_state(state.to("cpu").to(torch.uint8), device)
+
+
+def restore_rng_state(state: dict, device: torch.device | None = None) -> None:
+    """Inverse of capture_rng_state. The states are moved to the CPU first and cast to the dtypes the setters
+    need: a checkpoint loaded with a GPU map_location holds them on that GPU."""
     py_version, py_state, py_gauss = state["python"]
     random.setstate((py_version, tuple(py_state), py_gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state((name, keys.to("cpu").numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"].to("cpu").to(torch.uint8))
+    _restore_cuda_state(state.get("cuda"), device)
+
+
+def reseed_rng(seed: int, rank: int, step: int) -> None:
+    """Seed Python, NumPy and torch (every device) from (seed, rank, step): distinct per rank, reproducible."""
+    value = int(np.random.SeedSequence([seed, rank, step]).generate_state(1, np.uint64)[0])
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+
+
+def restore_rank_rng_state(saved, rank: int, world_size: int, seed: int, step: int, device=None) -> str | None:
+    """Restore this rank's own saved RNG state. `saved` is a list with one state per rank (a single dict in
+    older checkpoints). When the number of processes changed, or there is none, reseed from (seed, rank, step)
+    instead and return a warning for the log; None when the states were restored exactly."""
+    states = [saved] if isinstance(saved, dict) else list(saved or [])
+    if len(states) == world_size:
+        restore_rng_state(states[rank], device)
+        return None
+    reseed_rng(seed, rank, step)
+    return (
+        f"the checkpoint holds RNG states of {len(states)} process(es) and this run has {world_size}: each rank "
+        "was reseeded from (seed, rank, step), so the run continues correctly but not bit-identically"
+    )

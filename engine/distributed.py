@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+
+class DeviceError(RuntimeError):
+    """--device names a device this machine does not have (or no device at all)."""
 
 
 @dataclass
@@ -25,13 +32,21 @@ class DistInfo:
         return self.world_size > 1
 
 
+def _wants_cuda(device_flag: str) -> bool:
+    """Whether --device asks for CUDA; DeviceError for a value that is no device or a GPU this machine lacks."""
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device_flag):
+        raise DeviceError(f"--device {device_flag} is not a device; use auto, cpu, cuda or cuda:N")
+    use_cuda = torch.cuda.is_available() if device_flag == "auto" else device_flag.startswith("cuda")
+    if use_cuda and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device_flag} was requested but no CUDA device is available; use --device cpu")
+    return use_cuda
+
+
 def setup_distributed(device_flag: str = "auto") -> DistInfo:
     """Read torchrun's env (RANK, WORLD_SIZE, LOCAL_RANK); init the process group when WORLD_SIZE > 1."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device_flag == "auto" else device_flag.startswith("cuda")
-    if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was requested but no CUDA device is available; use --device cpu")
+    use_cuda = _wants_cuda(device_flag)
     device = torch.device(f"cuda:{local_rank}") if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
@@ -45,8 +60,18 @@ def cleanup_distributed() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def distributed(device_flag: str = "auto") -> Iterator[DistInfo]:
+    """setup_distributed for the length of a `with` block; the process group is destroyed on any exit."""
+    info = setup_distributed(device_flag)
+    try:
+        yield info
+    finally:
+        cleanup_distributed()
+
+
 def any_rank(flag: bool, info: DistInfo) -> bool:
-    """True if the flag is set on any rank (used to stop all ranks together on a signal)."""
+    """True if the flag is set on any rank (so that all ranks stop together: a signal, a non-finite loss)."""
     if not info.enabled:
         return flag
     tensor = torch.tensor([1.0 if flag else 0.0], device=info.device)
@@ -61,6 +86,15 @@ def broadcast_object(obj, info: DistInfo):
     holder = [obj]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def gather_objects(obj, info: DistInfo) -> list:
+    """Every rank's value of a picklable object, in rank order (all ranks get the list)."""
+    if not info.enabled:
+        return [obj]
+    gathered = [None] * info.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def barrier(info: DistInfo) -> None:
