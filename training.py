@@ -8,27 +8,48 @@ torchrun --nproc_per_node=8 training.py --dataset cifar10 --batch_size 1024
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from engine.checkpoint import CheckpointError, load_checkpoint
+from engine.checkpoint import (
+    CheckpointError,
+    config_differences,
+    load_checkpoint,
+    load_model_state,
+    load_weights,
+    require_resumable,
+)
 from engine.data import DatasetError, build_dataset
-from engine.distributed import DistInfo, cleanup_distributed, setup_distributed
+from engine.distributed import DeviceError, DistInfo, distributed
 from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr
-from engine.runs import MetricsWriter, setup_logger
+from engine.runs import LATEST_CHECKPOINT, MetricsWriter, setup_logger
 from engine.setup import (
+    ConfigError,
+    RunPlan,
     build_loss,
     explicit_flags,
     loss_config_from_args,
     model_overrides,
+    open_run,
+    plan_run,
     positive_int,
-    prepare_run,
+    run_config_for,
     train_settings,
+    validate_args,
 )
+from engine.trainer import Trainer, TrainingError
 from losses import PerceptualWeightsError
 from models import MODELS, build_model
+
+INTERRUPTED = "interrupted (Ctrl-C); no file was left half-written, run again to start or resume"
+# Failures the user can fix: one `error: ...` line, no traceback.
+EXPECTED_ERRORS = (CheckpointError, ConfigError, DatasetError, DeviceError, PerceptualWeightsError, TrainingError)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--data_root", default="data", help="where download_*.py put cifar10/ and ffhq_64/")
     data.add_argument("--image_size", type=positive_int, default=None, help="default: the dataset's")
     data.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
-    data.add_argument("--num_workers", type=int, default=2)
+    data.add_argument("--num_workers", type=int, default=2, help="data-loading processes (0: in the main one)")
     model = parser.add_argument_group("model")
     model.add_argument("--model_type", "--model", dest="model_type", default="vit", choices=sorted(MODELS))
     model.add_argument("--latent_dim", type=positive_int, default=None, help="L; default 2048 at 32 px")
@@ -97,6 +118,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="continue the latest run with the same dataset and architecture",
     )
+    run.add_argument(
+        "--init_from",
+        default=None,
+        metavar="CKPT",
+        help="start a new run from the weights (and EMA) of CKPT with a fresh optimizer and schedule (fine-tuning); "
+        "running the same command again resumes that run",
+    )
     run.add_argument("--eval-frequency", dest="eval_frequency", type=positive_int, default=1, help="epochs")
     run.add_argument(
         "--checkpoint-frequency",
@@ -144,17 +172,77 @@ def build_training(args, dataset, info: DistInfo):
     return model, train_model, ema, optimizer, scheduler, settings
 
 
-def main(args: argparse.Namespace):
-    from engine.trainer import Trainer  # imported here so `--help` stays fast
-
-    info = setup_distributed(args.device)
+def init_from_weights(path: str, model, ema: EMA) -> None:
+    """--init_from: the model's weights (and EMA's, else the same weights) from another run, on the CPU; the
+    optimizer, schedule and counters stay fresh. A mismatch names the architecture settings that differ."""
+    model_state, ema_state, saved_config = load_weights(path)
     try:
+        load_model_state(model, model_state, path)
+        load_model_state(ema.model, model_state if ema_state is None else ema_state, path)
+    except CheckpointError as error:
+        changed = config_differences(saved_config, model.config.to_dict()) if saved_config else []
+        differ = f" (settings that differ: {'; '.join(changed)})" if changed else ""
+        raise ConfigError(
+            f"--init_from: {error}{differ}; pass the --model_type/--image_size/--latent_dim/--conditional "
+            "of the run it comes from"
+        ) from None
+
+
+def load_start_point(plan: RunPlan, args, model, ema: EMA) -> dict | None:
+    """The checkpoint to resume (None for a fresh run, which gets the --init_from weights if asked). Loaded on
+    the CPU: load_state_dict moves tensors to the model's device, and RNG states must stay CPU byte tensors."""
+    if plan.checkpoint is not None:
+        ckpt = load_checkpoint(plan.checkpoint, map_location="cpu")
+        require_resumable(ckpt, plan.checkpoint)
+        return ckpt
+    if args.init_from is not None:
+        init_from_weights(args.init_from, model, ema)
+    return None
+
+
+def start(trainer: Trainer, resume: dict | None, args, logger) -> None:
+    """Continue the checkpoint (its RNG states included) and say in the log where this run starts from."""
+    run_dir = trainer.run_dir
+    if resume is not None:
+        warning = trainer.restore(resume, str(run_dir / LATEST_CHECKPOINT))
+        if warning:
+            logger.warning(f"warning: {warning}")
+        logger.info(f"resumed {run_dir} at epoch {trainer.state.epoch}, step {trainer.state.step}")
+    elif args.init_from is not None:
+        logger.info(f"started from the weights of {args.init_from} with a fresh optimizer and schedule")
+
+
+@contextlib.contextmanager
+def one_line_errors() -> Iterator[None]:
+    """Expected failures end as one `error: ...` line without a traceback; Ctrl-C exits with status 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"error: {INTERRUPTED}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except EXPECTED_ERRORS as error:
+        raise SystemExit(f"error: {error}") from None
+    except OSError as error:  # the log, metrics or images (checkpoint writes say more, as TrainingError)
+        if error.errno != errno.ENOSPC:
+            raise
+        where = error.filename or "the run folder"
+        raise SystemExit(f"error: disk full while writing {where}; free space and run again to resume") from None
+
+
+def main(args: argparse.Namespace) -> Path:
+    """Validate the flags and dataset and build everything in memory; only then create (or continue) the run
+    folder and train. Returns the run folder."""
+    with one_line_errors(), distributed(args.device) as info:
+        validate_args(args, info.world_size)
         dataset = build_dataset(args.dataset, args.image_size, train=True, hflip=False, root=args.data_root)
-        run_dir, resume_from, args, run_config = prepare_run(args, dataset, info)
-        logger = setup_logger(run_dir, info.is_main)
+        plan = plan_run(args, dataset, info)
         torch.manual_seed(args.seed * info.world_size + info.rank)  # per-rank seed (STYLE §12)
         model, train_model, ema, optimizer, scheduler, settings = build_training(args, dataset, info)
         loss_fn = build_loss(loss_config_from_args(args, model), args.vgg_weights, info.device)
+        resume = load_start_point(plan, args, model, ema)
+        run_config = run_config_for(args, dataset, model.config.to_dict())
+        run_dir = open_run(plan, args.results_dir, run_config, int(resume["step"]) if resume else 0, info)
+        logger = setup_logger(run_dir, info.is_main)
         trainer = Trainer(
             model,
             train_model,
@@ -171,9 +259,7 @@ def main(args: argparse.Namespace):
             MetricsWriter(run_dir / "metrics.jsonl" if info.is_main else None),
             args.num_workers,
         )
-        if resume_from is not None:
-            trainer.restore(load_checkpoint(resume_from, map_location=info.device), str(resume_from))
-            logger.info(f"resumed {run_dir} at epoch {trainer.state.epoch}, step {trainer.state.step}")
+        start(trainer, resume, args, logger)
         params = sum(p.numel() for p in model.parameters())
         logger.info(
             f"run {run_dir} | {args.model_type} {params / 1e6:.2f}M params | dataset {dataset.name} "
@@ -183,10 +269,6 @@ def main(args: argparse.Namespace):
         state = trainer.fit()
         logger.info(f"finished at epoch {state.epoch}, step {state.step}: {run_dir}")
         return run_dir
-    except (CheckpointError, DatasetError, PerceptualWeightsError) as error:
-        raise SystemExit(f"error: {error}") from None
-    finally:
-        cleanup_distributed()
 
 
 if __name__ == "__main__":

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
 
+from .checkpoint import atomic_write, remove_stale_temp_files
+
 RUN_SUBDIRS = ("checkpoints", "images")
+LATEST_CHECKPOINT = Path("checkpoints") / "checkpoint_latest.pth"
 
 
 def new_run_dir(results_dir: str | Path, dataset_name: str) -> Path:
@@ -30,21 +34,52 @@ def read_run_config(run_dir: Path) -> dict | None:
         return None
 
 
-def find_resumable_run(results_dir: str | Path, dataset_name: str, model_config: dict) -> Path | None:
-    """Latest run of this dataset whose saved model config equals `model_config` and has a checkpoint."""
+def _same_run(saved: dict | None, dataset_name: str, model_config: dict, init_from: str | None) -> bool:
+    if not saved or saved.get("dataset_name") != dataset_name or saved.get("model") != model_config:
+        return False
+    return init_from is None or saved.get("train", {}).get("init_from") == init_from
+
+
+def find_resumable_run(
+    results_dir: str | Path, dataset_name: str, model_config: dict, init_from: str | None = None
+) -> Path | None:
+    """Latest run of this dataset and model config (and started --init_from that file, when given) that has a
+    checkpoint; failing that, the latest such folder killed before its first checkpoint, to be reused."""
     runs = sorted(Path(results_dir).glob(f"{dataset_name}_*"), key=lambda p: p.name, reverse=True)
-    for run_dir in runs:
-        saved = read_run_config(run_dir)
-        has_ckpt = (run_dir / "checkpoints" / "checkpoint_latest.pth").is_file()
-        if saved and has_ckpt and saved.get("dataset_name") == dataset_name and saved.get("model") == model_config:
-            return run_dir
-    return None
+    matching = [run for run in runs if _same_run(read_run_config(run), dataset_name, model_config, init_from)]
+    with_checkpoint = [run for run in matching if (run / LATEST_CHECKPOINT).is_file()]
+    return (with_checkpoint or matching or [None])[0]
 
 
 def write_run_config(run_dir: Path, config: dict) -> None:
-    tmp = run_dir / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True))
-    tmp.replace(run_dir / "config.json")
+    text = json.dumps(config, indent=2, sort_keys=True)
+    atomic_write(run_dir / "config.json", lambda file: file.write(text.encode()))
+
+
+def clean_run_dir(run_dir: Path) -> None:
+    """Remove temp files a killed run left behind (atomic_write's, and the config.json.tmp of older versions)."""
+    remove_stale_temp_files(run_dir)
+    remove_stale_temp_files(run_dir / "checkpoints")
+    (run_dir / "config.json.tmp").unlink(missing_ok=True)
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep only metrics.jsonl lines up to `last_step`: a run killed after its last checkpoint logged steps
+    that the resumed run logs again (and maybe a torn last line)."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if line.endswith("\n") and _step_of(line) <= last_step]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda file: file.write("".join(kept).encode()))
+
+
+def _step_of(line: str) -> float:
+    """The record's step; infinity for a line that is no record (it is then dropped)."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def setup_logger(run_dir: Path | None, is_main: bool) -> logging.Logger:

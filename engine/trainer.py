@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import resource
 import signal
@@ -15,10 +16,15 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from .checkpoint import atomic_save, capture_rng_state, load_model_state, restore_rng_state
-from .distributed import DistInfo, any_rank, barrier
+from .checkpoint import atomic_save, capture_rng_state, load_model_state, restore_rank_rng_state
+from .distributed import DistInfo, any_rank, barrier, broadcast_object, gather_objects
 from .images import render_eval_images
 from .optim import EMA
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss, a checkpoint that cannot be written); the message says what
+    was kept and what to do."""
 
 
 class ResumableBatchSampler(Sampler):
@@ -100,6 +106,30 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
+def logged_lr(optimizer: torch.optim.Optimizer) -> float:
+    """The lr worth logging: the "decoder" group's (the encoder runs at a fraction of it), else the largest."""
+    groups = optimizer.param_groups
+    named = [group["lr"] for group in groups if group.get("name") == "decoder"]
+    return named[0] if named else max(group["lr"] for group in groups)
+
+
+def write_failure(path: Path, error: OSError) -> str:
+    """One-line TrainingError message for a checkpoint that could not be written."""
+    kept = "the previous checkpoint is kept; run again to resume from it"
+    if error.errno == errno.ENOSPC:
+        return f"disk full while writing {path}; free space on that disk (or move --results_dir), {kept}"
+    return f"cannot write {path} ({error.strerror or error}); fix the folder or its disk, {kept}"
+
+
+def first_non_finite(*modules: nn.Module) -> str | None:
+    """Name of the first floating-point tensor holding NaN/Inf in the modules' state dicts; None if all finite."""
+    tensors = {f"{i}.{name}": t for i, m in enumerate(modules) for name, t in m.state_dict().items()}
+    floats = {name: t for name, t in tensors.items() if t.is_floating_point()}
+    if torch.stack([torch.isfinite(t).all() for t in floats.values()]).all():  # one device sync, not one per tensor
+        return None
+    return next(name for name, t in floats.items() if not torch.isfinite(t).all())
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -137,6 +167,7 @@ class Trainer:
         self.dataset, self.settings, self.info = dataset, settings, info
         self.run_dir, self.run_config, self.logger, self.metrics = run_dir, run_config, logger, metrics
         self.state = TrainState()
+        self.last_checkpoint: tuple[Path, int] | None = None  # (file, step) of the last checkpoint written or loaded
         self.sampler = ResumableBatchSampler(
             len(dataset),
             settings.global_batch,
@@ -155,7 +186,8 @@ class Trainer:
         )
 
     # ---- checkpoints ------------------------------------------------------------------------------
-    def checkpoint_dict(self) -> dict:
+    def checkpoint_dict(self, rng_states: list[dict]) -> dict:
+        """The plain checkpoint dict; rng_states holds every rank's RNG state, in rank order."""
         return {
             "model": self.model.state_dict(),
             "ema": self.ema.model.state_dict(),
@@ -166,27 +198,57 @@ class Trainer:
             "step": self.state.step,
             "epoch": self.state.epoch,
             "step_in_epoch": self.state.step_in_epoch,
-            "rng": capture_rng_state(),
+            "rng": rng_states,
             "config": self.run_config,
         }
 
     def save(self, epoch_file: bool = False) -> None:
-        """Rank 0 writes checkpoint_latest.pth (and checkpoint_epoch_N.pth); all ranks wait for it."""
-        if self.info.is_main:
-            ckpt, folder = self.checkpoint_dict(), self.run_dir / "checkpoints"
-            atomic_save(ckpt, folder / "checkpoint_latest.pth")
-            if epoch_file:
-                atomic_save(ckpt, folder / f"checkpoint_epoch_{self.state.epoch}.pth")
-        barrier(self.info)
+        """Rank 0 writes checkpoint_latest.pth (and checkpoint_epoch_N.pth) with every rank's RNG state; a
+        failed write stops every rank with one message. Non-finite weights are never written."""
+        bad = first_non_finite(self.model, self.ema.model)  # identical on every rank: DDP keeps weights in sync
+        if bad is not None:
+            raise self.non_finite_error(f"weight {bad} holds NaN/Inf after step {self.state.step}")
+        rng_states = gather_objects(capture_rng_state(self.info.device), self.info)
+        failure = self.write_checkpoints(rng_states, epoch_file) if self.info.is_main else None
+        failure = broadcast_object(failure, self.info)
+        if failure is not None:
+            raise TrainingError(failure)
+        self.last_checkpoint = (self.run_dir / "checkpoints" / "checkpoint_latest.pth", self.state.step)
 
-    def restore(self, ckpt: dict, source: str) -> None:
+    def write_checkpoints(self, rng_states: list[dict], epoch_file: bool) -> str | None:
+        """Rank 0's atomic writes; the failure message, or None when every file was written."""
+        ckpt, folder = self.checkpoint_dict(rng_states), self.run_dir / "checkpoints"
+        names = ["checkpoint_latest.pth"] + ([f"checkpoint_epoch_{self.state.epoch}.pth"] if epoch_file else [])
+        for name in names:
+            try:
+                atomic_save(ckpt, folder / name)
+            except OSError as error:
+                return write_failure(folder / name, error)
+        return None
+
+    def restore(self, ckpt: dict, source: str) -> str | None:
+        """Continue from a checkpoint (loaded on the CPU); returns a warning for the log when this rank's RNG
+        state could not be restored exactly (the number of processes changed)."""
         load_model_state(self.model, ckpt["model"], source)
         load_model_state(self.ema.model, ckpt["ema"], source)
         self.ema.updates = int(ckpt.get("ema_updates", 0))
-        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])  # moves the state onto the parameters' device
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.state = TrainState(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0)))
-        restore_rng_state(ckpt["rng"])
+        self.last_checkpoint = (Path(source), self.state.step)
+        info = self.info
+        return restore_rank_rng_state(
+            ckpt.get("rng"), info.rank, info.world_size, self.settings.seed, self.state.step, info.device
+        )
+
+    def non_finite_error(self, what: str) -> TrainingError:
+        """The one-line stop message: what went wrong, that nothing was saved, the last good checkpoint."""
+        if self.last_checkpoint is None:
+            kept = "no checkpoint was written yet; lower --lr (or raise --warmup_steps) and start again"
+        else:
+            path, step = self.last_checkpoint
+            kept = f"the last good checkpoint is {path} (step {step}); lower --lr and run again to resume from it"
+        return TrainingError(f"{what}; training stopped and these weights were not saved; {kept}")
 
     # ---- one step ---------------------------------------------------------------------------------
     def autocast(self):
@@ -196,23 +258,25 @@ class Trainer:
         return contextlib.nullcontext()
 
     def train_step(self, batch) -> dict[str, float]:
+        """One update; a non-finite loss or gradient norm stops training before it reaches the weights or EMA."""
         images, labels = (t.to(self.info.device, non_blocking=True) for t in batch)
         if self.settings.hflip:
             images = random_hflip(images)
         with self.autocast():
             loss, logs = self.loss_fn(self.train_model, (images, labels), self.state.step)
+        value, where = float(loss.detach()), f"at step {self.state.step + 1} (epoch {self.state.epoch + 1})"
+        if any_rank(not math.isfinite(value), self.info):  # every rank stops, or DDP's backward would hang
+            what = f"the loss is {value}" if not math.isfinite(value) else "another rank's loss is not finite"
+            raise self.non_finite_error(f"{what} {where}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip))
+        if not math.isfinite(grad_norm):  # the same on every rank: DDP averaged the gradients
+            raise self.non_finite_error(f"the gradient norm is {grad_norm} {where}")
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.model)
-        logs["grad_norm"] = float(grad_norm)
-        if not math.isfinite(logs["loss"]):
-            raise FloatingPointError(
-                f"loss became {logs['loss']} at step {self.state.step}; lower --lr or "
-                "resume from an earlier checkpoint_epoch_N.pth"
-            )
+        logs["grad_norm"] = grad_norm
         return logs
 
     # ---- loop -------------------------------------------------------------------------------------
@@ -257,9 +321,9 @@ class Trainer:
     def log_step(self, logs: dict, images_per_second: float, bar) -> None:
         record = {
             "step": self.state.step,
-            "epoch": self.state.epoch,
+            "epoch": self.state.epoch + 1,  # the epoch being trained, 1-based like the log and image names
             **logs,
-            "lr": self.optimizer.param_groups[1]["lr"],
+            "lr": logged_lr(self.optimizer),
             "img_per_s": images_per_second,
             "peak_mem_mb": peak_memory_mb(self.info.device),
         }

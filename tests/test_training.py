@@ -15,6 +15,7 @@ from PIL import Image
 import sampling
 import training
 from engine.checkpoint import load_checkpoint
+from tests.conftest import CIFAR_SUBSET, needs_cifar_subset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,7 @@ def test_training_writes_run_folder(tmp_path):
         assert (run_dir / name).is_file(), name
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, 7))
+    assert [r["epoch"] for r in records] == [1, 1, 1, 2, 2, 2]  # 1-based, like the log and epoch_0001_*.png
     assert {
         "loss",
         "recon_dist",
@@ -92,17 +94,17 @@ def test_training_writes_run_folder(tmp_path):
     assert not list(run_dir.rglob("*.tmp"))  # atomic writes leave no temp files
 
 
-def _state(run_dir: Path) -> dict:
+def state_of(run_dir: Path) -> dict:
     return load_checkpoint(run_dir / "checkpoints" / "checkpoint_latest.pth")
 
 
 def test_stop_and_resume_equals_straight_training(tmp_path):
     straight = run_training(*tiny_flags(tmp_path / "a"))
     first = run_training(*tiny_flags(tmp_path / "b", "--stop_after_steps", "4"))  # stops mid epoch 2
-    assert _state(first)["step"] == 4 and _state(first)["step_in_epoch"] == 1
+    assert state_of(first)["step"] == 4 and state_of(first)["step_in_epoch"] == 1
     resumed = run_training(*tiny_flags(tmp_path / "b"))
     assert resumed == first  # same run folder continued
-    a, b = _state(straight), _state(resumed)
+    a, b = state_of(straight), state_of(resumed)
     assert a["step"] == b["step"] == 6
     for key in ("model", "ema"):
         for name in a[key]:
@@ -119,9 +121,9 @@ def test_resume_keeps_saved_flags_and_new_architecture_starts_new_run(tmp_path):
     assert again == first
     config = json.loads((first / "config.json").read_text())
     assert config["train"]["lr"] == 3e-4 and config["train"]["epochs"] == 2
-    assert _state(first)["epoch"] == 2
+    assert state_of(first)["epoch"] == 2
     other = run_training(*[f if f != "vit_tiny" else "convnet_tiny" for f in tiny_flags(results, "--epochs", "1")])
-    assert other != first and _state(other)["config"]["model"]["backbone"] == "convnet"
+    assert other != first and state_of(other)["config"]["model"]["backbone"] == "convnet"
     fresh = run_training(*tiny_flags(results, "--epochs", "1", "--no-resume"))
     assert fresh not in (first, other)
 
@@ -141,14 +143,14 @@ def test_sigterm_saves_checkpoint_and_exits(tmp_path, monkeypatch):
     monkeypatch.setattr(Trainer, "train_step", step_then_signal)
     run_dir = run_training(*tiny_flags(tmp_path / "results"))
     assert len(calls) == 2
-    assert _state(run_dir)["step"] == 2
+    assert state_of(run_dir)["step"] == 2
 
 
 def test_conditional_training_and_guided_sampling(tmp_path):
     run_dir = run_training(
         *tiny_flags(tmp_path / "results", "--conditional", "--model_type", "convnet_tiny", "--epochs", "1")
     )
-    assert _state(run_dir)["config"]["model"]["num_classes"] == 10
+    assert state_of(run_dir)["config"]["model"]["num_classes"] == 10
     ckpt = str(run_dir / "checkpoints" / "checkpoint_latest.pth")
     paths = sampling.main(
         sampling.parse_args(
@@ -180,9 +182,9 @@ def test_sampling_grids_inputs_and_seeds(tmp_path):
     common = ["--results_dir", str(results), "--dest_folder", str(out), "--device", "cpu"]
     paths = sampling.main(sampling.parse_args(common + ["--num_samples", "6", "--batch_size", "4"]))
     assert [p.name for p in paths] == [f"samples_{s}step_seed0.png" for s in (1, 2, 4)]
-    assert all(p.parent == out / run_dir.name for p in paths)
+    assert all(p.parent == out / run_dir.name / "checkpoint_latest" for p in paths)
     grid_a = Image.open(paths[2]).copy()
-    paths_b = sampling.main(sampling.parse_args(common + ["--num_samples", "6", "--batch_size", "5"]))
+    paths_b = sampling.main(sampling.parse_args(common + ["--num_samples", "6", "--batch_size", "5", "--overwrite"]))
     assert np.array_equal(np.asarray(Image.open(paths_b[2])), np.asarray(grid_a))  # batch size does not matter
     photo = tmp_path / "wide.png"
     Image.new("RGB", (48, 24), (200, 30, 30)).save(photo)
@@ -208,7 +210,7 @@ def test_ddp_two_gloo_processes(tmp_path):
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     (run_dir,) = (tmp_path / "results").iterdir()
-    ckpt = _state(run_dir)
+    ckpt = state_of(run_dir)
     assert ckpt["step"] == 3 and ckpt["config"]["train"]["batch_size"] == 8
     assert "global batch 8" in (run_dir / "log.txt").read_text()
 
@@ -250,10 +252,9 @@ def test_bad_inputs_give_clear_messages(tmp_path):
         sampling.main(sampling.parse_args(["--checkpoint", str(good), "--cfg", "2", "--dest_folder", str(tmp_path)]))
 
 
+@needs_cifar_subset
 def test_quick_fid_during_training(tmp_path):
     """--fid-every logs a finite FID to metrics.jsonl; reference statistics are cached under results_dir."""
-    from tests.conftest import CIFAR_SUBSET
-
     folder = tmp_path / "images"
     folder.mkdir()
     for index, image in enumerate(np.load(CIFAR_SUBSET)["images"][:12]):
