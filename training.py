@@ -7,17 +7,32 @@ torchrun --nproc_per_node=8 training.py --dataset cifar10 --batch_size 1024
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import errno
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
-import torch
-from torch.nn.parallel import DistributedDataParallel
+INTERRUPTED = "interrupted (Ctrl-C); no file was left half-written, run again to start or resume"
 
-from engine.checkpoint import (
+
+def quiet_interrupt_hook(kind, value, traceback) -> None:
+    """sys.excepthook of the script: Ctrl-C prints one line, not a traceback, even while torch is imported."""
+    if issubclass(kind, KeyboardInterrupt):
+        print(f"error: {INTERRUPTED}", file=sys.stderr)  # Python then exits through SIGINT: status 130
+    else:
+        sys.__excepthook__(kind, value, traceback)
+
+
+if __name__ == "__main__":
+    sys.excepthook = quiet_interrupt_hook  # before the imports below, which take seconds
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import errno  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+
+from engine.checkpoint import (  # noqa: E402
     CheckpointError,
     config_differences,
     load_checkpoint,
@@ -25,11 +40,11 @@ from engine.checkpoint import (
     load_weights,
     require_resumable,
 )
-from engine.data import DatasetError, build_dataset
-from engine.distributed import DeviceError, DistInfo, distributed
-from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr
-from engine.runs import LATEST_CHECKPOINT, MetricsWriter, setup_logger
-from engine.setup import (
+from engine.data import DatasetError, build_dataset  # noqa: E402
+from engine.distributed import DeviceError, DistInfo, distributed  # noqa: E402
+from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr  # noqa: E402
+from engine.runs import LATEST_CHECKPOINT, MetricsWriter, setup_logger  # noqa: E402
+from engine.setup import (  # noqa: E402
     ConfigError,
     RunPlan,
     build_loss,
@@ -43,11 +58,10 @@ from engine.setup import (
     train_settings,
     validate_args,
 )
-from engine.trainer import Trainer, TrainingError
-from losses import PerceptualWeightsError
-from models import MODELS, build_model
+from engine.trainer import Trainer, TrainingError  # noqa: E402
+from losses import PerceptualWeightsError  # noqa: E402
+from models import MODELS, build_model  # noqa: E402
 
-INTERRUPTED = "interrupted (Ctrl-C); no file was left half-written, run again to start or resume"
 # Failures the user can fix: one `error: ...` line, no traceback.
 EXPECTED_ERRORS = (CheckpointError, ConfigError, DatasetError, DeviceError, PerceptualWeightsError, TrainingError)
 
@@ -81,7 +95,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     loss.add_argument("--con_dist_weight", type=float, default=0.5)
     loss.add_argument("--con_perc_weight", type=float, default=0.5)
     loss.add_argument("--latent_weight", type=float, default=0.1)
-    loss.add_argument("--distance", choices=["l1", "smooth_l1"], default="l1")
+    loss.add_argument(
+        "--distance",
+        choices=["l1", "smooth_l1"],
+        default="smooth_l1",
+        help="pixel distance on [0, 1] images; smooth_l1 (beta 1) is the official code's",
+    )
     loss.add_argument("--hard_case_prob", type=float, default=0.1)
     loss.add_argument("--small_noise_ratio", type=float, default=0.5)
     loss.add_argument("--label_dropout", type=float, default=0.1)
@@ -89,6 +108,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--vgg_weights",
         default=None,
         help="local vgg16().features state_dict for LPIPS (or env SPHERE_VGG_WEIGHTS); default: torchvision download",
+    )
+    loss.add_argument(
+        "--convnext_weight",
+        type=float,
+        default=0.0,
+        help="w of the official ConvNeXt-S logit term: perc = (LPIPS + w * MSE(logits)) / (1 + w); official 0.1",
+    )
+    loss.add_argument(
+        "--convnext_weights",
+        default=None,
+        help="local convnext_small() state_dict (or env SPHERE_CONVNEXT_WEIGHTS); default: torchvision download",
     )
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--batch_size", type=positive_int, default=128, help="global batch over all ranks")
@@ -238,7 +268,8 @@ def main(args: argparse.Namespace) -> Path:
         plan = plan_run(args, dataset, info)
         torch.manual_seed(args.seed * info.world_size + info.rank)  # per-rank seed (STYLE §12)
         model, train_model, ema, optimizer, scheduler, settings = build_training(args, dataset, info)
-        loss_fn = build_loss(loss_config_from_args(args, model), args.vgg_weights, info.device)
+        loss_config = loss_config_from_args(args, model)
+        loss_fn = build_loss(loss_config, args.vgg_weights, info.device, args.convnext_weight, args.convnext_weights)
         resume = load_start_point(plan, args, model, ema)
         run_config = run_config_for(args, dataset, model.config.to_dict())
         run_dir = open_run(plan, args.results_dir, run_config, int(resume["step"]) if resume else 0, info)

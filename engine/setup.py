@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from losses import SphereLoss, SphereLossConfig, build_lpips
+from losses import SphereLoss, SphereLossConfig, build_perceptual
 from models import build_model
 
 from .distributed import DistInfo, broadcast_object
@@ -60,6 +60,7 @@ FLAG_RULES = [
     _probability("--label_dropout", 0.1),
     ("--small_noise_ratio", lambda v: 0 < v <= 1, "must be in (0, 1]; the paper uses 0.5"),
     *(_weight(f"--{name}_weight") for name in ("recon_dist", "recon_perc", "con_dist", "con_perc", "latent")),
+    _weight("--convnext_weight"),
     ("--num_workers", lambda v: v >= 0, "must be >= 0 (0 loads data in the main process)"),
     ("--eval_samples", lambda v: 1 <= v <= MAX_EVAL_SAMPLES, f"must be in [1, {MAX_EVAL_SAMPLES}] (one render batch)"),
     ("--fid-every", lambda v: v >= 0, "must be >= 0 epochs (0 = no FID during training)"),
@@ -164,11 +165,18 @@ def loss_config_from_args(args, model) -> SphereLossConfig:
     )
 
 
-def build_loss(config: SphereLossConfig, vgg_weights: str | None, device) -> SphereLoss:
-    """The objective with its LPIPS network (only loaded when a perceptual weight is > 0)."""
-    needs_lpips = config.recon_perc_weight > 0 or config.con_perc_weight > 0
-    perceptual = build_lpips(vgg_weights).to(device) if needs_lpips else None
-    return SphereLoss(config, perceptual)
+def build_loss(
+    config: SphereLossConfig,
+    vgg_weights: str | None,
+    device,
+    convnext_weight: float = 0.0,
+    convnext_weights: str | None = None,
+) -> SphereLoss:
+    """The objective with its perceptual network: LPIPS-VGG, plus the official ConvNeXt-S logit term when
+    convnext_weight > 0; only loaded when a perceptual weight is > 0."""
+    needs_perceptual = config.recon_perc_weight > 0 or config.con_perc_weight > 0
+    perceptual = build_perceptual(vgg_weights, convnext_weight, convnext_weights) if needs_perceptual else None
+    return SphereLoss(config, perceptual.to(device) if perceptual is not None else None)
 
 
 def train_settings(args, dataset, info: DistInfo) -> TrainSettings:

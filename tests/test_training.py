@@ -91,6 +91,7 @@ def test_training_writes_run_folder(tmp_path):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["model"]["image_size"] == 16 and config["model"]["latent_dim"] == 512  # inferred
     assert config["model"]["noise_angle"] == 80.0
+    assert config["train"]["distance"] == "smooth_l1" and config["train"]["convnext_weight"] == 0  # paper defaults
     assert not list(run_dir.rglob("*.tmp"))  # atomic writes leave no temp files
 
 

@@ -33,6 +33,11 @@ BAD_FLAGS = [
     (["--label_dropout", "-0.1"], "--label_dropout -0.1 is a probability"),
     (["--small_noise_ratio", "0"], "--small_noise_ratio 0.0 must be in (0, 1]"),
     (["--latent_weight", "-1"], "--latent_weight -1.0 is a loss weight"),
+    (["--convnext_weight", "-1"], "--convnext_weight -1.0 is a loss weight"),
+    (
+        ["--recon_perc_weight", "1", "--convnext_weight", "0.1", "--convnext_weights", "missing.pth"],
+        "ConvNeXt-S weights file 'missing.pth' does not exist; pass --convnext_weights PATH",
+    ),
     (["--beta2", "1"], "--beta2 1.0 must be in [0, 1)"),
     (["--fid-every", "-1"], "--fid-every -1 must be >= 0"),
     (["--seed", "-3"], "--seed -3 must be >= 0"),
@@ -100,6 +105,12 @@ def test_ctrl_c_during_start_up_is_one_line_and_status_130(tmp_path, capsys, mon
     assert caught.value.code == 130
     assert capsys.readouterr().err.strip() == f"error: {training.INTERRUPTED}"
     assert not (tmp_path / "results").exists()
+
+
+def test_ctrl_c_while_importing_is_one_line(capsys):
+    """The script's excepthook (installed before its slow imports) turns a KeyboardInterrupt into one line."""
+    training.quiet_interrupt_hook(KeyboardInterrupt, KeyboardInterrupt(), None)
+    assert capsys.readouterr().err == f"error: {training.INTERRUPTED}\n"
 
 
 def finite(ckpt: dict) -> bool:
