@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 INCEPTION_ENV = "SPHERE_INCEPTION_WEIGHTS"
-OFFLINE_FILE = "../shared/weights/pt_inception-2015-12-05-fid-pool3.pth"
+# torch-fidelity's FID Inception (TF 2015-12-05 graph), the file its own download caches
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
+)
 _FIX = (
-    f"pass --inception_weights PATH or set {INCEPTION_ENV}=PATH to the FID Inception state_dict "
-    f"(offline copy: {OFFLINE_FILE}), or connect to the internet once so torch-fidelity can download "
-    "and cache weights-inception-2015-12-05-6726825d.pth"
+    f"pass --inception_weights PATH or set {INCEPTION_ENV}=PATH to an FID Inception-v3 state_dict (download "
+    f"{INCEPTION_URL} on a machine with internet), or connect to the internet once so torch-fidelity can "
+    "download and cache it"
 )
 FEATURES = "2048"  # pool3, what FID/KID/precision-recall use
 LOGITS = "logits_unbiased"  # 1008-way classifier without bias, what torch-fidelity's Inception Score uses
