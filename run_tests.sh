@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The test command of the README: installs the test dependencies (pip requirements, Debian's chromium, the
 # frontend's locked npm packages), then runs the Python suite and the frontend suite (node + headless Chromium).
+# Needs nothing outside the repository: the few tests that need real pretrained weights or CIFAR-10 images run
+# when SPHERE_VGG_WEIGHTS, SPHERE_INCEPTION_WEIGHTS or SPHERE_CIFAR_SUBSET name those files and skip otherwise.
 set -euo pipefail
 cd "$(dirname "$0")"
 python -m pip install -q -r requirements-dev.txt
@@ -14,4 +16,6 @@ if ! command -v chromium >/dev/null 2>&1 && [ -z "${CHROMIUM:-}" ]; then
 fi
 (cd frontend && npm ci --no-audit --no-fund --loglevel=error)
 bash frontend/run_tests.sh
-python -m pytest "$@"
+# -rs: one line per skipped test with its reason (e.g. which SPHERE_* variable would enable it); --tb=short: a
+# failure inside a library prints its line, not the library function's whole source and docstring
+python -m pytest -rs --tb=short "$@"
