@@ -1,4 +1,4 @@
-"""File size per mode and fidelity against fp32 of the sphere-web export (docs/web_format.md §8).
+"""File size per mode and fidelity against fp32 of the sphere-web export (docs/web_format.md §9).
 
     python benchmarks/bench_export.py --checkpoint results/<run>/checkpoints/checkpoint_latest.pth
     python benchmarks/bench_export.py --model convnet_small --image_size 32      # random (perturbed) weights

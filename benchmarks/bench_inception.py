@@ -2,7 +2,7 @@
 
     python benchmarks/bench_inception.py                                   # CPU, or CUDA when available
     python benchmarks/bench_inception.py --device cpu --batch_sizes 16 64 --iters 3
-    python benchmarks/bench_inception.py --inception_weights ../shared/weights/pt_inception-2015-12-05-fid-pool3.pth
+    python benchmarks/bench_inception.py --inception_weights PATH   # offline weights (or set SPHERE_INCEPTION_WEIGHTS)
 
 Inputs are uint8 32x32 images (resized to 299 inside the network, as for CIFAR-10), so the cost per image
 does not depend on the dataset's resolution. 50k images take 50000 / (images/s) seconds per evaluation.
