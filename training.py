@@ -66,10 +66,8 @@ from models import MODELS, build_model  # noqa: E402
 EXPECTED_ERRORS = (CheckpointError, ConfigError, DatasetError, DeviceError, PerceptualWeightsError, TrainingError)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
+def add_data_and_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Dataset, architecture and noise-level flags."""
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", default="demo", help="demo | cifar10 | ffhq | folder of images | .npz file")
     data.add_argument("--data_root", default="data", help="where download_*.py put cifar10/ and ffhq_64/")
@@ -89,6 +87,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     noise = parser.add_argument_group("noise (give one)").add_mutually_exclusive_group()
     noise.add_argument("--noise_angle", type=float, default=None, help="theta_max in degrees (80 <=32px, else 85)")
     noise.add_argument("--sigma_max", type=float, default=None, help="sigma itself: theta_max = atan(sigma)")
+
+
+def add_loss_flags(parser: argparse.ArgumentParser) -> None:
+    """Loss weights, noise schedule details and the perceptual networks' weights."""
     loss = parser.add_argument_group("loss")
     loss.add_argument("--recon_dist_weight", type=float, default=1.0)
     loss.add_argument("--recon_perc_weight", type=float, default=1.0)
@@ -120,6 +122,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="local convnext_small() state_dict (or env SPHERE_CONVNEXT_WEIGHTS); default: torchvision download",
     )
+
+
+def add_optim_flags(parser: argparse.ArgumentParser) -> None:
+    """Optimizer, schedule, EMA and precision flags (DESIGN §3 step 6)."""
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--batch_size", type=positive_int, default=128, help="global batch over all ranks")
     optim.add_argument("--epochs", type=positive_int, default=100)
@@ -140,6 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
     optim.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+
+
+def add_run_flags(parser: argparse.ArgumentParser) -> None:
+    """Run folder, resuming, renders, checkpoints, FID, seed and device flags."""
     run = parser.add_argument_group("run")
     run.add_argument("--results_dir", default="results")
     run.add_argument(
@@ -177,12 +187,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="auto | cpu | cuda")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The training flags; `args.explicit` names the ones typed (they override a resumed run's saved config)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    for add_flags in (add_data_and_model_flags, add_loss_flags, add_optim_flags, add_run_flags):
+        add_flags(parser)
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(parser, argv if argv is not None else sys.argv[1:])
     return args
 
 
-def build_training(args, dataset, info: DistInfo):
+def build_training(args, dataset, info: DistInfo) -> tuple:
     """Model (on device), the model used for the forward (DDP / compiled), EMA, optimizer, schedule."""
     model = build_model(args.model_type, **model_overrides(args, dataset)).to(info.device)
     train_model = (

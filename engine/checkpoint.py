@@ -135,7 +135,9 @@ def load_model_state(model: torch.nn.Module, state: dict, source: str) -> None:
         ) from None
 
 
-def load_model_from_checkpoint(path: str | Path, use_ema: bool = True, map_location="cpu"):
+def load_model_from_checkpoint(
+    path: str | Path, use_ema: bool = True, map_location="cpu"
+) -> tuple[torch.nn.Module, dict]:
     """(model in eval mode, run config dict) rebuilt from the checkpoint's saved config; EMA weights default."""
     ckpt = load_checkpoint(path, map_location)
     config = ckpt["config"]

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -79,7 +80,7 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     return bool(tensor.item())
 
 
-def broadcast_object(obj, info: DistInfo):
+def broadcast_object(obj: Any, info: DistInfo) -> Any:
     """Rank 0's value of a picklable object on every rank."""
     if not info.enabled:
         return obj
@@ -88,7 +89,7 @@ def broadcast_object(obj, info: DistInfo):
     return holder[0]
 
 
-def gather_objects(obj, info: DistInfo) -> list:
+def gather_objects(obj: Any, info: DistInfo) -> list:
     """Every rank's value of a picklable object, in rank order (all ranks get the list)."""
     if not info.enabled:
         return [obj]

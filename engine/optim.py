@@ -37,7 +37,9 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, total_steps: int, warmup_steps: int, lr: float, min_lr: float):
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, lr: float, min_lr: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     """LambdaLR applying warmup_cosine to every group (the encoder group keeps its x0.1 ratio)."""
     min_ratio = min(1.0, min_lr / lr) if lr > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(

@@ -251,7 +251,7 @@ class Trainer:
         return TrainingError(f"{what}; training stopped and these weights were not saved; {kept}")
 
     # ---- one step ---------------------------------------------------------------------------------
-    def autocast(self):
+    def autocast(self) -> contextlib.AbstractContextManager:
         device = self.info.device
         if self.settings.precision == "bf16":
             return torch.autocast(device.type, dtype=torch.bfloat16)
