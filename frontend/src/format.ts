@@ -9,7 +9,7 @@ import { withLegacyDefaults, type SphereConfig } from "./config";
 
 export const FORMAT_NAME = "sphere-web";
 export const FORMAT_VERSION = "2"; // 2: __metadata__ carries data_sha256 (docs §2.1); version-1 files are re-exported
-export const DATA_HASH_KEY = "data_sha256";
+const DATA_HASH_KEY = "data_sha256";
 const REQUIRED_METADATA = ["config", "quantization", "group_size", DATA_HASH_KEY];
 const REQUIRED_CONFIG_KEYS = ["backbone", "image_size", "latent_dim", "num_classes"]; // what every reader uses
 export const MODES = ["fp32", "fp16", "q8", "q4"] as const;
