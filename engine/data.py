@@ -46,7 +46,7 @@ def build_transform(native_size: int, image_size: int, hflip: bool) -> Callable:
 
 
 class ArrayDataset(Dataset):
-    """In-memory uint8 images (N, 3, H, W) with int64 labels (N,)."""
+    """In-memory uint8 images (N, 3, H, W) with int64 labels (N,); split is "train", "test" (held out) or "all"."""
 
     def __init__(
         self,
@@ -56,9 +56,10 @@ class ArrayDataset(Dataset):
         num_classes: int,
         image_size: int | None = None,
         hflip: bool = True,
+        split: str = "all",
     ):
         self.images, self.labels = images, labels  # (N, 3, H, W) uint8, (N,) int64
-        self.name, self.num_classes = name, num_classes
+        self.name, self.num_classes, self.split = name, num_classes, split
         self.native_size = min(images.shape[-2:])
         self.image_size = image_size or self.native_size
         self.transform = build_transform(self.native_size, self.image_size, hflip)
@@ -75,7 +76,7 @@ class ImageFolderDataset(Dataset):
     """All images under a folder (recursive, sorted); unlabeled, so every label is 0."""
 
     def __init__(self, root: Path, name: str, image_size: int | None = None, hflip: bool = True):
-        self.root, self.name, self.num_classes = Path(root), name, 0
+        self.root, self.name, self.num_classes, self.split = Path(root), name, 0, "all"  # one split
         self.paths, shorter_sides, self.num_skipped = scan_image_folder(self.root)
         self.native_size = common_size(shorter_sides, self.root, strict=image_size is None)
         self.image_size = image_size or self.native_size
@@ -237,9 +238,10 @@ def npz_dataset(
         raise DatasetError(f"'{path}' holds no images ('images' has shape {contents['images'].shape})")
     labels, num_classes = npz_labels(contents, len(images), str(path))
     mask = split_mask(contents, len(images), train, str(path))
+    split = "all"
     if mask is not None:
-        images, labels = images[torch.from_numpy(mask)], labels[mask]
-    return ArrayDataset(images, torch.from_numpy(labels), name, num_classes, image_size, hflip)
+        images, labels, split = images[torch.from_numpy(mask)], labels[mask], "train" if train else "test"
+    return ArrayDataset(images, torch.from_numpy(labels), name, num_classes, image_size, hflip, split)
 
 
 def cifar10_dataset(folder: Path, train: bool, image_size: int | None = None, hflip: bool = True) -> ArrayDataset:
@@ -255,7 +257,8 @@ def cifar10_dataset(folder: Path, train: bool, image_size: int | None = None, hf
         ) from error
     labels = torch.tensor(cifar.targets, dtype=torch.int64)
     images = to_nchw(cifar.data, str(folder))
-    return ArrayDataset(images, labels, "cifar10", len(cifar.classes), image_size, hflip)
+    split = "train" if train else "test"
+    return ArrayDataset(images, labels, "cifar10", len(cifar.classes), image_size, hflip, split)
 
 
 def slug(text: str) -> str:

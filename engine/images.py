@@ -27,9 +27,16 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -
     return path
 
 
+def mean_psnr(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Mean PSNR (dB) of images in [-1, 1], measured on [0, 1] as evaluate.py does."""
+    mse = ((x.double() - y.double()) / 2).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    return (10 * torch.log10(1 / mse)).mean().item()
+
+
 @torch.no_grad()
-def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, device, seed: int = 0) -> None:
-    """epoch_N_recon.png (originals above 1-step reconstructions) and epoch_N_samples_{1,2,4}step.png."""
+def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, device, seed: int = 0) -> float:
+    """epoch_N_recon.png (originals above 1-step reconstructions) and epoch_N_samples_{1,2,4}step.png; returns
+    the mean PSNR (dB) of those reconstructions. Pass the held-out split as `dataset` where there is one."""
     was_training = model.training
     model.eval()
     count = min(count, len(dataset))
@@ -47,3 +54,4 @@ def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, de
     for steps in (1, 2, 4):
         save_grid(steps_outputs[steps - 1], out_dir / f"epoch_{epoch:04d}_samples_{steps}step.png", nrow=nrow)
     model.train(was_training)
+    return mean_psnr(recon, images)

@@ -161,10 +161,12 @@ class Trainer:
         logger,
         metrics,
         num_workers: int = 0,
+        eval_dataset=None,
     ):
         self.model, self.train_model, self.loss_fn = model, train_model, loss_fn
         self.optimizer, self.scheduler, self.ema = optimizer, scheduler, ema
         self.dataset, self.settings, self.info = dataset, settings, info
+        self.eval_dataset = dataset if eval_dataset is None else eval_dataset  # reconstructions: held out if any
         self.run_dir, self.run_config, self.logger, self.metrics = run_dir, run_config, logger, metrics
         self.state = TrainState()
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, step) of the last checkpoint written or loaded
@@ -338,17 +340,19 @@ class Trainer:
         last = epoch == settings.epochs
         self.logger.info(f"epoch {epoch}/{settings.epochs} done (step {self.state.step})")
         if self.info.is_main and (epoch % settings.eval_every_epochs == 0 or last):
-            render_eval_images(
-                self.ema.model,
-                self.dataset,
-                self.run_dir / "images",
-                epoch,
-                settings.eval_samples,
-                self.info.device,
-            )
+            self.render(epoch)
         if settings.fid_every_epochs and (epoch % settings.fid_every_epochs == 0 or last):
             self.quick_fid(epoch)
         self.save(epoch_file=epoch % settings.ckpt_every_epochs == 0 or last)
+
+    def render(self, epoch: int) -> None:
+        """Sample grids and reconstructions of the EMA model; the reconstructions' PSNR goes to the log."""
+        dataset, count = self.eval_dataset, self.settings.eval_samples
+        value = render_eval_images(self.ema.model, dataset, self.run_dir / "images", epoch, count, self.info.device)
+        split = getattr(dataset, "split", "all")
+        images = f"{min(count, len(dataset))} {'held-out' if split == 'test' else 'training'} images"
+        self.logger.info(f"epoch {epoch}: reconstruction PSNR {value:.2f} dB on {images} (EMA, 1 step)")
+        self.metrics.write({"step": self.state.step, "epoch": epoch, "recon_psnr": value, "recon_split": split})
 
     def quick_fid(self, epoch: int) -> None:
         if self.info.is_main:
