@@ -1,7 +1,7 @@
 """Train a Sphere Encoder (arXiv 2602.15030) on one CPU/GPU or, under torchrun, with DDP on many GPUs.
 
-python training.py --dataset demo --model_type vit_tiny --epochs 4          # CPU quickstart
-python training.py --dataset cifar10                                         # paper's CIFAR-10 recipe
+python training.py                                   # no GPU: the 4-minute quickstart on the embedded Fashion-MNIST
+python training.py --dataset cifar10                  # on a GPU: the paper's CIFAR-10 recipe
 torchrun --nproc_per_node=8 training.py --dataset cifar10 --batch_size 1024
 """
 
@@ -40,20 +40,22 @@ from engine.checkpoint import (  # noqa: E402
     load_weights,
     require_resumable,
 )
+from engine.cli import positive_int  # noqa: E402
 from engine.data import DatasetError, build_dataset  # noqa: E402
 from engine.distributed import DeviceError, DistInfo, distributed  # noqa: E402
 from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr  # noqa: E402
 from engine.runs import LATEST_CHECKPOINT, MetricsWriter, setup_logger  # noqa: E402
 from engine.setup import (  # noqa: E402
+    PRESETS,
     ConfigError,
     RunPlan,
+    apply_preset,
     build_loss,
     explicit_flags,
     loss_config_from_args,
     model_overrides,
     open_run,
     plan_run,
-    positive_int,
     run_config_for,
     train_settings,
     validate_args,
@@ -69,7 +71,9 @@ EXPECTED_ERRORS = (CheckpointError, ConfigError, DatasetError, DeviceError, Perc
 def add_data_and_model_flags(parser: argparse.ArgumentParser) -> None:
     """Dataset, architecture and noise-level flags."""
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", default="demo", help="demo | cifar10 | ffhq | folder of images | .npz file")
+    data.add_argument(
+        "--dataset", default="cifar10", help="cifar10 | fashion | demo | ffhq | folder of images | .npz file"
+    )
     data.add_argument("--data_root", default="data", help="where download_*.py put cifar10/ and ffhq_64/")
     data.add_argument("--image_size", type=positive_int, default=None, help="default: the dataset's")
     data.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
@@ -114,7 +118,7 @@ def add_loss_flags(parser: argparse.ArgumentParser) -> None:
     loss.add_argument(
         "--convnext_weight",
         type=float,
-        default=0.0,
+        default=0.1,
         help="w of the official ConvNeXt-S logit term: perc = (LPIPS + w * MSE(logits)) / (1 + w); official 0.1",
     )
     loss.add_argument(
@@ -127,8 +131,8 @@ def add_loss_flags(parser: argparse.ArgumentParser) -> None:
 def add_optim_flags(parser: argparse.ArgumentParser) -> None:
     """Optimizer, schedule, EMA and precision flags (DESIGN §3 step 6)."""
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch_size", type=positive_int, default=128, help="global batch over all ranks")
-    optim.add_argument("--epochs", type=positive_int, default=100)
+    optim.add_argument("--batch_size", type=positive_int, default=256, help="global batch over all ranks")
+    optim.add_argument("--epochs", type=positive_int, default=5000, help="the official CIFAR-10 schedule")
     optim.add_argument("--steps", type=positive_int, default=None, help="steps per epoch (default: one pass)")
     optim.add_argument("--lr", type=float, default=1e-4, help="peak lr at batch 256, scaled linearly")
     optim.add_argument("--min_lr", type=float, default=1e-6)
@@ -151,6 +155,13 @@ def add_optim_flags(parser: argparse.ArgumentParser) -> None:
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     """Run folder, resuming, renders, checkpoints, FID, seed and device flags."""
     run = parser.add_argument_group("run")
+    run.add_argument(
+        "--preset",
+        choices=["auto", *PRESETS],
+        default="auto",
+        help="defaults for the flags you do not type: quickstart (a 5-minute CPU demo on the embedded Fashion-MNIST), "
+        "paper (the paper's CIFAR-10 recipe: the defaults shown here); auto = quickstart without a GPU, else paper",
+    )
     run.add_argument("--results_dir", default="results")
     run.add_argument(
         "--resume",
@@ -165,12 +176,12 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
         help="start a new run from the weights (and EMA) of CKPT with a fresh optimizer and schedule (fine-tuning); "
         "running the same command again resumes that run",
     )
-    run.add_argument("--eval-frequency", dest="eval_frequency", type=positive_int, default=1, help="epochs")
+    run.add_argument("--eval-frequency", dest="eval_frequency", type=positive_int, default=10, help="epochs")
     run.add_argument(
         "--checkpoint-frequency",
         dest="checkpoint_frequency",
         type=positive_int,
-        default=10,
+        default=100,
         help="epochs between checkpoint_epoch_N.pth (checkpoint_latest.pth every epoch)",
     )
     run.add_argument("--eval_samples", type=positive_int, default=16, help="images per render grid")
@@ -198,6 +209,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         add_flags(parser)
     args = parser.parse_args(argv)
     args.explicit = explicit_flags(parser, argv if argv is not None else sys.argv[1:])
+    apply_preset(args)
     return args
 
 
@@ -219,6 +231,11 @@ def build_training(args, dataset, info: DistInfo) -> tuple:
     warmup = args.warmup_steps if args.warmup_steps is not None else min(1000, total // 20)
     scheduler = build_scheduler(optimizer, total, warmup, lr, args.min_lr)
     return model, train_model, ema, optimizer, scheduler, settings
+
+
+def held_out_split(args, dataset):
+    """The images the renders reconstruct: the dataset's test split where it has one (the same images otherwise)."""
+    return build_dataset(args.dataset, dataset.image_size, train=False, hflip=False, root=args.data_root)
 
 
 def init_from_weights(path: str, model, ema: EMA) -> None:
@@ -284,6 +301,7 @@ def main(args: argparse.Namespace) -> Path:
     with one_line_errors(), distributed(args.device) as info:
         validate_args(args, info.world_size)
         dataset = build_dataset(args.dataset, args.image_size, train=True, hflip=False, root=args.data_root)
+        eval_dataset = held_out_split(args, dataset) if info.is_main else None
         plan = plan_run(args, dataset, info)
         torch.manual_seed(args.seed * info.world_size + info.rank)  # per-rank seed (STYLE §12)
         model, train_model, ema, optimizer, scheduler, settings = build_training(args, dataset, info)
@@ -308,6 +326,7 @@ def main(args: argparse.Namespace) -> Path:
             logger,
             MetricsWriter(run_dir / "metrics.jsonl" if info.is_main else None),
             args.num_workers,
+            eval_dataset,
         )
         start(trainer, resume, args, logger)
         params = sum(p.numel() for p in model.parameters())

@@ -13,35 +13,28 @@ import evaluate
 import training
 from engine.checkpoint import atomic_save, load_checkpoint
 from losses import build_lpips
-from tests.conftest import REAL_INCEPTION_WEIGHTS
 
 
 @pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory) -> Path:
-    """The real FID Inception, else a random-weight one with a zeroed classifier head, like the pool3-only
-    weights (same code path, meaningless values)."""
-    if REAL_INCEPTION_WEIGHTS is not None:
-        return REAL_INCEPTION_WEIGHTS
-    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
-
-    with pytest.MonkeyPatch.context() as patch:  # build the network without its download / weights file
-        patch.setattr(fidelity, "load_state_dict_from_url", lambda *args, **kwargs: {})
-        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *args, **kwargs: None)
-        torch.manual_seed(0)
-        network = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    state = network.state_dict()
-    state["fc.weight"].zero_()
-    state["fc.bias"].zero_()
-    path = tmp_path_factory.mktemp("weights") / "inception_random.pth"
-    torch.save(state, path)
-    return path
+def inception_weights(inception_weights_file) -> Path:
+    return Path(inception_weights_file)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """A class-conditional vit_tiny after one training step, weights perturbed so samples are not constant."""
     results = tmp_path_factory.mktemp("results")
-    flags = ["--dataset", "demo", "--image_size", "16", "--model_type", "vit_tiny", "--conditional"]
+    flags = [
+        "--preset",
+        "paper",
+        "--dataset",
+        "demo",
+        "--image_size",
+        "16",
+        "--model_type",
+        "vit_tiny",
+        "--conditional",
+    ]
     flags += ["--batch_size", "8", "--epochs", "1", "--steps", "1", "--num_workers", "0", "--eval_samples", "2"]
     flags += ["--recon_perc_weight", "0", "--con_perc_weight", "0", "--results_dir", str(results), "--device", "cpu"]
     run_dir = training.main(training.parse_args(flags))

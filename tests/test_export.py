@@ -24,7 +24,8 @@ def trained_run(tmp_path_factory):
     results = tmp_path_factory.mktemp("results")
     training.main(
         training.parse_args(
-            ["--dataset", "demo", "--model_type", "vit_tiny", "--image_size", "16", "--epochs", "1",
+            ["--preset", "paper", "--dataset", "demo", "--model_type", "vit_tiny", "--image_size", "16",
+             "--epochs", "1",
              "--steps", "2", "--batch_size", "4", "--recon_perc_weight", "0", "--con_perc_weight", "0",
              "--results_dir", str(results), "--eval-frequency", "100", "--fid-every", "0", "--device", "cpu",
              "--num_workers", "0"]

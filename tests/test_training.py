@@ -21,10 +21,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_flags(results: Path, *extra: str, lpips: bool = False) -> list[str]:
-    """Smallest real run; LPIPS off unless asked (it dominates CPU time and is covered by the first test)."""
+    """Smallest real run on the plain flag defaults (the paper preset, whatever the machine); LPIPS off unless asked
+    (it dominates CPU time and is covered by the first test), ConvNeXt-S off (no weights in the tests)."""
     perceptual = [] if lpips else ["--recon_perc_weight", "0", "--con_perc_weight", "0"]
     return [
         *perceptual,
+        "--preset",
+        "paper",
+        "--convnext_weight",
+        "0",
         "--dataset",
         "demo",
         "--image_size",
@@ -69,9 +74,11 @@ def test_training_writes_run_folder(tmp_path):
         "images/epoch_0002_samples_4step.png",
     ]:
         assert (run_dir / name).is_file(), name
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in lines if "loss" in r]
     assert [r["step"] for r in records] == list(range(1, 7))
     assert [r["epoch"] for r in records] == [1, 1, 1, 2, 2, 2]  # 1-based, like the log and epoch_0001_*.png
+    assert [(r["epoch"], r["recon_split"]) for r in lines if "recon_psnr" in r] == [(2, "all")]  # the last render
     assert {
         "loss",
         "recon_dist",
@@ -286,3 +293,40 @@ def test_resumable_batch_sampler_shards_reshuffles_and_resumes():
     assert batches(0, 1, start=3) == whole[3:]  # mid-epoch resume sees exactly the remaining batches
     tiny = batches(0, 1, size=7, steps=2)  # fewer images than one batch: permutations are chained
     assert all(len(b) == 100 and set(b) <= set(range(7)) for b in tiny)
+
+
+def test_no_flags_without_a_gpu_is_the_quickstart_and_typed_flags_win(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = training.parse_args([])
+    assert args.preset == "quickstart"
+    assert (args.dataset, args.model_type, args.image_size, args.batch_size) == ("fashion", "convnet_tiny", 16, 32)
+    assert args.recon_perc_weight == args.con_perc_weight == args.convnext_weight == 0  # nothing to download
+    typed = training.parse_args(["--lr", "0.01", "--dataset", "demo"])
+    assert (typed.lr, typed.dataset, typed.model_type) == (0.01, "demo", "convnet_tiny")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    paper = training.parse_args([])
+    assert paper.preset == "paper" and training.parse_args(["--device", "cpu"]).preset == "quickstart"
+    assert (paper.dataset, paper.model_type, paper.batch_size, paper.lr, paper.epochs) == (
+        "cifar10",
+        "vit",
+        256,
+        1e-4,
+        5000,
+    )
+    assert (paper.distance, paper.convnext_weight, paper.recon_perc_weight) == ("smooth_l1", 0.1, 1.0)
+
+
+def test_quickstart_reconstructs_held_out_images(tmp_path):
+    """The renders reconstruct the test split where the dataset has one, and log their PSNR."""
+    from engine.data import build_dataset
+
+    flags = ["--preset", "quickstart", "--epochs", "1", "--steps", "4", "--eval_samples", "4"]
+    run_dir = run_training(*flags, "--results_dir", str(tmp_path / "results"), "--device", "cpu")
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    (psnr,) = [r for r in records if "recon_psnr" in r]
+    assert psnr["recon_split"] == "test" and psnr["epoch"] == 1 and 0 < psnr["recon_psnr"] < 100
+    grid = np.asarray(Image.open(run_dir / "images" / "epoch_0001_recon.png").convert("L"), dtype=np.float32)
+    held_out = build_dataset("fashion", 16, train=False, hflip=False)[0][0][0].numpy()  # (16, 16) in [-1, 1]
+    training_image = build_dataset("fashion", 16, train=True, hflip=False)[0][0][0].numpy()
+    first = grid[2:18, 2:18] / 127.5 - 1  # save_grid pads by 2 px
+    assert np.abs(first - held_out).max() < 0.02 and np.abs(first - training_image).max() > 0.1
