@@ -11,8 +11,9 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
+from .runs import LATEST_CHECKPOINT
 
-LATEST = Path("checkpoints") / "checkpoint_latest.pth"
+LATEST = LATEST_CHECKPOINT  # results/<run>/checkpoints/checkpoint_latest.pth
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 MAX_SEED = 2**32 - 1  # per-image seeds are seed * 1_000_003 + index and must fit a 64-bit generator seed
 

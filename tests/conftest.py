@@ -52,6 +52,46 @@ def vgg_weights_file(tmp_path_factory) -> str:
     return str(path)
 
 
+def random_inception_state() -> dict:
+    """A state_dict of torch-fidelity's FID Inception-v3 with random weights, in the layout its loader reads.
+
+    He-normal convolutions (so activations neither vanish nor explode through ~50 layers; BatchNorm keeps its
+    identity statistics) and a zero classifier head, like a pool3-only file: mechanics tests only.
+    """
+    import math
+    from unittest import mock
+
+    import torch
+    import torch_fidelity.feature_extractor_inceptionv3 as inception_module
+
+    network_class = inception_module.FeatureExtractorInceptionV3
+    with (  # build the bare network: no download, no weights file
+        mock.patch.object(inception_module, "load_state_dict_from_url", lambda *args, **kwargs: {}),
+        mock.patch.object(network_class, "load_state_dict", lambda self, state: None),
+    ):
+        network = network_class("inception-v3-compat", ["2048"])
+    generator = torch.Generator().manual_seed(0)
+    state = network.state_dict()
+    for name, tensor in state.items():
+        if name.endswith("conv.weight"):
+            tensor.copy_(torch.randn(tensor.shape, generator=generator) * math.sqrt(2 / tensor[0].numel()))
+        elif name.startswith("fc."):
+            tensor.zero_()
+    return state
+
+
+@pytest.fixture(scope="session")
+def inception_weights_file(tmp_path_factory) -> str:
+    """The real FID Inception file when SPHERE_INCEPTION_WEIGHTS names one, else a random-weight one."""
+    if REAL_INCEPTION_WEIGHTS is not None:
+        return str(REAL_INCEPTION_WEIGHTS)
+    import torch
+
+    path = tmp_path_factory.mktemp("weights") / "inception_random.pth"
+    torch.save(random_inception_state(), path)
+    return str(path)
+
+
 @pytest.fixture(scope="session")
 def lpips_model(vgg_weights_file):
     """One frozen LPIPS-VGG built from `vgg_weights_file` (real or random backbone: mechanics only)."""

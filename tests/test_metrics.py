@@ -8,11 +8,9 @@ Inception features cost ~0.15-0.5 s per image on a small CPU (everything is resi
 are small (64 each) and their features are extracted once for the module.
 """
 
-import math
 import urllib.error
 from pathlib import Path
 from types import SimpleNamespace
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -34,38 +32,9 @@ DEMO_IMAGES = Path(__file__).resolve().parents[1] / "assets" / "cifar10_demo.npz
 SET_SIZE = 64 if REAL_INCEPTION_WEIGHTS is not None else 16
 
 
-def random_inception_state() -> dict[str, torch.Tensor]:
-    """A state_dict of torch-fidelity's FID Inception-v3 with random weights, in the layout its loader reads.
-
-    He-normal convolutions (so activations neither vanish nor explode through ~50 layers; BatchNorm keeps its
-    identity statistics) and a zero classifier head, like the pool3-only file: mechanics tests only.
-    """
-    import torch_fidelity.feature_extractor_inceptionv3 as inception_module
-
-    network_class = inception_module.FeatureExtractorInceptionV3
-    with (  # build the bare network: no download, no weights file
-        mock.patch.object(inception_module, "load_state_dict_from_url", lambda *args, **kwargs: {}),
-        mock.patch.object(network_class, "load_state_dict", lambda self, state: None),
-    ):
-        network = network_class("inception-v3-compat", ["2048"])
-    generator = torch.Generator().manual_seed(0)
-    state = network.state_dict()
-    for name, tensor in state.items():
-        if name.endswith("conv.weight"):
-            tensor.copy_(torch.randn(tensor.shape, generator=generator) * math.sqrt(2 / tensor[0].numel()))
-        elif name.startswith("fc."):
-            tensor.zero_()
-    return state
-
-
 @pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory) -> str:
-    """The real FID Inception file when SPHERE_INCEPTION_WEIGHTS names one, else a random-weight one."""
-    if REAL_INCEPTION_WEIGHTS is not None:
-        return str(REAL_INCEPTION_WEIGHTS)
-    path = tmp_path_factory.mktemp("weights") / "inception_random.pth"
-    torch.save(random_inception_state(), path)
-    return str(path)
+def inception_weights(inception_weights_file) -> str:
+    return inception_weights_file
 
 
 def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
