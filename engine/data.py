@@ -696,7 +696,7 @@ def column_values(table, name: str, source: str) -> np.ndarray:
             f"column '{name}' in '{source}' holds {values.type} values ({values.null_count} missing); "
             "expected numbers or lists of numbers in every row"
         )
-    return values.to_numpy(zero_copy_only=False).reshape(shape)
+    return values.to_numpy(zero_copy_only=False, writable=True).reshape(shape)  # torch wants writable arrays
 
 
 def reshape_rows(values: np.ndarray, shape: tuple[int, ...], column: str, source: str) -> np.ndarray:
