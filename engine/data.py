@@ -312,6 +312,9 @@ def scan_image_folder(root: Path) -> tuple[list[Path], list[int], int]:
     return paths, shorter_sides, len(failures)
 
 
+# ---- named arrays: .npz files, Parquet tables, the sines -------------------------------------------------
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     """How arrays become a dataset: which split, the image size (None = native), flips, the signals' normalisation."""
