@@ -1,13 +1,17 @@
 """Training objectives (one per model family) and perceptual losses."""
 
 from .perceptual import PerceptualDistance, PerceptualWeightsError, build_convnext_small, build_lpips, build_perceptual
+from .psvae import PSVAELoss, PSVAELossConfig, beta_at
 from .sphere import SphereLoss, SphereLossConfig, hard_case_levels, stratified_levels
 
 __all__ = [
     "PerceptualDistance",
     "PerceptualWeightsError",
+    "PSVAELoss",
+    "PSVAELossConfig",
     "SphereLoss",
     "SphereLossConfig",
+    "beta_at",
     "build_convnext_small",
     "build_lpips",
     "build_perceptual",
