@@ -17,7 +17,9 @@ from pathlib import Path
 
 from engine.checkpoint import CheckpointError
 from engine.cli import LATEST, InputError, check_output_dir, int_in_range, resolve_checkpoint, source_folder_name
-from engine.webformat import MAX_GROUP_SIZE, MODES, WebFormatError, export_checkpoint, write_index
+from engine.families import DEFAULT_FAMILY
+from engine.runs import read_run_config
+from engine.webformat import MAX_GROUP_SIZE, MODES, WebFormatError, export_checkpoint, web_export_of, write_index
 
 RUN_NAME = re.compile(r"^(?P<dataset>.+)_(?P<stamp>\d{8}_\d{6})(?:_\d+)?$")  # <dataset>_<YYYYmmdd_HHMMSS>[_k]
 
@@ -82,10 +84,20 @@ def resolve_run(run: str | Path) -> tuple[str, Path]:
     return (name if path.name == LATEST.name else f"{name}_{path.stem.removeprefix('checkpoint_')}"), path
 
 
+def check_exportable(checkpoint: Path) -> None:
+    """WebFormatError, before any export, for a run whose config.json names a family without a web exporter."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == LATEST.parts[0] else None
+    config = read_run_config(run_dir) if run_dir is not None else None
+    if config and isinstance(config.get("model"), dict):
+        web_export_of(config["model"].get("family", DEFAULT_FAMILY))
+
+
 def export_runs(args: argparse.Namespace) -> list[dict]:
-    """Export every run (all resolved before the first export), then rebuild <output_root>/index.json."""
+    """Export every run (all resolved and checked before the first export), then rebuild <output_root>/index.json."""
     output_root = check_output_dir(args.output_root, "--output_root")
     runs = [resolve_run(run) for run in args.runs or latest_runs(args.results_dir)]
+    for _, checkpoint in runs:
+        check_exportable(checkpoint)
     modes = list(dict.fromkeys(args.mode or MODES))
     for name, checkpoint in runs:
         summaries = export_checkpoint(checkpoint, output_root / name, modes, args.ema, args.group_size)

@@ -1,4 +1,5 @@
-"""Export a trained Sphere Encoder (encoder + decoder) to sphere-web weight files for the WebGPU demo.
+"""Export a trained model (a Sphere Encoder's encoder + decoder, or any family with a web exporter) to sphere-web
+weight files for the WebGPU demo; a family without one is a one-line error.
 
     python export_weights.py --checkpoint results/cifar10_<stamp> --output_dir frontend/public/models/cifar10_<stamp> \
         --mode q8 --mode q4 --index_root frontend/public/models

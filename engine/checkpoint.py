@@ -12,7 +12,7 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from models import model_from_config
+from .families import FamilyError, model_from_config, with_family
 
 REQUIRED_KEYS = ("model", "config", "step", "epoch")
 RESUME_KEYS = ("model", "ema", "optimizer", "scheduler")  # what continuing a run needs beyond REQUIRED_KEYS
@@ -96,6 +96,7 @@ def require_resumable(ckpt: dict, source: str | Path) -> None:
 
 def config_differences(saved: dict, current: dict) -> list[str]:
     """'key: saved -> current' for every architecture setting that differs between two model configs."""
+    saved, current = with_family(saved), with_family(current)
     keys = sorted(set(saved) | set(current))
     return [f"{key}: {saved.get(key)} -> {current.get(key)}" for key in keys if saved.get(key) != current.get(key)]
 
@@ -145,6 +146,8 @@ def load_model_from_checkpoint(
         raise CheckpointError(f"checkpoint '{path}' has no model config; it was not written by training.py")
     try:
         model = model_from_config(config["model"])
+    except FamilyError as error:
+        raise CheckpointError(f"checkpoint '{path}' holds a model of an {error}") from None
     except (TypeError, ValueError) as error:
         raise CheckpointError(f"checkpoint '{path}' holds an unknown model config ({error})") from None
     state = ckpt["ema"] if use_ema and ckpt.get("ema") is not None else ckpt["model"]

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from .checkpoint import atomic_write, remove_stale_temp_files
+from .families import with_family
 
 RUN_SUBDIRS = ("checkpoints", "images")
 LATEST_CHECKPOINT = Path("checkpoints") / "checkpoint_latest.pth"
@@ -35,7 +36,9 @@ def read_run_config(run_dir: Path) -> dict | None:
 
 
 def _same_run(saved: dict | None, dataset_name: str, model_config: dict, init_from: str | None) -> bool:
-    if not saved or saved.get("dataset_name") != dataset_name or saved.get("model") != model_config:
+    if not saved or saved.get("dataset_name") != dataset_name or not isinstance(saved.get("model"), dict):
+        return False
+    if with_family(saved["model"]) != with_family(model_config):  # runs saved before families lack the key
         return False
     return init_from is None or saved.get("train", {}).get("init_from") == init_from
 

@@ -1,6 +1,6 @@
-"""The `sphere-web` weight format: export a SphereEncoder to one safetensors-compatible file per mode
-(fp32, fp16, q8, q4) and read it back. The byte layout, quantization and folding are specified in
-docs/web_format.md; keep the two in step.
+"""The `sphere-web` weight format: export a model of a family with a web exporter (engine/families.py; today
+the Sphere Encoder) to one safetensors-compatible file per mode (fp32, fp16, q8, q4) and read it back. The byte
+layout, quantization and folding are specified in docs/web_format.md; keep the two in step.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from models import SphereConfig, model_from_config
 from models.layers import ConvResBlock
 
 from .checkpoint import atomic_write
+from .families import DEFAULT_FAMILY, FamilyError, WebExport, family_name_of, family_named, model_from_config
 
 FORMAT_NAME = "sphere-web"
 FORMAT_VERSION = "2"  # 2: __metadata__ carries data_sha256, the SHA-256 of the data section (docs §2)
 DATA_HASH_KEY = "data_sha256"
 REQUIRED_METADATA = ("config", "quantization", "group_size", DATA_HASH_KEY)
-REQUIRED_CONFIG_KEYS = ("backbone", "image_size", "latent_dim", "num_classes")  # what readers and index.json use
+REQUIRED_CONFIG_KEYS = ("image_size", "num_classes")  # what every reader uses; a family adds its own (WebExport)
 MODES = ("fp32", "fp16", "q8", "q4")
 QUANT_LEVELS = {"q8": 127, "q4": 7}  # symmetric: q in [-Q, Q]
 DTYPES = {  # format dtype -> (bytes per value, numpy little-endian dtype)
@@ -176,12 +176,20 @@ def restore_batchnorm_entries(config: dict, state: dict[str, torch.Tensor]) -> N
 # Export
 
 
+def web_export_of(family: str) -> WebExport:
+    """The family's web exporter; WebFormatError when it has none (or is unknown)."""
+    try:
+        web = family_named(family).web
+    except FamilyError as error:
+        raise WebFormatError(str(error)) from None
+    if web is None:
+        raise WebFormatError(f"{family} models have no web exporter yet; only families with one can be exported")
+    return web
+
+
 def edge_layers(config: dict) -> set[str]:
     """The first layer of the encoder and the last of the decoder (kept fp16 in q8/q4, docs §4)."""
-    if config["backbone"] == "vit":
-        last = "decoder.head_out" if config["pixel_head"] == "conv" else "decoder.head"
-        return {"encoder.patch_embed", last}
-    return {"encoder.stem", "decoder.out"}
+    return web_export_of(config.get("family", DEFAULT_FAMILY)).edge_layers(config)
 
 
 def quantized_weights(model: nn.Module, keep_edges: bool = True) -> set[str]:
@@ -285,11 +293,12 @@ def export_model(
     source: dict | None = None,
     keep_edges: bool = True,
 ) -> dict:
-    """Write `model` (a SphereEncoder) as a sphere-web file in `mode`; returns a summary dict.
+    """Write `model` (of a family with a web exporter) as a sphere-web file in `mode`; returns a summary dict.
 
     source: optional provenance stored as JSON (checkpoint path, step, ema). keep_edges: keep the first and
     last layers fp16 in q8/q4 (docs/web_format.md §4, §9).
     """
+    web_export_of(family_name_of(model))  # a family without an exporter fails before any work
     if mode not in MODES:
         raise WebFormatError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
     if not 1 <= group_size <= MAX_GROUP_SIZE:
@@ -491,9 +500,21 @@ def _dequantize_entry(name: str, info: dict, tensors: dict, source: str) -> torc
 
 
 def config_of(metadata: dict, source: str) -> dict:
-    """The file's architecture config, with the keys every reader needs."""
+    """The file's architecture config, with the keys every reader and its family's reader need; a family this
+    reader does not know (or cannot read) is named."""
     config = _json_field(metadata, "config", source)
-    missing = [key for key in REQUIRED_CONFIG_KEYS if not isinstance(config, dict) or key not in config]
+    if not isinstance(config, dict):
+        raise WebFormatError(
+            f"'{source}': config lacks {list(REQUIRED_CONFIG_KEYS)}; re-export it with export_weights.py"
+        )
+    family = config.get("family", DEFAULT_FAMILY)
+    try:
+        web = family_named(family).web
+    except FamilyError:
+        raise WebFormatError(f"'{source}' holds a '{family}' model, a family this reader does not know") from None
+    if web is None:
+        raise WebFormatError(f"'{source}' holds a '{family}' model, a family this reader cannot read (no web format)")
+    missing = [key for key in (*REQUIRED_CONFIG_KEYS, *web.required_config_keys) if key not in config]
     if missing:
         raise WebFormatError(f"'{source}': config lacks {missing}; re-export it with export_weights.py")
     return config
@@ -510,7 +531,7 @@ def check_buildable(config: dict, source: str) -> None:
 
 
 def read_web_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], dict[str, str]]:
-    """(SphereConfig dict, complete float32 state_dict loadable with strict=True, metadata) of a file."""
+    """(model config dict, complete float32 state_dict loadable with strict=True, metadata) of a file."""
     source = str(path)
     metadata, tensors = read_raw(path)
     config = config_of(metadata, source)
@@ -529,7 +550,7 @@ def read_web_weights(path: str | Path) -> tuple[dict, dict[str, torch.Tensor], d
 
 
 def load_model_from_web_weights(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild the SphereEncoder of a sphere-web file (eval mode) with its dequantized weights."""
+    """Rebuild the model of a sphere-web file (eval mode, its family from the config) with its dequantized weights."""
     config, state, _ = read_web_weights(path)
     model = model_from_config(config)  # read_web_weights checked that it builds
     try:
@@ -579,6 +600,13 @@ def read_header(path: str | Path) -> dict[str, str]:
     return header["__metadata__"]
 
 
+def web_source(path: str | Path) -> dict:
+    """The provenance a file's header stores (checkpoint, ema, dataset, model_type); {} when it has none."""
+    metadata = read_header(path)
+    source = _json_field(metadata, "source", str(path)) if "source" in metadata else {}
+    return source if isinstance(source, dict) else {}
+
+
 def index_entry(model_dir: Path, root: Path) -> dict | None:
     """index.json entry of one exported model folder (None when it holds no sphere-web file)."""
     modes, metadata = {}, None
@@ -591,17 +619,17 @@ def index_entry(model_dir: Path, root: Path) -> dict | None:
         return None
     config = config_of(metadata, str(model_dir))
     source = _json_field(metadata, "source", str(model_dir)) if "source" in metadata else {}
+    family = config.get("family", DEFAULT_FAMILY)
     try:
-        latent_shape = list(SphereConfig.from_dict(config).latent_shape)
+        fields = web_export_of(family).index_fields(config)
     except (TypeError, ValueError) as error:
         raise WebFormatError(f"'{model_dir}' holds a config this code cannot build ({error})") from None
     return {
         "name": model_dir.name,
+        "family": family,
         "dataset": source.get("dataset") if isinstance(source, dict) else None,
         "image_size": config["image_size"],
-        "latent_dim": config["latent_dim"],
-        "latent_shape": latent_shape,
-        "backbone": config["backbone"],
+        **fields,
         "num_classes": config["num_classes"],
         "param_count": int(metadata.get("param_count", 0)),
         "modes": modes,

@@ -1,4 +1,7 @@
-"""Model registry: one `MODELS` dict (name -> builder(**overrides)) merged from the per-family dicts."""
+"""Model registry: one `MODELS` dict (name -> builder(**overrides)) merged from the per-family dicts.
+
+Rebuilding a model from a saved config dispatches on its `family` key: engine/families.py holds that table.
+"""
 
 from __future__ import annotations
 
@@ -27,9 +30,4 @@ def build_model(name: str, **overrides):
     return MODELS[name](**overrides)
 
 
-def model_from_config(config: dict) -> SphereEncoder:
-    """Rebuild a model from the config dict saved in a checkpoint or config.json."""
-    return SphereEncoder(SphereConfig.from_dict(config))
-
-
-__all__ = ["CFG_MODES", "MODELS", "SphereConfig", "SphereEncoder", "build_model", "model_from_config"]
+__all__ = ["CFG_MODES", "MODELS", "SphereConfig", "SphereEncoder", "build_model"]

@@ -57,6 +57,7 @@ def default_noise_angle(image_size: int) -> float:
 class SphereConfig:
     """Every architecture setting of a Sphere Encoder; this is what config.json and checkpoints store."""
 
+    family: str = "sphere"  # the model family (docs/families.md); configs saved without it are sphere ones
     backbone: str = "vit"  # "vit" or "convnet"
     image_size: int = 32
     in_channels: int = 3
@@ -94,6 +95,8 @@ class SphereConfig:
 
     def validate(self) -> None:
         """Raise ValueError with a one-line fix when the settings do not fit together."""
+        if self.family != "sphere":
+            raise ValueError(f"a '{self.family}' config is not a Sphere Encoder config (family 'sphere')")
         if self.backbone not in ("vit", "convnet"):
             raise ValueError(f"unknown backbone '{self.backbone}': use 'vit' or 'convnet'")
         if self.decoder_mixer not in ("width", "latent"):
@@ -326,6 +329,12 @@ def per_image_noise(n: int, shape: tuple[int, ...], generator, device: torch.dev
 class SphereEncoder(nn.Module):
     """Encoder E, decoder D and the sphere projection f; training forward, sampling and reconstruction."""
 
+    # Capabilities the scripts honour (docs/families.md): a random point of the sphere decodes to an image, and
+    # step T of a longer sampling run equals a T-step run (one run of max(steps) gives every shorter count).
+    can_sample = True
+    steps_are_prefix = True
+    default_eval_steps = (1, 2, 4)
+
     def __init__(self, config: SphereConfig):
         super().__init__()
         self.config = config
@@ -337,6 +346,10 @@ class SphereEncoder(nn.Module):
     @property
     def latent_shape(self) -> tuple[int, ...]:
         return self.config.latent_shape
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """Optimizer groups: the paper trains the encoder at a tenth of the decoder's lr (--encoder_lr_mult)."""
+        return {"encoder": list(self.encoder.parameters()), "decoder": list(self.decoder.parameters())}
 
     @property
     def sigma_max(self) -> float:
