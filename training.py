@@ -1,7 +1,9 @@
-"""Train a Sphere Encoder (arXiv 2602.15030) on one CPU/GPU or, under torchrun, with DDP on many GPUs.
+"""Train a model of any family (the Sphere Encoder, arXiv 2602.15030, by default) on one CPU/GPU or, under
+torchrun, with DDP on many GPUs.
 
 python training.py                                   # no GPU: the 4-minute quickstart on the embedded Fashion-MNIST
 python training.py --dataset cifar10                  # on a GPU: the paper's CIFAR-10 recipe
+python training.py --config configs/sphere_cifar10.yaml --lr 3e-4    # a config file, a typed flag over it
 torchrun --nproc_per_node=8 training.py --dataset cifar10 --batch_size 1024
 """
 
@@ -43,16 +45,14 @@ from engine.checkpoint import (  # noqa: E402
 from engine.cli import positive_int  # noqa: E402
 from engine.data import DatasetError, build_dataset  # noqa: E402
 from engine.distributed import DeviceError, DistInfo, distributed  # noqa: E402
+from engine.flags import ConfigError  # noqa: E402
 from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr  # noqa: E402
 from engine.runs import LATEST_CHECKPOINT, MetricsWriter, setup_logger  # noqa: E402
 from engine.setup import (  # noqa: E402
-    PRESETS,
-    ConfigError,
     RunPlan,
-    apply_preset,
     build_loss,
-    explicit_flags,
-    loss_config_from_args,
+    check_capabilities,
+    lr_multipliers,
     model_overrides,
     open_run,
     plan_run,
@@ -61,6 +61,7 @@ from engine.setup import (  # noqa: E402
     validate_args,
 )
 from engine.trainer import Trainer, TrainingError  # noqa: E402
+from engine.training_flags import PRESET_CHOICES, add_family_flag_groups, parse_training_flags  # noqa: E402
 from losses import PerceptualWeightsError  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
@@ -69,7 +70,7 @@ EXPECTED_ERRORS = (CheckpointError, ConfigError, DatasetError, DeviceError, Perc
 
 
 def add_data_and_model_flags(parser: argparse.ArgumentParser) -> None:
-    """Dataset, architecture and noise-level flags."""
+    """Dataset and the architecture flags every family takes."""
     data = parser.add_argument_group("data")
     data.add_argument(
         "--dataset", default="cifar10", help="cifar10 | fashion | demo | ffhq | folder of images | .npz file"
@@ -79,52 +80,26 @@ def add_data_and_model_flags(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
     data.add_argument("--num_workers", type=int, default=2, help="data-loading processes (0: in the main one)")
     model = parser.add_argument_group("model")
-    model.add_argument("--model_type", "--model", dest="model_type", default="vit", choices=sorted(MODELS))
-    model.add_argument("--latent_dim", type=positive_int, default=None, help="L; default 2048 at 32 px")
+    model.add_argument(
+        "--model_type",
+        "--model",
+        dest="model_type",
+        default="vit",
+        choices=sorted(MODELS),
+        help="any family's registered name; the family's own flags are in its group below",
+    )
+    model.add_argument("--latent_dim", type=positive_int, default=None, help="latent size (sphere: L, 2048 at 32 px)")
     model.add_argument(
         "--conditional",
         action=argparse.BooleanOptionalAction,
         default=False,
         help="class-conditional (adaLN-Zero) with a null class for CFG",
     )
-    model.add_argument("--norm", choices=["group", "batch"], default=None, help="convnet norm (default group)")
-    noise = parser.add_argument_group("noise (give one)").add_mutually_exclusive_group()
-    noise.add_argument("--noise_angle", type=float, default=None, help="theta_max in degrees (80 <=32px, else 85)")
-    noise.add_argument("--sigma_max", type=float, default=None, help="sigma itself: theta_max = atan(sigma)")
-
-
-def add_loss_flags(parser: argparse.ArgumentParser) -> None:
-    """Loss weights, noise schedule details and the perceptual networks' weights."""
-    loss = parser.add_argument_group("loss")
-    loss.add_argument("--recon_dist_weight", type=float, default=1.0)
-    loss.add_argument("--recon_perc_weight", type=float, default=1.0)
-    loss.add_argument("--con_dist_weight", type=float, default=0.5)
-    loss.add_argument("--con_perc_weight", type=float, default=0.5)
-    loss.add_argument("--latent_weight", type=float, default=0.1)
-    loss.add_argument(
-        "--distance",
-        choices=["l1", "smooth_l1"],
-        default="smooth_l1",
-        help="pixel distance on [0, 1] images; smooth_l1 (beta 1) is the official code's",
-    )
-    loss.add_argument("--hard_case_prob", type=float, default=0.1)
-    loss.add_argument("--small_noise_ratio", type=float, default=0.5)
-    loss.add_argument("--label_dropout", type=float, default=0.1)
-    loss.add_argument(
+    model.add_argument("--norm", choices=["group", "batch"], default=None, help="conv net norm (default group)")
+    model.add_argument(
         "--vgg_weights",
         default=None,
         help="local vgg16().features state_dict for LPIPS (or env SPHERE_VGG_WEIGHTS); default: torchvision download",
-    )
-    loss.add_argument(
-        "--convnext_weight",
-        type=float,
-        default=0.1,
-        help="w of the official ConvNeXt-S logit term: perc = (LPIPS + w * MSE(logits)) / (1 + w); official 0.1",
-    )
-    loss.add_argument(
-        "--convnext_weights",
-        default=None,
-        help="local convnext_small() state_dict (or env SPHERE_CONVNEXT_WEIGHTS); default: torchvision download",
     )
 
 
@@ -137,7 +112,6 @@ def add_optim_flags(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--lr", type=float, default=1e-4, help="peak lr at batch 256, scaled linearly")
     optim.add_argument("--min_lr", type=float, default=1e-6)
     optim.add_argument("--warmup_steps", type=int, default=None, help="default min(1000, 5%% of all steps)")
-    optim.add_argument("--encoder_lr_mult", type=float, default=0.1)
     optim.add_argument("--beta1", type=float, default=0.9)
     optim.add_argument("--beta2", type=float, default=0.95)
     optim.add_argument("--weight_decay", type=float, default=0.0)
@@ -152,16 +126,31 @@ def add_optim_flags(parser: argparse.ArgumentParser) -> None:
     optim.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
 
 
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """Config files and presets: defaults < preset < config files < typed flags."""
+    config = parser.add_argument_group("config files and presets")
+    config.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        metavar="FILE",
+        help="YAML/JSON file of flag values (keys are flag names: batch_size, eval_frequency...); repeat for "
+        "several, later ones win, typed flags win over files; a run's config.json reproduces that run's flags",
+    )
+    config.add_argument(
+        "--preset",
+        choices=PRESET_CHOICES,
+        default="auto",
+        help="values for the flags you neither type nor set in a --config file, from the model family's file under "
+        "configs/: quickstart (sphere: a 5-minute CPU demo on the embedded Fashion-MNIST), paper (sphere: the "
+        "paper's CIFAR-10 recipe: the defaults shown here); auto = quickstart without a GPU, else paper; none = "
+        "plain defaults; with --config, no preset applies unless you type one",
+    )
+
+
 def add_run_flags(parser: argparse.ArgumentParser) -> None:
     """Run folder, resuming, renders, checkpoints, FID, seed and device flags."""
     run = parser.add_argument_group("run")
-    run.add_argument(
-        "--preset",
-        choices=["auto", *PRESETS],
-        default="auto",
-        help="defaults for the flags you do not type: quickstart (a 5-minute CPU demo on the embedded Fashion-MNIST), "
-        "paper (the paper's CIFAR-10 recipe: the defaults shown here); auto = quickstart without a GPU, else paper",
-    )
     run.add_argument("--results_dir", default="results")
     run.add_argument(
         "--resume",
@@ -200,32 +189,40 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default="auto", help="auto | cpu | cuda")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    """The training flags; `args.explicit` names the ones typed (they override a resumed run's saved config)."""
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, set[str]]]:
+    """The parser and, per family, the destinations of its flags (its --help group)."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    for add_flags in (add_data_and_model_flags, add_loss_flags, add_optim_flags, add_run_flags):
+    for add_flags in (add_data_and_model_flags, add_optim_flags, add_config_flags, add_run_flags):
         add_flags(parser)
-    args = parser.parse_args(argv)
-    args.explicit = explicit_flags(parser, argv if argv is not None else sys.argv[1:])
-    apply_preset(args)
-    return args
+    return parser, add_family_flag_groups(parser)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The training flags; `args.explicit` names the ones typed or set by a --config file (they override a
+    resumed run's saved config); flags of other families than the model's are refused, then dropped."""
+    parser, family_flags = build_parser()
+    try:
+        return parse_training_flags(parser, argv, family_flags)
+    except ConfigError as error:
+        raise SystemExit(f"error: {error}") from None
 
 
 def build_training(args, dataset, info: DistInfo) -> tuple:
     """Model (on device), the model used for the forward (DDP / compiled), EMA, optimizer, schedule."""
     model = build_model(args.model_type, **model_overrides(args, dataset)).to(info.device)
+    trainable = any(p.requires_grad for p in model.parameters())  # DDP refuses a model with nothing to train
     train_model = (
         DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-        if info.enabled
+        if info.enabled and trainable
         else model
     )
     if args.compile:
         train_model = torch.compile(train_model)
     ema = EMA(model, args.ema_decay)
     lr = scaled_lr(args.lr, args.batch_size)
-    optimizer = build_optimizer(model, lr, args.encoder_lr_mult, (args.beta1, args.beta2), args.weight_decay)
+    optimizer = build_optimizer(model, lr, lr_multipliers(args), (args.beta1, args.beta2), args.weight_decay)
     settings = train_settings(args, dataset, info)
     total = settings.epochs * settings.steps_per_epoch
     warmup = args.warmup_steps if args.warmup_steps is not None else min(1000, total // 20)
@@ -305,8 +302,8 @@ def main(args: argparse.Namespace) -> Path:
         plan = plan_run(args, dataset, info)
         torch.manual_seed(args.seed * info.world_size + info.rank)  # per-rank seed (STYLE §12)
         model, train_model, ema, optimizer, scheduler, settings = build_training(args, dataset, info)
-        loss_config = loss_config_from_args(args, model)
-        loss_fn = build_loss(loss_config, args.vgg_weights, info.device, args.convnext_weight, args.convnext_weights)
+        check_capabilities(args, model)
+        loss_fn = build_loss(args, model, info.device)
         resume = load_start_point(plan, args, model, ema)
         run_config = run_config_for(args, dataset, model.config.to_dict())
         run_dir = open_run(plan, args.results_dir, run_config, int(resume["step"]) if resume else 0, info)

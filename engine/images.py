@@ -1,11 +1,15 @@
-"""Image grids and strips: evaluation renders during training and sampling outputs."""
+"""Image grids and strips: evaluation renders during training and sampling outputs; sampling and
+reconstructing at several step counts as the model's capabilities allow."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image, ImageDraw
 from torchvision.utils import make_grid, save_image
 
 
@@ -15,8 +19,30 @@ def per_image_generators(seed: int, start: int, count: int, device) -> list[torc
     return [torch.Generator(device=device).manual_seed(seed * 1_000_003 + start + i) for i in range(count)]
 
 
+SIGNAL_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+SIGNAL_PLOT_HEIGHT = 48  # pixels of one signal's plot
+
+
+def plot_signals(signals: torch.Tensor, height: int = SIGNAL_PLOT_HEIGHT) -> torch.Tensor:
+    """1-D signals (B, C, L) as line plots (B, 3, height, L) in [-1, 1]: one colour per channel on white, one
+    value scale for the whole batch (so originals and reconstructions drawn together compare)."""
+    values = signals.detach().float().cpu()
+    low, high = values.min(), values.max()
+    rows = (height - 1) * (1 - (values - low) / (high - low).clamp_min(1e-12))  # pixel row of each value
+    plots = []
+    for sample in rows:
+        canvas = Image.new("RGB", (values.shape[-1], height), "white")
+        draw = ImageDraw.Draw(canvas)
+        for channel, ys in enumerate(sample):
+            draw.line(list(enumerate(ys.tolist())), fill=SIGNAL_COLOURS[channel % len(SIGNAL_COLOURS)])
+        plots.append(torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1))
+    return torch.stack(plots).float() / 127.5 - 1
+
+
 def save_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """Save images in [-1, 1] (B, C, H, W) as a PNG grid (nrow defaults to a square-ish layout)."""
+    """Save images in [-1, 1] (B, C, H, W), or 1-D signals (B, C, L) as line plots, as a PNG grid (nrow
+    defaults to a square-ish layout)."""
+    images = plot_signals(images) if images.ndim == 3 else images
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     nrow = nrow or max(1, math.ceil(math.sqrt(images.shape[0])))
@@ -33,25 +59,60 @@ def mean_psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return (10 * torch.log10(1 / mse)).mean().item()
 
 
+GeneratorFactory = Callable[[], "list[torch.Generator] | None"]  # fresh per-image generators for one run
+
+
+def sample_at_steps(model, count: int, steps, generators: GeneratorFactory, **options) -> dict[int, torch.Tensor]:
+    """{T: count images after T steps}. Where steps are prefixes (model.steps_are_prefix), one max(steps) run
+    gives every count; otherwise (e.g. DDIM) each count is its own run, from the same per-image generators."""
+    steps = sorted(set(steps))
+    if model.steps_are_prefix:
+        outputs = model.sample(count, steps=max(steps), generator=generators(), return_all=True, **options)
+        return {t: outputs[t - 1] for t in steps}
+    return {t: model.sample(count, steps=t, generator=generators(), **options) for t in steps}
+
+
+def reconstruct_at_steps(model, images, steps, generators: GeneratorFactory, **options) -> dict[int, torch.Tensor]:
+    """{T: reconstructions after T steps}, under the same prefix rule as sample_at_steps."""
+    steps = sorted(set(steps))
+    if model.steps_are_prefix:
+        outputs = model.reconstruct(images, steps=max(steps), generator=generators(), return_all=True, **options)
+        return {t: outputs[t - 1] for t in steps}
+    return {t: model.reconstruct(images, steps=t, generator=generators(), **options) for t in steps}
+
+
+def first_items(dataset, count: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` inputs (B, ...) and labels (B,) of a dataset whose items are (x, label[, sigma])."""
+    items = [dataset[i] for i in range(count)]
+    inputs = torch.stack([item[0] for item in items]).to(device)
+    return inputs, torch.stack([torch.as_tensor(item[1]) for item in items]).to(device)
+
+
+def render_samples(model, count: int, labels, out_dir: Path, epoch: int, seed: int, device) -> None:
+    """epoch_N_samples_{T}step.png for T in the model's default_eval_steps (image i from generator (seed, i))."""
+    nrow = max(1, math.ceil(math.sqrt(count)))
+    generators = lambda: per_image_generators(seed, 0, count, device)  # noqa: E731
+    outputs = sample_at_steps(model, count, model.default_eval_steps, generators, labels=labels)
+    for steps, samples in outputs.items():
+        save_grid(samples, out_dir / f"epoch_{epoch:04d}_samples_{steps}step.png", nrow=nrow)
+
+
 @torch.no_grad()
 def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, device, seed: int = 0) -> float:
-    """epoch_N_recon.png (originals above 1-step reconstructions) and epoch_N_samples_{1,2,4}step.png; returns
-    the mean PSNR (dB) of those reconstructions. Pass the held-out split as `dataset` where there is one."""
+    """epoch_N_recon.png (originals above 1-step reconstructions) and, for a model that can sample,
+    epoch_N_samples_{T}step.png for T in model.default_eval_steps; returns the mean PSNR (dB) of those
+    reconstructions. Pass the held-out split as `dataset` where there is one."""
     was_training = model.training
     model.eval()
-    count = min(count, len(dataset))
-    images, labels = zip(*(dataset[i] for i in range(count)))
-    images, labels = (
-        torch.stack(images).to(device),
-        torch.stack([torch.as_tensor(t) for t in labels]).to(device),
-    )
-    labels = labels if model.config.num_classes > 0 else None
-    recon = model.reconstruct(images, steps=1, labels=labels)
-    nrow = max(1, math.ceil(math.sqrt(count)))
-    save_grid(torch.cat([images, recon]), out_dir / f"epoch_{epoch:04d}_recon.png", nrow=nrow)
-    generators = per_image_generators(seed, 0, count, device)
-    steps_outputs = model.sample(count, steps=4, generator=generators, labels=labels, return_all=True)
-    for steps in (1, 2, 4):
-        save_grid(steps_outputs[steps - 1], out_dir / f"epoch_{epoch:04d}_samples_{steps}step.png", nrow=nrow)
-    model.train(was_training)
+    try:
+        count = min(count, len(dataset))
+        images, labels = first_items(dataset, count, device)
+        labels = labels if model.config.num_classes > 0 else None
+        recon = model.reconstruct(images, steps=1, labels=labels)
+        nrow = max(1, math.ceil(math.sqrt(count)))
+        save_grid(torch.cat([images, recon]), out_dir / f"epoch_{epoch:04d}_recon.png", nrow=nrow)
+        if model.can_sample:
+            render_samples(model, count, labels, out_dir, epoch, seed, device)
+    finally:
+        model.train(was_training)
     return mean_psnr(recon, images)

@@ -429,26 +429,24 @@ def sample_step_batches(
 ) -> Iterator[tuple[int, dict[int, torch.Tensor]]]:
     """(first global index, {T: images (B, 3, H, W) in [-1, 1] after T steps}) per batch.
 
-    One max(steps)-round run gives every shorter count (step T of a longer run equals a T-step run). Image i
-    has its own generator (engine.images.per_image_generators, as sampling.py), so batches do not matter;
-    conditional models get class-balanced labels, the CFG scale and where it applies (cfg_mode).
+    Where steps are prefixes (model.steps_are_prefix), one max(steps)-round run gives every shorter count;
+    otherwise each count is its own run (engine.images.sample_at_steps). Image i has its own generator
+    (engine.images.per_image_generators, as sampling.py), so batches do not matter; conditional models get
+    class-balanced labels, the CFG scale and where it applies (cfg_mode). The model must be able to sample.
     """
-    from engine.images import per_image_generators
+    from engine.images import per_image_generators, sample_at_steps
 
     device = next(model.parameters()).device
     num_classes = getattr(model.config, "num_classes", 0)
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
-        outputs = model.sample(
-            count,
-            steps=max(steps),
-            generator=per_image_generators(seed, start, count, device),
+        options = dict(
             labels=balanced_labels(start, count, num_classes, device),
             cfg=cfg if num_classes else 1.0,
             cfg_mode=cfg_mode,
-            return_all=True,
         )
-        yield start, {t: outputs[t - 1] for t in steps}
+        generators = lambda: per_image_generators(seed, start, count, device)  # noqa: B023, E731 (used at once)
+        yield start, sample_at_steps(model, count, steps, generators, **options)
 
 
 def fid_against_reference(features: torch.Tensor, reference: ReferenceStats) -> float:

@@ -14,19 +14,41 @@ def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> 
     return base_lr * global_batch / reference_batch
 
 
+def trainable_groups(model: nn.Module) -> dict[str, list[nn.Parameter]]:
+    """model.parameter_groups() with frozen parameters left out; ValueError when the groups do not cover every
+    trainable parameter exactly once (a parameter left out would silently never train)."""
+    groups = {name: [p for p in params if p.requires_grad] for name, params in model.parameter_groups().items()}
+    seen: dict[int, str] = {}
+    for name, params in groups.items():
+        for param in params:
+            if id(param) in seen:
+                raise ValueError(f"a parameter is in both optimizer groups '{seen[id(param)]}' and '{name}'")
+            seen[id(param)] = name
+    missing = [name for name, p in model.named_parameters() if p.requires_grad and id(p) not in seen]
+    if missing:
+        raise ValueError(f"{type(model).__name__}.parameter_groups() leaves out {missing[:3]}")
+    return groups
+
+
 def build_optimizer(
-    model: nn.Module, lr: float, encoder_lr_mult: float, betas: tuple[float, float], weight_decay: float
+    model: nn.Module,
+    lr: float,
+    lr_multipliers: dict[str, float],
+    betas: tuple[float, float],
+    weight_decay: float,
 ) -> torch.optim.AdamW:
-    """AdamW with two groups: the encoder at lr * encoder_lr_mult, everything else at lr."""
-    encoder = [p for p in model.encoder.parameters() if p.requires_grad]
-    encoder_ids = {id(p) for p in encoder}
-    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in encoder_ids]
-    groups = [
-        {"params": encoder, "lr": lr * encoder_lr_mult, "name": "encoder"},
-        {"params": rest, "lr": lr, "name": "decoder"},
-    ]
-    fused = all(p.is_cuda for p in model.parameters())
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
+    """AdamW with one group per model.parameter_groups() entry at lr * its multiplier (1 when not given). A model
+    with nothing to train (a stage fitted without gradients) gets empty groups: the schedule still runs."""
+    groups = trainable_groups(model)
+    unknown = sorted(set(lr_multipliers) - set(groups))
+    if unknown:
+        raise ValueError(f"lr multipliers for groups {unknown} that {type(model).__name__} does not have")
+    param_groups = [
+        {"params": params, "lr": lr * lr_multipliers.get(name, 1.0), "name": name} for name, params in groups.items()
+    ] or [{"params": [], "lr": lr, "name": "all"}]  # torch refuses an optimizer without any group
+    params = [p for group in param_groups for p in group["params"]]
+    fused = bool(params) and all(p.is_cuda for p in params)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
@@ -40,7 +62,7 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: flo
 def build_scheduler(
     optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, lr: float, min_lr: float
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """LambdaLR applying warmup_cosine to every group (the encoder group keeps its x0.1 ratio)."""
+    """LambdaLR applying warmup_cosine to every group (each group keeps its lr multiplier)."""
     min_ratio = min(1.0, min_lr / lr) if lr > 0 else 0.0
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_cosine(step, total_steps, warmup_steps, min_ratio)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from losses import SphereLoss, SphereLossConfig, build_perceptual
 from models import build_model
 
 from .distributed import DistInfo, broadcast_object
+from .families import cannot_sample_reason, family_of_model
+from .flags import ConfigError, Rule, check_rules
 from .runs import (
     LATEST_CHECKPOINT,
     clean_run_dir,
@@ -27,81 +26,20 @@ from .runs import (
 from .trainer import TrainSettings
 
 # Flags that describe where/how this invocation runs, never taken from a resumed run's saved config.
-_PER_INVOCATION = {"explicit", "resume", "stop_after_steps", "device", "num_workers", "results_dir"}
+_PER_INVOCATION = {"explicit", "resume", "stop_after_steps", "device", "num_workers", "results_dir", "config"}
 MAX_EVAL_SAMPLES = 256  # render grids are one batch through the model; more would only risk running out of memory
 
 
-# Defaults the paper recipe does not fit. The flag defaults of training.py are the paper's CIFAR-10 recipe; a
-# preset replaces the flags the user did not type (typed flags always win; a resumed run keeps its saved flags).
-PRESETS: dict[str, dict] = {
-    "paper": {},
-    # One-step generation you can see within 5 minutes on 2 CPU cores (README, Quickstart): a small real dataset at
-    # 16 px, a tiny convnet, 1,800 steps, and no perceptual loss (no 528 MB VGG download; LPIPS tints grey images).
-    "quickstart": dict(
-        dataset="fashion",
-        image_size=16,
-        model_type="convnet_tiny",
-        batch_size=32,
-        epochs=6,
-        steps=300,
-        lr=2.4e-2,  # 3e-3 at batch 32 (linear scaling): a 0.5M-parameter model trained for minutes, not days
-        recon_perc_weight=0.0,
-        con_perc_weight=0.0,
-        convnext_weight=0.0,
-        eval_frequency=1,
-        checkpoint_frequency=3,
-        eval_samples=64,
-        num_workers=0,  # the data is in memory: worker processes would only compete for the 2 cores
-    ),
-}
-
-
-def resolve_preset(name: str, device: str) -> str:
-    """ "auto" is the quickstart where training would run on the CPU, and the paper recipe on a GPU."""
-    if name != "auto":
-        return name
-    on_gpu = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    return "paper" if on_gpu else "quickstart"
-
-
-def apply_preset(args) -> None:
-    """Replace the flags the user did not type by the preset's values; args.preset becomes the resolved name."""
-    args.preset = resolve_preset(args.preset, args.device)
-    for key, value in PRESETS[args.preset].items():
-        if key not in args.explicit:
-            setattr(args, key, value)
-
-
-class ConfigError(ValueError):
-    """A flag value (or combination) that cannot train; the message names the flag, the value and the fix."""
-
-
-def _probability(flag: str, default: float) -> tuple[str, Callable[[float], bool], str]:
-    return flag, lambda v: 0 <= v <= 1, f"is a probability: use a value in [0, 1] (default {default})"
-
-
-def _weight(flag: str) -> tuple[str, Callable[[float], bool], str]:
-    return flag, lambda v: 0 <= v < math.inf, "is a loss weight: use a value >= 0 (0 turns the term off)"
-
-
-# One rule per numeric flag: (flag, test the value must pass, what it must be). None values mean "default".
-FLAG_RULES = [
-    ("--noise_angle", lambda v: 0 < v < 90, "must be in (0, 90) degrees; the paper uses 80 (85 above 32 px)"),
-    ("--sigma_max", lambda v: 0 < v < math.inf, "must be > 0 (theta_max = atan(sigma); 5.67 is 80 degrees)"),
+# One rule per numeric flag every family has; a family adds rules for its own flags (Family.flag_rules).
+COMMON_RULES: list[Rule] = [
     ("--lr", lambda v: 0 < v <= 1, "must be in (0, 1]; the paper uses 1e-4 at batch 256"),
     ("--min_lr", lambda v: 0 <= v <= 1, "must be in [0, 1] and at most --lr; the paper decays to 1e-6"),
     ("--warmup_steps", lambda v: v >= 0, "must be >= 0 (0 = no warm-up)"),
-    ("--encoder_lr_mult", lambda v: 0 <= v < math.inf, "must be >= 0; the paper uses 0.1"),
     ("--beta1", lambda v: 0 <= v < 1, "must be in [0, 1); the paper uses 0.9"),
     ("--beta2", lambda v: 0 <= v < 1, "must be in [0, 1); the paper uses 0.95"),
     ("--weight_decay", lambda v: 0 <= v < math.inf, "must be >= 0; the paper uses 0"),
     ("--grad_clip", lambda v: 0 < v < math.inf, "must be > 0; the paper clips at 1.0"),
     ("--ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1); the paper uses 0.9997"),
-    _probability("--hard_case_prob", 0.1),
-    _probability("--label_dropout", 0.1),
-    ("--small_noise_ratio", lambda v: 0 < v <= 1, "must be in (0, 1]; the paper uses 0.5"),
-    *(_weight(f"--{name}_weight") for name in ("recon_dist", "recon_perc", "con_dist", "con_perc", "latent")),
-    _weight("--convnext_weight"),
     ("--num_workers", lambda v: v >= 0, "must be >= 0 (0 loads data in the main process)"),
     ("--eval_samples", lambda v: 1 <= v <= MAX_EVAL_SAMPLES, f"must be in [1, {MAX_EVAL_SAMPLES}] (one render batch)"),
     ("--fid-every", lambda v: v >= 0, "must be >= 0 epochs (0 = no FID during training)"),
@@ -111,10 +49,7 @@ FLAG_RULES = [
 
 def validate_args(args, world_size: int) -> None:
     """ConfigError for the first flag that cannot train; reads the disk, writes nothing."""
-    for flag, test, requirement in FLAG_RULES:
-        value = getattr(args, flag[2:].replace("-", "_"), None)
-        if value is not None and not test(value):
-            raise ConfigError(f"{flag} {value} {requirement}")
+    check_rules(args, [*COMMON_RULES, *family_of_model(args.model_type).flag_rules])
     if args.min_lr > args.lr:
         raise ConfigError(f"--min_lr {args.min_lr} is above --lr {args.lr}; pass a --min_lr below the peak rate")
     if args.batch_size < world_size or args.batch_size % world_size:
@@ -137,43 +72,39 @@ def check_results_dir(path: str) -> None:
         raise ConfigError(f"--results_dir '{path}' cannot be written: '{existing}' is read-only; pass another folder")
 
 
-def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
-    """Destinations of the flags the user actually typed (these override a resumed run's saved config)."""
-    typed = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
-    return {action.dest for action in parser._actions if typed & set(action.option_strings)}
+def check_capabilities(args, model) -> None:
+    """ConfigError for a flag the model's capabilities cannot honour (before anything is written)."""
+    reason = cannot_sample_reason(model)
+    if args.fid_every and reason:
+        raise ConfigError(f"--fid-every needs samples, but {reason}; drop --fid-every")
 
 
-def noise_angle_from_args(args) -> float | None:
-    """theta_max in degrees from --noise_angle or --sigma_max (theta = atan(sigma)); None = size default."""
-    if args.noise_angle is not None:
-        return args.noise_angle
-    if args.sigma_max is not None:
-        return math.degrees(math.atan(args.sigma_max))
-    return None
+def num_classes_for(args, dataset) -> int:
+    """The dataset's class count for --conditional (0 otherwise); a dataset without labels cannot be."""
+    if not args.conditional:
+        return 0
+    if dataset.num_classes == 0:
+        raise ConfigError(
+            f"--conditional needs class labels, but dataset '{dataset.name}' has none; "
+            "use a labelled dataset (cifar10, demo, .npz with labels) or drop --conditional"
+        )
+    return dataset.num_classes
 
 
 def model_overrides(args, dataset) -> dict:
-    """Registry overrides from flags, inferring image size from the dataset."""
-    num_classes = 0
-    if args.conditional:
-        if dataset.num_classes == 0:
-            raise ConfigError(
-                f"--conditional needs class labels, but dataset '{dataset.name}' has none; "
-                "use a labelled dataset (cifar10, demo, .npz with labels) or drop --conditional"
-            )
-        num_classes = dataset.num_classes
+    """Registry overrides from the common flags (image size inferred from the dataset) and the family's."""
     overrides = dict(
         image_size=args.image_size or dataset.image_size,
         latent_dim=args.latent_dim,
-        num_classes=num_classes,
-        noise_angle=noise_angle_from_args(args),
+        num_classes=num_classes_for(args, dataset),
         norm=args.norm,
+        **family_of_model(args.model_type).model_overrides(args),
     )
     return {key: value for key, value in overrides.items() if value is not None}
 
 
 def model_config_for(args, dataset) -> dict:
-    """The SphereConfig dict these flags produce (built on the meta device: no memory, no init cost)."""
+    """The model config dict these flags produce (built on the meta device: no memory, no init cost)."""
     try:
         with torch.device("meta"):
             return build_model(args.model_type, **model_overrides(args, dataset)).config.to_dict()
@@ -183,33 +114,14 @@ def model_config_for(args, dataset) -> dict:
         raise ConfigError(str(error)) from None
 
 
-def loss_config_from_args(args, model) -> SphereLossConfig:
-    return SphereLossConfig(
-        noise_angle=model.config.noise_angle,
-        small_noise_ratio=args.small_noise_ratio,
-        hard_case_prob=args.hard_case_prob,
-        recon_dist_weight=args.recon_dist_weight,
-        recon_perc_weight=args.recon_perc_weight,
-        con_dist_weight=args.con_dist_weight,
-        con_perc_weight=args.con_perc_weight,
-        latent_weight=args.latent_weight,
-        distance=args.distance,
-        label_dropout=args.label_dropout,
-    )
+def build_loss(args, model, device: torch.device):
+    """The objective of the model's family, called as loss(model, batch, step) -> (loss, logs)."""
+    return family_of_model(args.model_type).build_loss(args, model, device)
 
 
-def build_loss(
-    config: SphereLossConfig,
-    vgg_weights: str | None,
-    device,
-    convnext_weight: float = 0.0,
-    convnext_weights: str | None = None,
-) -> SphereLoss:
-    """The objective with its perceptual network: LPIPS-VGG, plus the official ConvNeXt-S logit term when
-    convnext_weight > 0; only loaded when a perceptual weight is > 0."""
-    needs_perceptual = config.recon_perc_weight > 0 or config.con_perc_weight > 0
-    perceptual = build_perceptual(vgg_weights, convnext_weight, convnext_weights) if needs_perceptual else None
-    return SphereLoss(config, perceptual.to(device) if perceptual is not None else None)
+def lr_multipliers(args) -> dict[str, float]:
+    """Parameter group name -> lr multiplier, from the family's flags (sphere: --encoder_lr_mult)."""
+    return family_of_model(args.model_type).lr_multipliers(args)
 
 
 def train_settings(args, dataset, info: DistInfo) -> TrainSettings:
@@ -237,7 +149,8 @@ def train_settings(args, dataset, info: DistInfo) -> TrainSettings:
 
 
 def _train_flags(args) -> dict:
-    return {key: value for key, value in vars(args).items() if key != "explicit"}
+    """Every flag that shaped the run (the other families' flags were dropped while parsing)."""
+    return {key: value for key, value in vars(args).items() if key not in ("explicit", "config")}
 
 
 def run_config_for(args, dataset, model_config: dict) -> dict:
@@ -250,6 +163,7 @@ def run_config_for(args, dataset, model_config: dict) -> dict:
         "num_classes": model_config["num_classes"],
         "model": model_config,
         "train": _train_flags(args),
+        "config_files": list(args.config or []),  # what --config read (their values are in "train")
     }
 
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from .checkpoint import atomic_save, capture_rng_state, load_model_state, restore_rank_rng_state
+from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_model_state, restore_rank_rng_state
 from .distributed import DistInfo, any_rank, barrier, broadcast_object, gather_objects
 from .images import render_eval_images
 from .optim import EMA
@@ -106,11 +106,20 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def logged_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The lr worth logging: the "decoder" group's (the encoder runs at a fraction of it), else the largest."""
+def lr_logs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """`lr`: the largest group's rate (the sphere decoder's; its encoder runs at a fraction of it), plus
+    `lr_<group>` for each named group when there are several."""
     groups = optimizer.param_groups
-    named = [group["lr"] for group in groups if group.get("name") == "decoder"]
-    return named[0] if named else max(group["lr"] for group in groups)
+    logs = {"lr": max(group["lr"] for group in groups)}
+    if len(groups) > 1:
+        logs.update({f"lr_{group['name']}": group["lr"] for group in groups if "name" in group})
+    return logs
+
+
+def loss_state(loss_fn) -> dict | None:
+    """The loss's own state (a discriminator and its optimizer) when it has a state_dict hook, else None."""
+    state_dict = getattr(loss_fn, "state_dict", None)
+    return state_dict() if callable(state_dict) else None
 
 
 def write_failure(path: Path, error: OSError) -> str:
@@ -136,10 +145,12 @@ def peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def random_hflip(images: torch.Tensor) -> torch.Tensor:
-    """Flip each image left-right with probability 1/2 (drawn from the main RNG, so resumes are exact)."""
+def random_hflip(images: torch.Tensor, *alike: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Flip each image left-right with probability 1/2 (drawn from the main RNG, so resumes are exact); tensors
+    `alike` (per-value error arrays of the images' shape) get the same flips."""
     flip = torch.rand(images.shape[0], device=images.device) < 0.5
-    return torch.where(flip.view(-1, 1, 1, 1), images.flip(-1), images)
+    mask = flip.view(-1, *([1] * (images.ndim - 1)))
+    return tuple(torch.where(mask, tensor.flip(-1), tensor) for tensor in (images, *alike))
 
 
 class Trainer:
@@ -164,6 +175,7 @@ class Trainer:
         eval_dataset=None,
     ):
         self.model, self.train_model, self.loss_fn = model, train_model, loss_fn
+        self.gradient_free = bool(getattr(loss_fn, "gradient_free", False))  # a stage fitted without gradients
         self.optimizer, self.scheduler, self.ema = optimizer, scheduler, ema
         self.dataset, self.settings, self.info = dataset, settings, info
         self.eval_dataset = dataset if eval_dataset is None else eval_dataset  # reconstructions: held out if any
@@ -189,8 +201,9 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------------
     def checkpoint_dict(self, rng_states: list[dict]) -> dict:
-        """The plain checkpoint dict; rng_states holds every rank's RNG state, in rank order."""
-        return {
+        """The plain checkpoint dict; rng_states holds every rank's RNG state, in rank order; "loss" holds the
+        loss's own state when it keeps one."""
+        ckpt = {
             "model": self.model.state_dict(),
             "ema": self.ema.model.state_dict(),
             "ema_updates": self.ema.updates,
@@ -203,6 +216,10 @@ class Trainer:
             "rng": rng_states,
             "config": self.run_config,
         }
+        state = loss_state(self.loss_fn)
+        if state is not None:
+            ckpt["loss"] = state
+        return ckpt
 
     def save(self, epoch_file: bool = False) -> None:
         """Rank 0 writes checkpoint_latest.pth (and checkpoint_epoch_N.pth) with every rank's RNG state; a
@@ -236,12 +253,24 @@ class Trainer:
         self.ema.updates = int(ckpt.get("ema_updates", 0))
         self.optimizer.load_state_dict(ckpt["optimizer"])  # moves the state onto the parameters' device
         self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.restore_loss(ckpt, source)
         self.state = TrainState(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0)))
         self.last_checkpoint = (Path(source), self.state.step)
         info = self.info
         return restore_rank_rng_state(
             ckpt.get("rng"), info.rank, info.world_size, self.settings.seed, self.state.step, info.device
         )
+
+    def restore_loss(self, ckpt: dict, source: str) -> None:
+        """The loss's own state (when it has one) as it was saved: a resumed GAN continues its discriminator."""
+        if loss_state(self.loss_fn) is None:
+            return
+        if ckpt.get("loss") is None:
+            raise CheckpointError(
+                f"checkpoint '{source}' has no loss state, which this loss keeps (e.g. a discriminator); "
+                "pass --no-resume to start a new run"
+            )
+        self.loss_fn.load_state_dict(ckpt["loss"])
 
     def non_finite_error(self, what: str) -> TrainingError:
         """The one-line stop message: what went wrong, that nothing was saved, the last good checkpoint."""
@@ -259,26 +288,49 @@ class Trainer:
             return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def train_step(self, batch) -> dict[str, float]:
-        """One update; a non-finite loss or gradient norm stops training before it reaches the weights or EMA."""
-        images, labels = (t.to(self.info.device, non_blocking=True) for t in batch)
-        if self.settings.hflip:
-            images = random_hflip(images)
-        with self.autocast():
-            loss, logs = self.loss_fn(self.train_model, (images, labels), self.state.step)
+    def prepare(self, batch) -> tuple[torch.Tensor, ...]:
+        """(x, labels) or (x, labels, sigma) on the device; 4-D image batches flipped, sigma like x."""
+        images, labels, *rest = (t.to(self.info.device, non_blocking=True) for t in batch)
+        if self.settings.hflip and images.ndim == 4:
+            images, *rest = random_hflip(images, *rest)
+        return (images, labels, *rest)
+
+    def check_loss(self, loss: torch.Tensor) -> None:
+        """Stop every rank (DDP's backward would hang otherwise) when any rank's loss is not finite."""
         value, where = float(loss.detach()), f"at step {self.state.step + 1} (epoch {self.state.epoch + 1})"
-        if any_rank(not math.isfinite(value), self.info):  # every rank stops, or DDP's backward would hang
+        if any_rank(not math.isfinite(value), self.info):
             what = f"the loss is {value}" if not math.isfinite(value) else "another rank's loss is not finite"
             raise self.non_finite_error(f"{what} {where}")
+
+    def train_step(self, batch) -> dict[str, float]:
+        """One update; a non-finite loss or gradient norm stops training before it reaches the weights or EMA."""
+        batch = self.prepare(batch)
+        if self.gradient_free:
+            return self.gradient_free_step(batch)
+        with self.autocast():
+            loss, logs = self.loss_fn(self.train_model, batch, self.state.step)
+        self.check_loss(loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip))
         if not math.isfinite(grad_norm):  # the same on every rank: DDP averaged the gradients
+            where = f"at step {self.state.step + 1} (epoch {self.state.epoch + 1})"
             raise self.non_finite_error(f"the gradient norm is {grad_norm} {where}")
         self.optimizer.step()
         self.scheduler.step()
         self.ema.update(self.model)
         logs["grad_norm"] = grad_norm
+        return logs
+
+    def gradient_free_step(self, batch) -> dict[str, float]:
+        """A loss marked gradient_free fits its stage itself (e.g. a SOM) inside the call: no backward; the
+        optimizer step (nothing has a gradient), schedule and EMA keep the bookkeeping of a normal step."""
+        with torch.no_grad(), self.autocast():
+            loss, logs = self.loss_fn(self.train_model, batch, self.state.step)
+        self.check_loss(loss)
+        self.optimizer.step()  # a no-op without gradients; keeps the scheduler's step order valid
+        self.scheduler.step()
+        self.ema.update(self.model)
         return logs
 
     # ---- loop -------------------------------------------------------------------------------------
@@ -325,7 +377,7 @@ class Trainer:
             "step": self.state.step,
             "epoch": self.state.epoch + 1,  # the epoch being trained, 1-based like the log and image names
             **logs,
-            "lr": logged_lr(self.optimizer),
+            **lr_logs(self.optimizer),
             "img_per_s": images_per_second,
             "peak_mem_mb": peak_memory_mb(self.info.device),
         }

@@ -330,6 +330,8 @@ def test_reference_file_round_trip_and_clear_errors(tmp_path, features, extracto
 class PoolModel(torch.nn.Module):
     """Stands in for a generator: returns image i of a fixed pool for image i's generator."""
 
+    can_sample, steps_are_prefix, default_eval_steps = True, True, (1,)  # capabilities (docs/families.md)
+
     def __init__(self, pool: torch.Tensor, seed: int = 0):
         super().__init__()
         self.register_buffer("pool", pool)  # (N, 3, H, W) in [-1, 1]
@@ -384,20 +386,27 @@ def test_quick_fid_uses_unflipped_cached_reference(tmp_path, image_sets, feature
     assert abs(fid) < 1e-3 * other
 
 
+class NoiseModel(torch.nn.Module):
+    """Per-image noise; "step t" differs from step 1 by t-1 (and, when steps are no prefixes, by the run's length)."""
+
+    can_sample, steps_are_prefix, default_eval_steps = True, True, (1,)
+
+    def __init__(self, num_classes):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.config = SimpleNamespace(num_classes=num_classes, image_size=4)
+        self.labels_seen, self.runs = [], []
+
+    def sample(self, n, steps=1, generator=None, labels=None, cfg=1.0, cfg_mode="combo", return_all=False):
+        self.labels_seen.append(labels)
+        self.runs.append((steps, return_all))
+        first = torch.stack([torch.randn(3, 4, 4, generator=g) for g in generator])
+        offset = 0 if self.steps_are_prefix else 100 * steps  # a run of another length differs at every step
+        outputs = [first + t + offset for t in range(steps)]
+        return outputs if return_all else outputs[-1]
+
+
 def test_sample_step_batches_do_not_depend_on_batch_size():
-    class NoiseModel(torch.nn.Module):
-        def __init__(self, num_classes):
-            super().__init__()
-            self.anchor = torch.nn.Parameter(torch.zeros(()))
-            self.config = SimpleNamespace(num_classes=num_classes, image_size=4)
-            self.labels_seen = []
-
-        def sample(self, n, steps=1, generator=None, labels=None, cfg=1.0, cfg_mode="combo", return_all=False):
-            self.labels_seen.append(labels)
-            first = torch.stack([torch.randn(3, 4, 4, generator=g) for g in generator])
-            outputs = [first + t for t in range(steps)]  # "step t" differs from step 1 by t
-            return outputs if return_all else outputs[-1]
-
     def run(batch_size, seed):
         batches = list(metrics.sample_step_batches(model, 23, [1, 3], batch_size=batch_size, seed=seed))
         assert [start for start, _ in batches] == list(range(0, 23, batch_size))
@@ -409,6 +418,15 @@ def test_sample_step_batches_do_not_depend_on_batch_size():
     second, third = run(batch_size=7, seed=5), run(batch_size=7, seed=6)
     assert first[1].shape == (23, 3, 4, 4) and torch.equal(first[3], first[1] + 2)
     assert torch.equal(first[1], second[1]) and not torch.equal(first[1], third[1])
+    assert set(model.runs) == {(3, True)}  # one 3-step run gives the 1-step images too
+
+
+def test_sample_step_batches_run_each_step_count_when_steps_are_no_prefixes():
+    model = NoiseModel(num_classes=0)
+    model.steps_are_prefix = False  # e.g. DDIM: step 1 of a 3-step run is not a 1-step sample
+    ((start, images),) = list(metrics.sample_step_batches(model, 5, [3, 1], batch_size=8, seed=2))
+    assert start == 0 and model.runs == [(1, False), (3, False)]
+    assert torch.allclose(images[3] - 302, images[1] - 100, atol=1e-4)  # own runs, the same per-image noise
 
 
 def test_extractor_rejects_float_images(extractor):
