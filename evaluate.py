@@ -1,4 +1,5 @@
-"""Evaluate a checkpoint: FID, KID, Inception Score, precision/recall of samples; rFID, PSNR, SSIM, LPIPS.
+"""Evaluate a checkpoint: FID, KID, Inception Score, precision/recall of samples (models that can sample); rFID,
+PSNR, SSIM, LPIPS of reconstructions.
 
 python evaluate.py --steps 1 2 4 --num_samples 50000                 # latest run, paper-comparable FID
 python evaluate.py --checkpoint results/<run> --cfg 1.0 1.5                 # a run folder: its latest checkpoint
@@ -26,13 +27,15 @@ from engine.cli import (
     check_device,
     check_output_dir,
     int_in_range,
+    model_options,
     non_negative_float,
     positive_int,
     resolve_checkpoint,
     seed_int,
 )
 from engine.data import DatasetError, build_dataset
-from engine.images import per_image_generators
+from engine.families import cannot_sample_reason
+from engine.images import per_image_generators, reconstruct_at_steps
 from engine.inception import InceptionFeatures, InceptionWeightsError, build_inception, images_to_uint8
 from engine.metrics import (
     REF_IMAGES_MAX,
@@ -88,7 +91,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--recon_split", choices=["train", "test"], default="test", help="split of CIFAR-10, fashion, npz with 'split'"
     )
     rec.add_argument("--num_recon", type=at_least_two, default=10_000, help="first N images of the split")
-    rec.add_argument("--recon_noise_angle", type=angle_degrees, default=None, help="re-noise of steps > 1 (default 0)")
+    rec.add_argument(
+        "--recon_noise_angle", type=angle_degrees, default=None, help="sphere models: re-noise of steps > 1 (default 0)"
+    )
     data = parser.add_argument_group("data and reference statistics")
     data.add_argument("--dataset", default=None, help="default: the run's training dataset")
     data.add_argument("--data_root", default="data")
@@ -176,6 +181,11 @@ def lpips_weights(args, run_config: dict) -> str | None:
     return recorded if recorded and Path(recorded).is_file() else None
 
 
+def image_size_of(run_config: dict) -> int:
+    """The run's image size (config.json's top level, else its model config)."""
+    return run_config.get("image_size") or run_config["model"]["image_size"]
+
+
 def save_pngs(images: torch.Tensor, folder: Path, start: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     pixels = images_to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()  # (B, H, W, 3)
@@ -193,7 +203,7 @@ def load_generation_reference(args, run_config: dict, extractor: InceptionFeatur
         reference = load_reference(args.ref)
         check_reference_weights(reference, extractor, args.ref)
         return reference, args.ref
-    name, image_size = args.dataset or run_config["dataset"], run_config["image_size"]
+    name, image_size = args.dataset or run_config["dataset"], image_size_of(run_config)
     dataset = build_dataset(name, image_size=image_size, train=True, hflip=False, root=args.data_root)
     reference = reference_for_dataset(dataset, extractor, args.ref_cache_dir, image_size, args.num_ref, args.batch_size)
     return reference, str(reference_path(args.ref_cache_dir, dataset.name, image_size))
@@ -240,19 +250,13 @@ def evaluate_generation(model, extractor: InceptionFeatures, reference: Referenc
 def reconstruction_batches(model, dataset, args, steps: list[int]):
     """(first index, originals, {T: reconstructions}) for the first num_recon images of the split."""
     conditional = model.config.num_classes > 0
-    options = {} if args.recon_noise_angle is None else {"noise_angle": args.recon_noise_angle}
+    options = model_options(model, "reconstruct", {"--recon_noise_angle": ("noise_angle", args.recon_noise_angle)})
     start = 0
     for images, labels in dataset_batches(dataset, args.num_recon, args.batch_size, labels=True):
         images = images.to(args.device)
-        outputs = model.reconstruct(
-            images,
-            steps=max(steps),
-            generator=per_image_generators(args.seed, start, len(images), args.device),
-            labels=labels.to(args.device) if conditional else None,
-            return_all=True,
-            **options,
-        )
-        yield start, images, {t: outputs[t - 1] for t in steps}
+        generators = lambda: per_image_generators(args.seed, start, len(images), args.device)  # noqa: B023, E731
+        labels = labels.to(args.device) if conditional else None
+        yield start, images, reconstruct_at_steps(model, images, steps, generators, labels=labels, **options)
         start += len(images)
 
 
@@ -271,7 +275,7 @@ def reconstruction_scores(extractor, lpips_model, originals_uint8: torch.Tensor,
 def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_config: dict, context: dict) -> list[dict]:
     """rFID (vs the originals), PSNR, SSIM and LPIPS after 1 step (no noise) and each of --steps."""
     steps = sorted({1, *args.steps})
-    name, image_size = args.dataset or run_config["dataset"], run_config["image_size"]
+    name, image_size = args.dataset or run_config["dataset"], image_size_of(run_config)
     dataset = build_dataset(name, image_size, train=args.recon_split == "train", hflip=False, root=args.data_root)
     count = min(len(dataset), args.num_recon)
     lpips_model = build_lpips(lpips_weights(args, run_config)).to(args.device)
@@ -299,6 +303,17 @@ def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_confi
 # ---------------------------------------------------------------------------------------------------------
 
 
+def generation_to_run(model, args) -> bool:
+    """Whether to measure samples: asked for, and the model can draw them (else a note says why not)."""
+    reason = cannot_sample_reason(model) if args.generation else None
+    if reason is None:
+        return args.generation
+    if not args.reconstruction:
+        raise InputError(f"nothing to evaluate: {reason}; pass --reconstruction for rFID, PSNR, SSIM and LPIPS")
+    print(f"note: generation metrics skipped: {reason}")
+    return False
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     if not (args.generation or args.reconstruction):
         raise SystemExit("error: nothing to evaluate: drop --no-generation or add --reconstruction")
@@ -307,10 +322,11 @@ def main(args: argparse.Namespace) -> list[dict]:
         check_outputs(args)
         checkpoint = resolve_checkpoint(args.checkpoint, args.results_dir)
         model, run_config = load_model_from_checkpoint(checkpoint, use_ema=args.ema, map_location=args.device)
+        generation = generation_to_run(model, args)
         extractor = build_inception(args.inception_weights, args.device)
         context = {"checkpoint": str(checkpoint), "dataset": args.dataset or run_config["dataset"], "ema": args.ema}
         records = []
-        if args.generation:
+        if generation:
             reference, source = load_generation_reference(args, run_config, extractor)
             gen_context = {**context, "num_samples": args.num_samples, "reference": source}
             records += evaluate_generation(model, extractor, reference, args, gen_context)

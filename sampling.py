@@ -1,4 +1,5 @@
-"""Sample image grids from a trained Sphere Encoder, or reconstruct your own images.
+"""Sample image grids from a trained model (a Sphere Encoder or any family that can sample), or reconstruct your
+own images. A model that cannot draw samples reconstructs --input, or else held-out images of its dataset.
 
 python sampling.py                                   # 1/2/4-step grids from the latest run's EMA weights
 python sampling.py --checkpoint results/<run> --num_samples 64          # a run folder: its latest checkpoint
@@ -24,6 +25,7 @@ from engine.cli import (
     angle_degrees,
     check_device,
     check_output_dir,
+    model_options,
     non_negative_float,
     positive_int,
     refuse_overwrite,
@@ -31,9 +33,10 @@ from engine.cli import (
     seed_int,
     source_folder_name,
 )
-from engine.data import DatasetError, load_image
-from engine.images import per_image_generators, save_grid
-from engine.webformat import WebFormatError, load_model_from_web_weights
+from engine.data import DatasetError, build_dataset, load_image
+from engine.families import cannot_sample_reason
+from engine.images import first_items, per_image_generators, reconstruct_at_steps, sample_at_steps, save_grid
+from engine.webformat import WebFormatError, load_model_from_web_weights, web_source
 
 CFG_MODES = ["combo", "both", "latent", "pixel"]  # combo: sqrt(w) after E and sqrt(w) after D (DESIGN §3)
 
@@ -60,10 +63,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--input", nargs="+", default=None, help="image file(s) to reconstruct")
     parser.add_argument(
+        "--dataset",
+        default=None,
+        help="for a model that cannot sample: reconstruct this dataset's held-out images (default: the run's)",
+    )
+    parser.add_argument("--data_root", default="data", help="where download_*.py put cifar10/ and ffhq_64/")
+    parser.add_argument(
         "--recon_noise_angle",
         type=angle_degrees,
         default=0.0,
-        help="re-noise angle (degrees) between reconstruction steps; 0 = plain cycles",
+        help="sphere models: re-noise angle (degrees) between reconstruction steps; 0 = plain cycles",
     )
     parser.add_argument(
         "--noise_angle", type=angle_degrees, default=None, help="sampling re-noise angle (default: model's)"
@@ -95,10 +104,12 @@ def weights_file(args) -> Path:
     return Path(args.weights) if args.weights else resolve_checkpoint(args.checkpoint, args.results_dir)
 
 
-def load_model(args, path: Path) -> torch.nn.Module:
+def load_model(args, path: Path) -> tuple[torch.nn.Module, str | None]:
+    """(model in eval mode, the name of the dataset it was trained on, None when unknown)."""
     if args.weights:
-        return load_model_from_web_weights(path, device=args.device)
-    return load_model_from_checkpoint(path, use_ema=args.ema, map_location=args.device)[0]
+        return load_model_from_web_weights(path, device=args.device), web_source(path).get("dataset")
+    model, run_config = load_model_from_checkpoint(path, use_ema=args.ema, map_location=args.device)
+    return model, run_config.get("dataset")
 
 
 def output_folder(args, path: Path) -> Path:
@@ -118,13 +129,19 @@ def recon_path(out_dir: Path, file: str) -> Path:
     return out_dir / f"recon_{Path(file).stem}.png"
 
 
-def planned_outputs(args, out_dir: Path) -> list[Path]:
+def held_out_path(out_dir: Path, seed: int) -> Path:
+    return out_dir / f"recon_heldout_seed{seed}.png"
+
+
+def planned_outputs(args, out_dir: Path, can_sample: bool) -> list[Path]:
     """Every file this run will write, known before any work so that nothing is overwritten by surprise."""
     if args.input:
         paths = [recon_path(out_dir, file) for file in args.input]
         if len(set(paths)) < len(paths):
             raise InputError("two --input files share a name (stem); their strips would overwrite each other")
         return paths
+    if not can_sample:
+        return [held_out_path(out_dir, args.seed)]
     paths = [grid_path(out_dir, steps, args.seed) for steps in args.steps]
     if args.individual:
         paths += [individual_path(out_dir, t, args.seed, i) for t in args.steps for i in range(args.num_samples)]
@@ -132,6 +149,8 @@ def planned_outputs(args, out_dir: Path) -> list[Path]:
 
 
 def check_class_flags(model, args) -> None:
+    if not model.can_sample and args.cfg != 1.0:
+        raise InputError(f"--cfg guides sampling, but {cannot_sample_reason(model)}; drop --cfg")
     num_classes = model.config.num_classes
     if num_classes == 0 and (args.class_label is not None or args.cfg != 1.0):
         raise InputError("--class/--cfg need a class-conditional model (trained with --conditional)")
@@ -149,25 +168,26 @@ def class_labels(model, args, start: int, count: int) -> torch.Tensor | None:
 
 
 def generate(model, args) -> list[torch.Tensor]:
-    """Images for each requested step count; one run of max(steps) rounds gives every shorter count."""
-    max_steps, device = max(args.steps), args.device
-    outputs: list[list[torch.Tensor]] = [[] for _ in range(max_steps)]
+    """Images for each requested step count (one max(steps) run gives every count where steps are prefixes)."""
+    device = args.device
+    options = model_options(model, "sample", {"--noise_angle": ("noise_angle", args.noise_angle)})
+    outputs: dict[int, list[torch.Tensor]] = {steps: [] for steps in args.steps}
     for start in tqdm(range(0, args.num_samples, args.batch_size), desc="sampling", leave=False):
         count = min(args.batch_size, args.num_samples - start)
         labels = class_labels(model, args, start, count)
-        steps_images = model.sample(
+        by_steps = sample_at_steps(
+            model,
             count,
-            max_steps,
-            generator=per_image_generators(args.seed, start, count, device),
+            args.steps,
+            lambda: per_image_generators(args.seed, start, count, device),  # noqa: B023 (called at once)
             labels=None if labels is None else labels.to(device),
             cfg=args.cfg,
             cfg_mode=args.cfg_mode,
-            noise_angle=args.noise_angle,
-            return_all=True,
+            **options,
         )
-        for index, images in enumerate(steps_images):
-            outputs[index].append(images.cpu())
-    return [torch.cat(outputs[steps - 1]) for steps in args.steps]
+        for steps, images in by_steps.items():
+            outputs[steps].append(images.cpu())
+    return [torch.cat(outputs[steps]) for steps in args.steps]
 
 
 def save_samples(grids: list[torch.Tensor], args, out_dir: Path) -> list[Path]:
@@ -180,18 +200,48 @@ def save_samples(grids: list[torch.Tensor], args, out_dir: Path) -> list[Path]:
     return paths
 
 
+def recon_options(model, args) -> dict:
+    return model_options(model, "reconstruct", {"--recon_noise_angle": ("noise_angle", args.recon_noise_angle or None)})
+
+
 def reconstruct_inputs(model, args, out_dir: Path) -> list[Path]:
     """Per input: center-crop, encode without noise, decode with 1..max(steps) rounds; save the strip."""
     paths, images = [], [load_image(file, model.config.image_size) for file in args.input]  # all readable first
+    options = recon_options(model, args)
     for file, image in zip(args.input, images):
         image = image.to(args.device)
-        generator = per_image_generators(args.seed, 0, 1, args.device)
-        steps = model.reconstruct(
-            image, max(args.steps), generator=generator, noise_angle=args.recon_noise_angle, return_all=True
-        )
-        strip = torch.cat([image, *steps])
+        generators = lambda: per_image_generators(args.seed, 0, 1, args.device)  # noqa: E731
+        steps = reconstruct_at_steps(model, image, range(1, max(args.steps) + 1), generators, **options)
+        strip = torch.cat([image, *steps.values()])
         paths.append(save_grid(strip, recon_path(out_dir, file), nrow=strip.shape[0]))
     return paths
+
+
+def reconstruct_held_out(model, args, dataset_name: str | None, out_dir: Path) -> list[Path]:
+    """For a model that cannot sample: its first --num_samples held-out images (first row) and their
+    reconstructions after each of --steps (one row each)."""
+    if not (args.dataset or dataset_name):
+        raise InputError(f"{cannot_sample_reason(model)}; pass --input FILE or --dataset NAME to reconstruct instead")
+    size = model.config.image_size
+    dataset = build_dataset(args.dataset or dataset_name, size, train=False, hflip=False, root=args.data_root)
+    count = min(args.num_samples, len(dataset))
+    images, labels = first_items(dataset, count, args.device)
+    labels = labels if model.config.num_classes > 0 else None
+    generators = lambda: per_image_generators(args.seed, 0, count, args.device)  # noqa: E731
+    recons = reconstruct_at_steps(model, images, args.steps, generators, labels=labels, **recon_options(model, args))
+    grid = torch.cat([images, *recons.values()])
+    return [save_grid(grid, held_out_path(out_dir, args.seed), nrow=count)]
+
+
+def write_outputs(model, args, dataset_name: str | None, out_dir: Path) -> list[Path]:
+    """Reconstructions of --input; else samples; else (a model that cannot sample) held-out reconstructions."""
+    if args.input:
+        return reconstruct_inputs(model, args, out_dir)
+    reason = cannot_sample_reason(model)
+    if reason is None:
+        return save_samples(generate(model, args), args, out_dir)
+    print(f"note: {reason}; writing reconstructions of held-out images instead (first row: the originals)")
+    return reconstruct_held_out(model, args, dataset_name, out_dir)
 
 
 def main(args: argparse.Namespace) -> list[Path]:
@@ -199,13 +249,10 @@ def main(args: argparse.Namespace) -> list[Path]:
         args.device = check_device(args.device)  # before loading: a missing GPU is not a broken checkpoint
         path = weights_file(args)
         out_dir = check_output_dir(output_folder(args, path), "--dest_folder")
-        refuse_overwrite(planned_outputs(args, out_dir), args.overwrite)
-        model = load_model(args, path)
+        model, dataset_name = load_model(args, path)
+        refuse_overwrite(planned_outputs(args, out_dir, model.can_sample), args.overwrite)
         check_class_flags(model, args)
-        if args.input:
-            paths = reconstruct_inputs(model, args, out_dir)
-        else:
-            paths = save_samples(generate(model, args), args, out_dir)
+        paths = write_outputs(model, args, dataset_name, out_dir)
     except (CheckpointError, DatasetError, InputError, WebFormatError) as error:
         raise SystemExit(f"error: {error}") from None
     for path in paths:

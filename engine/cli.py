@@ -4,6 +4,7 @@ the device, a checkpoint given as a file or a run folder, and output files that 
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
+from .families import family_name_of
 from .runs import LATEST_CHECKPOINT
 
 LATEST = LATEST_CHECKPOINT  # results/<run>/checkpoints/checkpoint_latest.pth
@@ -112,3 +114,20 @@ def refuse_overwrite(paths: Iterable[Path], overwrite: bool) -> None:
     existing = next((path for path in paths if path.exists()), None)
     if existing is not None and not overwrite:
         raise InputError(f"'{existing}' already exists; pass --overwrite to replace it")
+
+
+def model_options(model: torch.nn.Module, method: str, given: dict[str, tuple[str, object]]) -> dict:
+    """{keyword: value} for model.<method>() of the flags given ({flag: (keyword, value)}; None = not given);
+    InputError for a flag whose keyword the method does not take (e.g. a sphere-only noise angle)."""
+    accepted = inspect.signature(getattr(model, method)).parameters
+    options = {}
+    for flag, (keyword, value) in given.items():
+        if value is None:
+            continue
+        if keyword not in accepted:
+            raise InputError(
+                f"{flag} does not apply to {family_name_of(model)} models "
+                f"({type(model).__name__}.{method}() takes no {keyword}); drop it"
+            )
+        options[keyword] = value
+    return options
