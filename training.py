@@ -52,6 +52,7 @@ from engine.setup import (  # noqa: E402
     RunPlan,
     build_loss,
     check_capabilities,
+    check_dataset,
     lr_multipliers,
     model_overrides,
     open_run,
@@ -86,9 +87,13 @@ def add_data_and_model_flags(parser: argparse.ArgumentParser) -> None:
         dest="model_type",
         default="vit",
         choices=sorted(MODELS),
-        help="any family's registered name; the family's own flags are in its group below",
+        metavar="NAME",
+        help=f"a registered model of any family: {', '.join(sorted(MODELS))}; its family's flags are in the family's "
+        "group below",
     )
-    model.add_argument("--latent_dim", type=positive_int, default=None, help="latent size (sphere: L, 2048 at 32 px)")
+    model.add_argument(
+        "--latent_dim", type=positive_int, default=None, help="sphere: L (2048 at 32 px); psvae: z_dim (3)"
+    )
     model.add_argument(
         "--conditional",
         action=argparse.BooleanOptionalAction,
@@ -96,6 +101,7 @@ def add_data_and_model_flags(parser: argparse.ArgumentParser) -> None:
         help="class-conditional (adaLN-Zero) with a null class for CFG",
     )
     model.add_argument("--norm", choices=["group", "batch"], default=None, help="conv net norm (default group)")
+    model.add_argument("--label_dropout", type=float, default=0.1, help="conditional models: null-class rate (CFG)")
     model.add_argument(
         "--vgg_weights",
         default=None,
@@ -275,6 +281,13 @@ def start(trainer: Trainer, resume: dict | None, args, logger) -> None:
         logger.info(f"started from the weights of {args.init_from} with a fresh optimizer and schedule")
 
 
+def describe_items(dataset) -> str:
+    """'6000 images, 32px' or, for 1-D data, '2400 signals of 128 values'."""
+    if getattr(dataset, "kind", "image") == "image":
+        return f"{len(dataset)} images, {dataset.image_size}px"
+    return f"{len(dataset)} {dataset.kind}s of {dataset.image_size} values"
+
+
 @contextlib.contextmanager
 def one_line_errors() -> Iterator[None]:
     """Expected failures end as one `error: ...` line without a traceback; Ctrl-C exits with status 130."""
@@ -298,6 +311,7 @@ def main(args: argparse.Namespace) -> Path:
     with one_line_errors(), distributed(args.device) as info:
         validate_args(args, info.world_size)
         dataset = build_dataset(args.dataset, args.image_size, train=True, hflip=False, root=args.data_root)
+        check_dataset(args, dataset)
         eval_dataset = held_out_split(args, dataset) if info.is_main else None
         plan = plan_run(args, dataset, info)
         torch.manual_seed(args.seed * info.world_size + info.rank)  # per-rank seed (STYLE §12)
@@ -329,7 +343,7 @@ def main(args: argparse.Namespace) -> Path:
         params = sum(p.numel() for p in model.parameters())
         logger.info(
             f"run {run_dir} | {args.model_type} {params / 1e6:.2f}M params | dataset {dataset.name} "
-            f"({len(dataset)} images, {dataset.image_size}px) | {settings.epochs} epochs x "
+            f"({describe_items(dataset)}) | {settings.epochs} epochs x "
             f"{settings.steps_per_epoch} steps | global batch {settings.global_batch} | {info.device}"
         )
         state = trainer.fit()

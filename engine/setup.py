@@ -13,7 +13,7 @@ from models import build_model
 
 from .distributed import DistInfo, broadcast_object
 from .families import cannot_sample_reason, family_of_model
-from .flags import ConfigError, Rule, check_rules
+from .flags import ConfigError, Rule, check_rules, probability_rule
 from .runs import (
     LATEST_CHECKPOINT,
     clean_run_dir,
@@ -40,6 +40,7 @@ COMMON_RULES: list[Rule] = [
     ("--weight_decay", lambda v: 0 <= v < math.inf, "must be >= 0; the paper uses 0"),
     ("--grad_clip", lambda v: 0 < v < math.inf, "must be > 0; the paper clips at 1.0"),
     ("--ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1); the paper uses 0.9997"),
+    probability_rule("--label_dropout", 0.1),
     ("--num_workers", lambda v: v >= 0, "must be >= 0 (0 loads data in the main process)"),
     ("--eval_samples", lambda v: 1 <= v <= MAX_EVAL_SAMPLES, f"must be in [1, {MAX_EVAL_SAMPLES}] (one render batch)"),
     ("--fid-every", lambda v: v >= 0, "must be >= 0 epochs (0 = no FID during training)"),
@@ -72,6 +73,11 @@ def check_results_dir(path: str) -> None:
         raise ConfigError(f"--results_dir '{path}' cannot be written: '{existing}' is read-only; pass another folder")
 
 
+def check_dataset(args, dataset) -> None:
+    """ConfigError for a dataset the model's family cannot train on (e.g. signals for an image model)."""
+    family_of_model(args.model_type).check_dataset(args, dataset)
+
+
 def check_capabilities(args, model) -> None:
     """ConfigError for a flag the model's capabilities cannot honour (before anything is written)."""
     reason = cannot_sample_reason(model)
@@ -92,13 +98,14 @@ def num_classes_for(args, dataset) -> int:
 
 
 def model_overrides(args, dataset) -> dict:
-    """Registry overrides from the common flags (image size inferred from the dataset) and the family's."""
+    """Registry overrides from the common flags (image size and channels from the dataset) and the family's."""
     overrides = dict(
         image_size=args.image_size or dataset.image_size,
+        in_channels=getattr(dataset, "in_channels", 3),
         latent_dim=args.latent_dim,
         num_classes=num_classes_for(args, dataset),
         norm=args.norm,
-        **family_of_model(args.model_type).model_overrides(args),
+        **family_of_model(args.model_type).model_overrides(args, dataset),
     )
     return {key: value for key, value in overrides.items() if value is not None}
 

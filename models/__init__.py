@@ -5,9 +5,10 @@ Rebuilding a model from a saved config dispatches on its `family` key: engine/fa
 
 from __future__ import annotations
 
+from .psvae import PSVAE, PSVAE_MODELS, PSVAEConfig
 from .sphere import CFG_MODES, SPHERE_MODELS, SphereConfig, SphereEncoder
 
-_FAMILIES = [SPHERE_MODELS]
+_FAMILIES = [SPHERE_MODELS, PSVAE_MODELS]
 
 
 def _merge(families: list[dict]) -> dict:
@@ -30,4 +31,4 @@ def build_model(name: str, **overrides):
     return MODELS[name](**overrides)
 
 
-__all__ = ["CFG_MODES", "MODELS", "SphereConfig", "SphereEncoder", "build_model"]
+__all__ = ["CFG_MODES", "MODELS", "PSVAE", "PSVAEConfig", "SphereConfig", "SphereEncoder", "build_model"]

@@ -27,7 +27,7 @@ from engine.flags import weight_rule
 from engine.images import render_eval_images, save_grid
 from engine.optim import build_optimizer, build_scheduler
 from engine.trainer import lr_logs
-from engine.webformat import WebFormatError, export_model, read_web_weights, write_index
+from engine.webformat import WebFormatError, export_model, load_model_from_web_weights, read_web_weights, write_index
 from models import MODELS, SphereConfig, build_model
 from tests.helpers import perturb
 from tests.test_export import write_run
@@ -188,7 +188,7 @@ TOY = Family(
     model_class=ToyAutoencoder,
     registry={f"toy_{variant}": toy_builder(variant) for variant in ("plain", "sampler", "frozen")},
     add_flags=add_toy_flags,
-    model_overrides=lambda args: {},
+    model_overrides=lambda args, dataset: {},
     build_loss=build_toy_loss,
     lr_multipliers=lambda args: {"all": 2.0},
     flag_rules=(weight_rule("--toy_weight"),),
@@ -261,7 +261,7 @@ def test_configs_without_a_family_are_sphere_and_unknown_families_are_named(tmp_
     assert config["family"] == "sphere"
     legacy = {key: value for key, value in config.items() if key != "family"}
     assert model_from_config(legacy).config == model_from_config(config).config
-    with pytest.raises(FamilyError, match="unknown model family 'ldm'; this code knows sphere"):
+    with pytest.raises(FamilyError, match="unknown model family 'ldm'; this code knows psvae, sphere"):
         model_from_config({**config, "family": "ldm"})
     write_run(tmp_path, "demo_20250101_000000", "demo", build_model("convnet_tiny", image_size=16))
     path = tmp_path / "demo_20250101_000000" / "checkpoints" / "checkpoint_latest.pth"
@@ -566,3 +566,72 @@ def test_a_known_family_without_web_support_is_named_by_the_reader(toy, tmp_path
     rewrite_header(path, bad, edit_config(family="toy"))
     with pytest.raises(WebFormatError, match="holds a 'toy' model, a family this reader cannot read"):
         read_web_weights(bad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The psvae family through the same scripts
+
+
+@pytest.fixture(scope="module")
+def psvae_run(tmp_path_factory) -> Path:
+    """A 3-step psvae_tiny run on the demo images at 16 px."""
+    results = tmp_path_factory.mktemp("results")
+    flags = ["--model_type", "psvae_tiny", "--dataset", "demo", "--image_size", "16", "--batch_size", "8"]
+    flags += ["--epochs", "1", "--steps", "3", "--num_workers", "0", "--results_dir", str(results), "--device", "cpu"]
+    return train(*flags, "--eval_samples", "4", "--beta", "0.01", "--kappa_init", "5", "--log_every", "1")
+
+
+def test_a_psvae_run_uses_its_familys_flags_loss_and_renders(psvae_run):
+    config = json.loads((psvae_run / "config.json").read_text())
+    assert config["model"]["family"] == "psvae" and config["model"]["kappa_init"] == 5
+    train_flags = config["train"]
+    assert train_flags["beta"] == 0.01 and "noise_angle" not in train_flags
+    assert train_flags["preset"] == "quickstart" and train_flags["checkpoint_frequency"] == 2  # psvae's quickstart
+    assert (train_flags["image_size"], train_flags["batch_size"]) == (16, 8)  # typed flags win over it
+    steps = [r for r in metrics_of(psvae_run) if "loss" in r]
+    assert len(steps) == 3 and {"recon", "kl", "kappa_mean", "kappa_max", "beta"} <= set(steps[0])
+    assert steps[0]["lr_encoder"] == steps[0]["lr_decoder"] == steps[0]["lr"]  # no multiplier: one rate
+    images = sorted(p.name for p in (psvae_run / "images").iterdir())
+    assert images == ["epoch_0001_recon.png", "epoch_0001_samples_1step.png"]  # PSVAE.default_eval_steps
+
+
+def test_a_psvae_checkpoint_samples_exports_and_refuses_sphere_only_flags(psvae_run, tmp_path):
+    argv = ["--checkpoint", str(psvae_run), "--dest_folder", str(tmp_path / "out"), "--device", "cpu"]
+    paths = sampling.main(sampling.parse_args([*argv, "--num_samples", "2", "--steps", "1", "2"]))
+    assert [p.name for p in paths] == ["samples_1step_seed0.png", "samples_2step_seed0.png"]
+    message = run_exit(sampling, [*argv, "--noise_angle", "30", "--overwrite"])
+    assert (
+        message == "error: --noise_angle does not apply to psvae models (PSVAE.sample() takes no noise_angle); drop it"
+    )
+    models = tmp_path / "models"
+    export_weights.main(export_weights.parse_args([*argv[:2], "--output_dir", str(models / "psvae"), "--mode", "q8"]))
+    (entry,) = write_index(models)
+    assert entry["family"] == "psvae" and entry["z_dim"] == 3 and entry["backbone"] == "conv"
+    model = load_model_from_web_weights(models / "psvae" / "model_q8.safetensors")
+    assert type(model).__name__ == "PSVAE" and model.config.family == "psvae"
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (
+            ["--model_type", "convnet_tiny", "--dataset", "sines", "--image_size", "128"],
+            "holds signals, but convnet_tiny is a sphere model",
+        ),
+        (["--model_type", "psvae_tiny", "--recon", "gaussian_nll"], "--recon gaussian_nll needs per-value errors"),
+        (["--model_type", "psvae_tiny", "--beta", "-1"], "--beta -1.0 is a loss weight"),
+        (["--model_type", "psvae_tiny", "--beta_schedule", "cyclic"], "psvae loss: a cyclic beta needs"),
+        (["--model_type", "psvae_tiny", "--kappa_init", "0.5"], "kappa_init 0.5 must be in (kappa_min, kappa_max]"),
+        (
+            ["--model_type", "psvae_tiny", "--sigma_max", "2"],
+            "--sigma_max is a sphere-family flag; psvae_tiny is a psvae",
+        ),
+    ],
+)
+def test_family_mistakes_are_one_line_errors_before_any_folder(tmp_path, flags, words):
+    argv = ["--dataset", "demo", "--image_size", "16", "--results_dir", str(tmp_path / "r"), "--device", "cpu"]
+    with pytest.raises(SystemExit) as caught:
+        train(*argv, "--num_workers", "0", *flags)
+    message = str(caught.value.code)
+    assert message.startswith("error: ") and words in message and "\n" not in message, message
+    assert not (tmp_path / "r").exists()

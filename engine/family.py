@@ -1,0 +1,43 @@
+"""One row of the family table (engine/families.py): what the scripts need to train, rebuild and export a
+family's models (docs/families.md)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from .flags import Rule
+
+DEFAULT_FAMILY = "sphere"  # configs saved before families existed are Sphere Encoder ones
+
+
+@dataclass(frozen=True)
+class WebExport:
+    """How a family's models are written to the sphere-web format (engine/webformat.py, docs/web_format.md)."""
+
+    required_config_keys: tuple[str, ...]  # beyond image_size and num_classes, which every file has
+    edge_layers: Callable[[dict], set[str]]  # first/last layers, kept fp16 in q8/q4 (web_format.md §4)
+    index_fields: Callable[[dict], dict]  # the family's own fields of an index.json entry
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row of the table: everything the scripts need to train, rebuild and export a family's models."""
+
+    name: str
+    config_class: type  # dataclass with family, image_size, in_channels, num_classes, to_dict(), from_dict()
+    model_class: type  # built as model_class(config); capabilities as attributes
+    registry: dict[str, Callable[..., nn.Module]]  # named sizes, merged into models.MODELS
+    add_flags: Callable[[argparse._ArgumentGroup], None]  # the family's training flags (one --help group)
+    model_overrides: Callable[[argparse.Namespace, object], dict]  # (flags, dataset) -> builder overrides
+    build_loss: Callable[[argparse.Namespace, nn.Module, torch.device], Callable]  # loss(model, batch, step)
+    lr_multipliers: Callable[[argparse.Namespace], dict[str, float]]  # parameter group -> lr multiplier
+    check_dataset: Callable[[argparse.Namespace, object], None] = lambda args, dataset: None  # ConfigError if unfit
+    flag_rules: tuple[Rule, ...] = ()  # numeric checks of its flags (engine.flags.check_rules)
+    presets: dict[str, str] = field(default_factory=dict)  # --preset name -> file under configs/
+    web: WebExport | None = None  # None: no web exporter
+    summary: str = ""  # the description of its --help group
