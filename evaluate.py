@@ -181,6 +181,17 @@ def lpips_weights(args, run_config: dict) -> str | None:
     return recorded if recorded and Path(recorded).is_file() else None
 
 
+def images_only(dataset):
+    """The dataset, when it holds images: every metric here measures images (Inception, LPIPS, SSIM)."""
+    kind = getattr(dataset, "kind", "image")
+    if kind != "image":
+        raise InputError(
+            f"evaluate.py measures images, but dataset '{dataset.name}' holds {kind}s; "
+            "see their reconstructions with sampling.py (or the run's images/ renders)"
+        )
+    return dataset
+
+
 def image_size_of(run_config: dict) -> int:
     """The run's image size (config.json's top level, else its model config)."""
     return run_config.get("image_size") or run_config["model"]["image_size"]
@@ -204,7 +215,7 @@ def load_generation_reference(args, run_config: dict, extractor: InceptionFeatur
         check_reference_weights(reference, extractor, args.ref)
         return reference, args.ref
     name, image_size = args.dataset or run_config["dataset"], image_size_of(run_config)
-    dataset = build_dataset(name, image_size=image_size, train=True, hflip=False, root=args.data_root)
+    dataset = images_only(build_dataset(name, image_size=image_size, train=True, hflip=False, root=args.data_root))
     reference = reference_for_dataset(dataset, extractor, args.ref_cache_dir, image_size, args.num_ref, args.batch_size)
     return reference, str(reference_path(args.ref_cache_dir, dataset.name, image_size))
 
@@ -276,7 +287,8 @@ def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_confi
     """rFID (vs the originals), PSNR, SSIM and LPIPS after 1 step (no noise) and each of --steps."""
     steps = sorted({1, *args.steps})
     name, image_size = args.dataset or run_config["dataset"], image_size_of(run_config)
-    dataset = build_dataset(name, image_size, train=args.recon_split == "train", hflip=False, root=args.data_root)
+    train = args.recon_split == "train"
+    dataset = images_only(build_dataset(name, image_size, train=train, hflip=False, root=args.data_root))
     count = min(len(dataset), args.num_recon)
     lpips_model = build_lpips(lpips_weights(args, run_config)).to(args.device)
     real_features, scores = [], {t: [] for t in steps}

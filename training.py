@@ -45,6 +45,7 @@ from engine.checkpoint import (  # noqa: E402
 from engine.cli import positive_int  # noqa: E402
 from engine.data import DatasetError, build_dataset  # noqa: E402
 from engine.distributed import DeviceError, DistInfo, distributed  # noqa: E402
+from engine.families import DEFAULT_FAMILY  # noqa: E402
 from engine.flags import ConfigError  # noqa: E402
 from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr  # noqa: E402
 from engine.runs import LATEST_CHECKPOINT, MetricsWriter, setup_logger  # noqa: E402
@@ -245,6 +246,7 @@ def init_from_weights(path: str, model, ema: EMA) -> None:
     """--init_from: the model's weights (and EMA's, else the same weights) from another run, on the CPU; the
     optimizer, schedule and counters stay fresh. A mismatch names the architecture settings that differ."""
     model_state, ema_state, saved_config = load_weights(path)
+    check_same_family(path, saved_config, model)
     try:
         load_model_state(model, model_state, path)
         load_model_state(ema.model, model_state if ema_state is None else ema_state, path)
@@ -255,6 +257,16 @@ def init_from_weights(path: str, model, ema: EMA) -> None:
             f"--init_from: {error}{differ}; pass the --model_type/--image_size/--latent_dim/--conditional "
             "of the run it comes from"
         ) from None
+
+
+def check_same_family(path: str, saved_config: dict | None, model) -> None:
+    """--init_from weights of another family's model: one line naming both families."""
+    saved = (saved_config or {}).get("family", DEFAULT_FAMILY)
+    if saved_config is not None and saved != model.config.family:
+        raise ConfigError(
+            f"--init_from '{path}' holds a {saved} model, but this run trains a {model.config.family} model; "
+            "pass a --model_type of its family"
+        )
 
 
 def load_start_point(plan: RunPlan, args, model, ema: EMA) -> dict | None:

@@ -635,3 +635,23 @@ def test_family_mistakes_are_one_line_errors_before_any_folder(tmp_path, flags, 
     message = str(caught.value.code)
     assert message.startswith("error: ") and words in message and "\n" not in message, message
     assert not (tmp_path / "r").exists()
+
+
+def test_weights_of_another_family_and_signals_in_evaluate_are_one_line_errors(
+    psvae_run, tmp_path, inception_weights_file
+):
+    ckpt = psvae_run / "checkpoints" / "checkpoint_latest.pth"
+    flags = ["--dataset", "demo", "--image_size", "16", "--model_type", "convnet_tiny", "--device", "cpu"]
+    with pytest.raises(SystemExit) as caught:
+        train(*flags, "--results_dir", str(tmp_path / "r"), "--init_from", str(ckpt), "--num_workers", "0")
+    assert str(caught.value.code) == (
+        f"error: --init_from '{ckpt.resolve()}' holds a psvae model, but this run trains a sphere model; "
+        "pass a --model_type of its family"
+    )
+    signals = perturb(build_model("psvae_tiny", backbone="conv1d", image_size=128, in_channels=1))
+    write_run(tmp_path, "sines_20250101_000000", "sines", signals)
+    common = ["--checkpoint", str(tmp_path / "sines_20250101_000000"), "--device", "cpu"]
+    common += ["--inception_weights", inception_weights_file, "--num_samples", "4", "--num_recon", "4"]
+    for extra in ([], ["--reconstruction", "--no-generation"]):
+        message = run_exit(evaluate, [*common, *extra])
+        assert message.startswith("error: evaluate.py measures images, but dataset 'sines' holds signals")
