@@ -174,53 +174,77 @@ class LatentMixer(nn.Module):
         return self.norm(x)
 
 
-def make_norm2d(kind: str, channels: int) -> nn.Module:
-    """GroupNorm (32 groups or fewer) or BatchNorm (foldable into the preceding conv for export)."""
+CONVS = {1: nn.Conv1d, 2: nn.Conv2d}  # 1-D signals (B, C, L) and 2-D maps (B, C, H, W)
+BATCH_NORMS = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d}
+
+
+def make_norm(kind: str, channels: int, dims: int = 2) -> nn.Module:
+    """GroupNorm (32 groups or fewer) or BatchNorm (foldable into the preceding conv for export), 1-D or 2-D."""
     if kind == "group":
         return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
     if kind == "batch":
-        return nn.BatchNorm2d(channels)
+        return BATCH_NORMS[dims](channels)
     raise ValueError(f"unknown norm '{kind}': use 'group' or 'batch'")
+
+
+def make_norm2d(kind: str, channels: int) -> nn.Module:
+    """make_norm for 2-D maps."""
+    return make_norm(kind, channels, dims=2)
 
 
 class ConvResBlock(nn.Module):
     """Residual block conv -> norm -> SiLU -> conv -> norm (+ adaLN-Zero gate when conditional), post-norm so
-    BatchNorm folds exactly into each conv."""
+    BatchNorm folds exactly into each conv; dims = 2 for images, 1 for signals."""
 
-    def __init__(self, in_ch: int, out_ch: int, norm: str, cond_dim: int = 0):
+    def __init__(self, in_ch: int, out_ch: int, norm: str, cond_dim: int = 0, dims: int = 2):
         super().__init__()
-        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm1 = make_norm2d(norm, out_ch)
-        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
-        self.norm2 = make_norm2d(norm, out_ch)
-        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        conv, self.dims = CONVS[dims], dims
+        self.conv1 = conv(in_ch, out_ch, 3, padding=1)
+        self.norm1 = make_norm(norm, out_ch, dims)
+        self.conv2 = conv(out_ch, out_ch, 3, padding=1)
+        self.norm2 = make_norm(norm, out_ch, dims)
+        self.skip = conv(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.ada = AdaLNZero(cond_dim, out_ch, 3) if cond_dim > 0 else None
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.norm2(self.conv2(F.silu(self.norm1(self.conv1(x)))))  # (B, C, H, W)
+        h = self.norm2(self.conv2(F.silu(self.norm1(self.conv1(x)))))  # (B, C, H, W) or (B, C, L)
         if self.ada is not None:
-            shift, scale, gate = (t[:, :, None, None] for t in self.ada(cond))
+            shift, scale, gate = (t.view(*t.shape, *[1] * self.dims) for t in self.ada(cond))
             h = gate * (h * (1 + scale) + shift)
         return F.silu(self.skip(x) + h)
 
 
 class Downsample(nn.Module):
-    """Strided 3x3 conv halving the resolution."""
+    """Strided 3x3 (or 3) conv halving the resolution."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, dims: int = 2):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+        self.conv = CONVS[dims](channels, channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour x2 then 3x3 conv (no checkerboard artefacts of transposed convs)."""
+    """Nearest-neighbour x2 then 3x3 (or 3) conv (no checkerboard artefacts of transposed convs)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, dims: int = 2):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv = CONVS[dims](channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def conv_stack(
+    levels: list[int], depth: int, norm: str, cond_dim: int, resample: type[nn.Module], dims: int = 2
+) -> nn.ModuleList:
+    """`depth` residual blocks per level (channels levels[i]), with a resample (Downsample/Upsample) between."""
+    blocks, channels = nn.ModuleList(), levels[0]
+    for index, out_channels in enumerate(levels):
+        for _ in range(depth):
+            blocks.append(ConvResBlock(channels, out_channels, norm, cond_dim, dims))
+            channels = out_channels
+        if index < len(levels) - 1:
+            blocks.append(resample(channels, dims))
+    return blocks

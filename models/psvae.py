@@ -18,17 +18,18 @@ import torch.nn.functional as F
 
 from .distributions import HypersphericalUniform, PowerSpherical, VonMisesFisher
 from .layers import (
-    AdaLNZero,
     ConvResBlock,
     Downsample,
     LabelEmbedding,
     TransformerBlock,
     Upsample,
+    conv_stack,
+    make_norm,
     make_norm2d,
     rope_angles_2d,
     sincos_pos_embed_2d,
 )
-from .sphere import _conv_stack, guidance_scales
+from .sphere import guidance_scales
 
 BACKBONES = ("conv", "vit", "conv1d")
 DECODERS = ("conv", "upsample")
@@ -192,7 +193,7 @@ def _conv_levels(cfg: PSVAEConfig) -> list[int]:
 
 def _run_blocks(blocks: nn.ModuleList, x: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor:
     for block in blocks:
-        x = block(x, cond) if isinstance(block, (ConvResBlock, ConvResBlock1d)) else block(x)
+        x = block(x, cond) if isinstance(block, ConvResBlock) else block(x)
     return x
 
 
@@ -218,7 +219,7 @@ class ConvEncoder2d(_Conditioned):
         levels = _conv_levels(cfg)
         self._init_labels(cfg, _cond_dim(cfg))
         self.stem = nn.Conv2d(cfg.in_channels, levels[0], 3, padding=1)
-        self.blocks = _conv_stack(levels, cfg, _cond_dim(cfg), Downsample)
+        self.blocks = conv_stack(levels, cfg.depth, cfg.norm, _cond_dim(cfg), Downsample)
         self.head = SphereHead(levels[-1] * cfg.conv_map_size**2, cfg)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
@@ -235,7 +236,7 @@ class ConvDecoder2d(_Conditioned):
         self._init_labels(cfg, _cond_dim(cfg))
         self.map_shape = (levels[0], cfg.conv_map_size, cfg.conv_map_size)
         self.embed = nn.Linear(cfg.z_dim, math.prod(self.map_shape))
-        self.blocks = _conv_stack(levels, cfg, _cond_dim(cfg), Upsample)
+        self.blocks = conv_stack(levels, cfg.depth, cfg.norm, _cond_dim(cfg), Upsample)
         self.out_norm = make_norm2d(cfg.norm, levels[-1])
         self.out = nn.Conv2d(levels[-1], cfg.in_channels, 3, padding=1)
 
@@ -303,66 +304,7 @@ class ViTEncoder(_Conditioned):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 1-D backbones (spectra and other signals (C, L)); models/layers.py has 2-D blocks only
-
-
-def make_norm1d(kind: str, channels: int) -> nn.Module:
-    """The 1-D counterpart of make_norm2d: GroupNorm (32 groups or fewer) or BatchNorm1d."""
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
-    return nn.BatchNorm1d(channels)
-
-
-class ConvResBlock1d(nn.Module):
-    """1-D ConvResBlock: conv -> norm -> SiLU -> conv -> norm (+ adaLN-Zero gate when conditional), skip, SiLU."""
-
-    def __init__(self, in_ch: int, out_ch: int, norm: str, cond_dim: int = 0):
-        super().__init__()
-        self.conv1, self.norm1 = nn.Conv1d(in_ch, out_ch, 3, padding=1), make_norm1d(norm, out_ch)
-        self.conv2, self.norm2 = nn.Conv1d(out_ch, out_ch, 3, padding=1), make_norm1d(norm, out_ch)
-        self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
-        self.ada = AdaLNZero(cond_dim, out_ch, 3) if cond_dim > 0 else None
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
-        h = self.norm2(self.conv2(F.silu(self.norm1(self.conv1(x)))))  # (B, C, L)
-        if self.ada is not None:
-            shift, scale, gate = (t[:, :, None] for t in self.ada(cond))
-            h = gate * (h * (1 + scale) + shift)
-        return F.silu(self.skip(x) + h)
-
-
-class Downsample1d(nn.Module):
-    """Strided conv halving the length."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv1d(channels, channels, 3, stride=2, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(x)
-
-
-class Upsample1d(nn.Module):
-    """Nearest x2 then conv."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.conv = nn.Conv1d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
-
-
-def _conv1d_stack(levels: list[int], cfg: PSVAEConfig, resample: type[nn.Module]) -> nn.ModuleList:
-    """cfg.depth 1-D residual blocks per level, a resample between levels."""
-    blocks, channels = nn.ModuleList(), levels[0]
-    for index, out_channels in enumerate(levels):
-        for _ in range(cfg.depth):
-            blocks.append(ConvResBlock1d(channels, out_channels, cfg.norm, _cond_dim(cfg)))
-            channels = out_channels
-        if index < len(levels) - 1:
-            blocks.append(resample(channels))
-    return blocks
+# 1-D backbones (spectra and other signals (C, L)): the same residual blocks with dims=1
 
 
 class ConvEncoder1d(_Conditioned):
@@ -373,7 +315,7 @@ class ConvEncoder1d(_Conditioned):
         levels = _conv_levels(cfg)
         self._init_labels(cfg, _cond_dim(cfg))
         self.stem = nn.Conv1d(cfg.in_channels, levels[0], 3, padding=1)
-        self.blocks = _conv1d_stack(levels, cfg, Downsample1d)
+        self.blocks = conv_stack(levels, cfg.depth, cfg.norm, _cond_dim(cfg), Downsample, dims=1)
         self.head = SphereHead(levels[-1] * cfg.conv_map_size, cfg)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None):
@@ -390,8 +332,8 @@ class ConvDecoder1d(_Conditioned):
         self._init_labels(cfg, _cond_dim(cfg))
         self.map_shape = (levels[0], cfg.conv_map_size)
         self.embed = nn.Linear(cfg.z_dim, math.prod(self.map_shape))
-        self.blocks = _conv1d_stack(levels, cfg, Upsample1d)
-        self.out_norm = make_norm1d(cfg.norm, levels[-1])
+        self.blocks = conv_stack(levels, cfg.depth, cfg.norm, _cond_dim(cfg), Upsample, dims=1)
+        self.out_norm = make_norm(cfg.norm, levels[-1], dims=1)
         self.out = nn.Conv1d(levels[-1], cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

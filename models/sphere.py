@@ -21,6 +21,7 @@ from .layers import (
     LatentMixer,
     TransformerBlock,
     Upsample,
+    conv_stack,
     make_norm2d,
     rope_angles_2d,
     sincos_pos_embed_2d,
@@ -241,18 +242,6 @@ def _conv_levels(cfg: SphereConfig) -> list[int]:
     return [cfg.width * mult for mult in cfg.channel_mults]
 
 
-def _conv_stack(levels: list[int], cfg: SphereConfig, cond_dim: int, resample: type[nn.Module]) -> nn.ModuleList:
-    """cfg.depth residual blocks per level, with a resample (Downsample/Upsample) between levels."""
-    blocks, channels = nn.ModuleList(), levels[0]
-    for index, out_channels in enumerate(levels):
-        for _ in range(cfg.depth):
-            blocks.append(ConvResBlock(channels, out_channels, cfg.norm, cond_dim))
-            channels = out_channels
-        if index < len(levels) - 1:
-            blocks.append(resample(channels))
-    return blocks
-
-
 class ConvEncoder(nn.Module):
     """Residual conv encoder to a spatial latent (C, h, w); no flattening bottleneck."""
 
@@ -261,7 +250,7 @@ class ConvEncoder(nn.Module):
         levels, cond_dim = _conv_levels(cfg), (4 * cfg.width if cfg.num_classes > 0 else 0)
         self.label_embed = LabelEmbedding(cfg.num_classes, cond_dim) if cond_dim else None
         self.stem = nn.Conv2d(cfg.in_channels, levels[0], 3, padding=1)
-        self.blocks = _conv_stack(levels, cfg, cond_dim, Downsample)
+        self.blocks = conv_stack(levels, cfg.depth, cfg.norm, cond_dim, Downsample)
         channels = levels[-1]
         self.head = nn.Conv2d(channels, cfg.latent_channels, 3, padding=1)
 
@@ -281,7 +270,7 @@ class ConvDecoder(nn.Module):
         levels, cond_dim = _conv_levels(cfg)[::-1], (4 * cfg.width if cfg.num_classes > 0 else 0)
         self.label_embed = LabelEmbedding(cfg.num_classes, cond_dim) if cond_dim else None
         self.stem = nn.Conv2d(cfg.latent_channels, levels[0], 3, padding=1)
-        self.blocks = _conv_stack(levels, cfg, cond_dim, Upsample)
+        self.blocks = conv_stack(levels, cfg.depth, cfg.norm, cond_dim, Upsample)
         channels = levels[-1]
         self.out_norm = make_norm2d(cfg.norm, channels)
         self.out = nn.Conv2d(channels, cfg.in_channels, 3, padding=1)
