@@ -1,6 +1,11 @@
-/** The Sphere Encoder architecture config (models/sphere.py `SphereConfig`) and what derives from it. */
+/**
+ * Architecture configs of the model families the page reads (a file's `family`, absent = "sphere"): the
+ * Sphere Encoder (models/sphere.py `SphereConfig`) and the Power-Spherical VAE (models/psvae.py
+ * `PSVAEConfig`), and what derives from them.
+ */
 
 export interface SphereConfig {
+  family: "sphere"; // set by the reader for files written before families existed
   backbone: "vit" | "convnet";
   image_size: number;
   in_channels: number;
@@ -31,6 +36,41 @@ export interface SphereConfig {
 export function withLegacyDefaults(config: SphereConfig): SphereConfig {
   const decoderMixer = config.backbone === "convnet" ? "width" : (config.decoder_mixer ?? "latent");
   return { ...config, decoder_mixer: decoderMixer };
+}
+
+/** The Power-Spherical VAE config (models/psvae.py `PSVAEConfig`): its latent is a point of the unit sphere S^(d-1). */
+export interface PSVAEConfig {
+  family: "psvae";
+  backbone: "conv" | "vit" | "conv1d"; // the encoder; conv1d = 1-D signals (not shown by the page)
+  decoder: "conv" | "upsample"; // residual levels, or x2 + conv per level from a seed map
+  image_size: number;
+  in_channels: number;
+  signal_length: number; // conv1d only
+  num_classes: number; // 0 = unconditional
+  z_dim: number; // d
+  width: number;
+  depth: number;
+  channel_mults: number[];
+  norm: "group" | "batch";
+  seed_size: number; // upsample decoder: side of its first map; 0 = the conv encoder's map side
+  vit_width: number;
+  vit_depth: number;
+  heads: number;
+  patch_size: number;
+  rope_theta: number;
+}
+
+export type ModelConfig = SphereConfig | PSVAEConfig;
+export type FamilyName = ModelConfig["family"];
+
+/** Side of the conv encoder's last map (PSVAEConfig.conv_map_size): the decoder's first map, flattened into the heads. */
+export function psvaeMapSize(cfg: PSVAEConfig): number {
+  return cfg.image_size / 2 ** (cfg.channel_mults.length - 1);
+}
+
+/** Side of the upsample decoder's seed map (PSVAEConfig.decoder_seed_size). */
+export function psvaeSeedSize(cfg: PSVAEConfig): number {
+  return cfg.seed_size || psvaeMapSize(cfg);
 }
 
 /** Side of the latent grid: tokens per row (vit) or latent feature-map size (convnet). */

@@ -5,13 +5,19 @@
  * same checks, same messages' intent.
  */
 
-import { withLegacyDefaults, type SphereConfig } from "./config";
+import { withLegacyDefaults, type FamilyName, type ModelConfig, type SphereConfig } from "./config";
 
 export const FORMAT_NAME = "sphere-web";
 export const FORMAT_VERSION = "2"; // 2: __metadata__ carries data_sha256 (docs §2.1); version-1 files are re-exported
 const DATA_HASH_KEY = "data_sha256";
 const REQUIRED_METADATA = ["config", "quantization", "group_size", DATA_HASH_KEY];
-const REQUIRED_CONFIG_KEYS = ["backbone", "image_size", "latent_dim", "num_classes"]; // what every reader uses
+const REQUIRED_CONFIG_KEYS = ["image_size", "num_classes"]; // what every reader uses
+// the keys each family's reader adds (engine/families.py WebExport.required_config_keys); absent family = sphere
+export const FAMILY_CONFIG_KEYS: Record<FamilyName, string[]> = {
+  sphere: ["backbone", "latent_dim"],
+  psvae: ["backbone", "decoder", "z_dim"],
+};
+export const DEFAULT_FAMILY: FamilyName = "sphere";
 export const MODES = ["fp32", "fp16", "q8", "q4"] as const;
 export type Mode = (typeof MODES)[number];
 
@@ -59,7 +65,7 @@ export interface SafetensorsFile {
 export interface WeightFile extends SafetensorsFile {
   mode: Mode;
   groupSize: number;
-  config: SphereConfig;
+  config: ModelConfig; // its `family` says which (always set, "sphere" for files without the key)
   quantization: Record<string, QuantEntry>;
   bnFolded: boolean;
   paramCount: number;
@@ -251,7 +257,7 @@ function checkWeightFile(buffer: ArrayBuffer, source: string): { file: WeightFil
   for (const key of REQUIRED_METADATA) {
     if (!(key in metadata)) fail(source, `metadata lacks '${key}'; re-export it with export_weights.py`);
   }
-  const config = withLegacyDefaults(configOf(metadata, source));
+  const config = configOf(metadata, source);
   const quantization = parseJsonField<Record<string, QuantEntry>>(metadata, "quantization", source);
   for (const [name, info] of Object.entries(quantization)) checkQuantEntry(name, info, base.tensors, source);
   const file: WeightFile = {
@@ -268,13 +274,22 @@ function checkWeightFile(buffer: ArrayBuffer, source: string): { file: WeightFil
   return { file, dataStart: base.dataStart };
 }
 
-/** The header's config, with the keys every reader needs (a file without them is bad, not a crash later). */
-function configOf(metadata: Record<string, string>, source: string): SphereConfig {
+/**
+ * The header's config with the keys every reader and its family's reader need (a file without them is bad,
+ * not a crash later); a family this reader does not know is named, as engine/webformat.py does.
+ */
+function configOf(metadata: Record<string, string>, source: string): ModelConfig {
   const config = parseJsonField<Record<string, unknown>>(metadata, "config", source);
   const isObject = config !== null && typeof config === "object" && !Array.isArray(config);
-  const missing = REQUIRED_CONFIG_KEYS.filter((key) => !isObject || !(key in config));
+  const family = isObject && "family" in config ? config.family : DEFAULT_FAMILY;
+  if (typeof family !== "string" || !Object.hasOwn(FAMILY_CONFIG_KEYS, family)) {
+    fail(source, `holds a '${String(family)}' model, a family this reader does not know`);
+  }
+  const required = [...REQUIRED_CONFIG_KEYS, ...FAMILY_CONFIG_KEYS[family as FamilyName]];
+  const missing = required.filter((key) => !isObject || !(key in config));
   if (missing.length) fail(source, `: config lacks ${missing.map((key) => `'${key}'`).join(", ")}; re-export it with export_weights.py`);
-  return config as unknown as SphereConfig;
+  const typed = { ...config, family } as unknown as ModelConfig;
+  return typed.family === "sphere" ? withLegacyDefaults(typed as SphereConfig) : typed;
 }
 
 function checkQuantEntry(name: string, info: QuantEntry, tensors: Map<string, TensorEntry>, source: string): void {

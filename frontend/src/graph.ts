@@ -1,7 +1,8 @@
 /**
- * The op graphs of the two backbones (models/sphere.py): ViTEncoder/ViTDecoder with the latent MLP-mixer,
- * ConvEncoder/ConvDecoder, built as dispatch lists for a fixed batch size. Activations live in workspace
- * buffers named by role, shared between encoder and decoder (they never run at the same time).
+ * The op graphs of the Sphere Encoder's two backbones (models/sphere.py): ViTEncoder/ViTDecoder with the latent
+ * MLP-mixer, ConvEncoder/ConvDecoder, built as dispatch lists for a fixed batch size; and the blocks other
+ * families reuse (RoPE transformer trunk, residual conv levels, the conv output head). Activations live in
+ * workspace buffers named by role, shared between encoder and decoder (they never run at the same time).
  */
 
 import { latentChannels, latentGrid, ropeTables, sincosPosEmbed2d, type SphereConfig } from "./config";
@@ -17,15 +18,23 @@ export interface GraphIO {
   labels: Binding | null; // (B,) u32 class indices for conditional models
 }
 
-/** Builds the steps of one network for a batch size. */
-class GraphBuilder {
+/** What the shared blocks need to know of a network beyond its weights. */
+export interface NetworkTraits {
+  numClasses: number; // 0 = unconditional
+  condDim: number; // width of the label embedding that adaLN layers read
+  norm: "group" | "batch"; // conv nets: GroupNorm, or BatchNorm folded at export
+}
+
+/** Builds the steps of one network for a batch size; `cfg` is its family's config. */
+export class GraphBuilder<C = SphereConfig> {
   steps: Step[] = [];
 
   constructor(
-    public cfg: SphereConfig,
+    public cfg: C,
     public weights: GpuWeights,
     public ws: Workspace,
     public batch: number,
+    public traits: NetworkTraits,
   ) {}
 
   buf(role: string, words: number): BufferRef {
@@ -96,7 +105,7 @@ class GraphBuilder {
 
   /** cond = label_embed(labels) (B, dim), or null for unconditional models. */
   labelEmbedding(prefix: string, labels: Binding | null, dim: number): BufferRef | null {
-    if (this.cfg.num_classes === 0) return null;
+    if (this.traits.numClasses === 0) return null;
     if (!labels) throw new Error("conditional model built without a labels buffer");
     const cond = this.buf("cond", this.batch * dim);
     this.push(
@@ -111,7 +120,7 @@ class GraphBuilder {
     this.linear(
       `${layer}.proj`,
       this.batch,
-      this.cfg.backbone === "vit" ? this.cfg.width : 4 * this.cfg.width,
+      this.traits.condDim,
       { layout: "rows", buffer: cond, silu: true },
       { layout: "rows", buffer: ada },
     );
@@ -122,35 +131,55 @@ class GraphBuilder {
 // ---------------------------------------------------------------------------------------------------------
 // ViT
 
-/** Tables shared by every batch size of a model. */
+/** Tables and constant matrices shared by every batch size of a model. */
 export interface GraphCache {
   tables?: TokenTables;
+  meanPool?: ops.GpuMatrix; // (1, T) of 1/T: the mean over tokens as a GEMM
 }
 
-interface TokenTables {
+export interface TokenTables {
   pos: GPUBuffer;
   ropeCos: GPUBuffer;
   ropeSin: GPUBuffer;
 }
 
-function tokenTables(g: GraphBuilder): TokenTables {
-  const cfg = g.cfg;
-  const grid = latentGrid(cfg);
-  const rope = ropeTables(grid, cfg.width / cfg.heads, cfg.rope_theta);
+/** Sizes of a RoPE transformer trunk (models/layers.py TransformerBlock on a grid x grid token map). */
+export interface Trunk {
+  grid: number;
+  width: number;
+  heads: number;
+  qkNorm: boolean;
+  ropeTheta: number;
+}
+
+function sphereTrunk(cfg: SphereConfig): Trunk {
+  return { grid: latentGrid(cfg), width: cfg.width, heads: cfg.heads, qkNorm: cfg.qk_norm, ropeTheta: cfg.rope_theta };
+}
+
+/** Sin-cos positions and RoPE tables of a trunk (rebuilt from the config, docs/web_format.md §6). */
+export function tokenTables<C>(g: GraphBuilder<C>, trunk: Trunk): TokenTables {
+  const rope = ropeTables(trunk.grid, trunk.width / trunk.heads, trunk.ropeTheta);
   return {
-    pos: g.weights.owner.upload(sincosPosEmbed2d(grid, cfg.width), "pos"),
+    pos: g.weights.owner.upload(sincosPosEmbed2d(trunk.grid, trunk.width), "pos"),
     ropeCos: g.weights.owner.upload(rope.cos, "rope_cos"),
     ropeSin: g.weights.owner.upload(rope.sin, "rope_sin"),
   };
 }
 
 /** TransformerBlock (pre-RMSNorm, RoPE attention, SwiGLU; adaLN-Zero when cond is given) on x (B*T, D). */
-function transformerBlock(g: GraphBuilder, prefix: string, x: BufferRef, tables: TokenTables, cond: BufferRef | null): void {
-  const { batch, cfg, weights } = g;
-  const tokens = latentGrid(cfg) ** 2;
+export function transformerBlock<C>(
+  g: GraphBuilder<C>,
+  prefix: string,
+  x: BufferRef,
+  tables: TokenTables,
+  cond: BufferRef | null,
+  trunk: Trunk,
+): void {
+  const { batch, weights } = g;
+  const tokens = trunk.grid ** 2;
   const rows = batch * tokens;
-  const dim = cfg.width;
-  const headDim = dim / cfg.heads;
+  const dim = trunk.width;
+  const headDim = dim / trunk.heads;
   const h = g.buf("h", rows * dim);
   const ada = cond ? g.adaLN(`${prefix}.ada`, cond, 6, dim) : null;
   const modulation = (shift: number, scale: number): ops.Modulation | undefined =>
@@ -167,11 +196,13 @@ function transformerBlock(g: GraphBuilder, prefix: string, x: BufferRef, tables:
   const q = g.buf("q", rows * dim);
   const k = g.buf("k", rows * dim);
   const v = g.buf("v", rows * dim);
-  const qNorm = cfg.qk_norm ? weights.vector(`${prefix}.attn.q_norm.weight`) : null;
-  const kNorm = cfg.qk_norm ? weights.vector(`${prefix}.attn.k_norm.weight`) : null;
-  g.push(ops.qkRope(`${prefix}.attn.rope`, qkv, q, k, v, tables.ropeCos, tables.ropeSin, batch, tokens, cfg.heads, headDim, qNorm, kNorm));
+  const qNorm = trunk.qkNorm ? weights.vector(`${prefix}.attn.q_norm.weight`) : null;
+  const kNorm = trunk.qkNorm ? weights.vector(`${prefix}.attn.k_norm.weight`) : null;
+  g.push(
+    ops.qkRope(`${prefix}.attn.rope`, qkv, q, k, v, tables.ropeCos, tables.ropeSin, batch, tokens, trunk.heads, headDim, qNorm, kNorm),
+  );
   const attended = g.buf("attended", rows * dim);
-  g.push(ops.attention(`${prefix}.attn`, q, k, v, attended, batch, tokens, cfg.heads, headDim));
+  g.push(ops.attention(`${prefix}.attn`, q, k, v, attended, batch, tokens, trunk.heads, headDim));
   g.linear(`${prefix}.attn.proj`, rows, dim, { layout: "rows", buffer: attended }, residual(2));
 
   g.push(ops.rmsNorm(`${prefix}.norm2`, x, h, rows, dim, affine("norm2"), modulation(3, 4)));
@@ -246,7 +277,7 @@ function vitEncoder(g: GraphBuilder, io: GraphIO, tables: TokenTables): void {
     { stride: cfg.patch_size, pad: 0 },
   );
   const cond = g.labelEmbedding("encoder", io.labels, cfg.width);
-  for (let i = 0; i < cfg.depth; i++) transformerBlock(g, `encoder.blocks.${i}`, x, tables, cond);
+  for (let i = 0; i < cfg.depth; i++) transformerBlock(g, `encoder.blocks.${i}`, x, tables, cond, sphereTrunk(cfg));
   const h = g.buf("h", rows * cfg.width);
   g.push(ops.rmsNorm("encoder.norm", x, h, rows, cfg.width, g.weights.vector("encoder.norm.weight")));
   const mixed = g.buf("mixer_x", rows * latentChannels(cfg));
@@ -277,7 +308,7 @@ function vitDecoder(g: GraphBuilder, io: GraphIO, tables: TokenTables): void {
     g.linear("decoder.embed", rows, channels, { layout: "rows", buffer: mixerOut }, { layout: "rows_add_table", buffer: x, ...positions });
   }
   const cond = g.labelEmbedding("decoder", io.labels, cfg.width);
-  for (let i = 0; i < cfg.depth; i++) transformerBlock(g, `decoder.blocks.${i}`, x, tables, cond);
+  for (let i = 0; i < cfg.depth; i++) transformerBlock(g, `decoder.blocks.${i}`, x, tables, cond, sphereTrunk(cfg));
   const h = g.buf("h", rows * cfg.width);
   g.push(ops.rmsNorm("decoder.norm", x, h, rows, cfg.width, g.weights.vector("decoder.norm.weight")));
   const grid = latentGrid(cfg);
@@ -324,8 +355,8 @@ function vitDecoder(g: GraphBuilder, io: GraphIO, tables: TokenTables): void {
 // ---------------------------------------------------------------------------------------------------------
 // ConvNet
 
-function channelNormOf(g: GraphBuilder, layer: string, channels: number): ops.ChannelNorm {
-  if (g.cfg.norm === "group") {
+export function channelNormOf<C>(g: GraphBuilder<C>, layer: string, channels: number): ops.ChannelNorm {
+  if (g.traits.norm === "group") {
     return {
       kind: "group",
       groups: gcd(32, channels),
@@ -334,7 +365,7 @@ function channelNormOf(g: GraphBuilder, layer: string, channels: number): ops.Ch
       eps: 1e-6,
     };
   }
-  // BatchNorm folded at export: ConvResBlock norms were folded into their convs (absent), others are affine.
+  // BatchNorm folded at export: norms right after a conv were folded into it (absent), others are affine.
   if (!g.weights.has(`${layer}.weight`)) return { kind: "identity" };
   return { kind: "affine", weight: g.weights.vector(`${layer}.weight`), bias: g.weights.vector(`${layer}.bias`) };
 }
@@ -344,8 +375,8 @@ function gcd(a: number, b: number): number {
 }
 
 /** ConvResBlock: silu(skip(x) + [gate *] modulate(norm2(conv2(silu(norm1(conv1(x))))))). */
-function convResBlock(
-  g: GraphBuilder,
+function convResBlock<C>(
+  g: GraphBuilder<C>,
   prefix: string,
   x: Binding,
   out: Binding,
@@ -381,16 +412,24 @@ function convResBlock(
   return outChannels;
 }
 
-/** Runs the block list of a ConvEncoder/ConvDecoder (res blocks, down/up-samplers), ping-ponging buffers. */
-function convBlocks(
-  g: GraphBuilder,
+/** Words of the largest map of a conv net of `width * channel_mults` channels at up to `imageSize` pixels a side. */
+export function convMaxWords(batch: number, width: number, channelMults: number[], imageSize: number): number {
+  return batch * width * Math.max(...channelMults) * imageSize ** 2;
+}
+
+/**
+ * Runs the block list `${prefix}.blocks.*` of a conv encoder/decoder (res blocks, strided convs in the encoder,
+ * up-sampling convs in the decoder), ping-ponging two buffers of `maxWords`.
+ */
+export function convBlocks<C>(
+  g: GraphBuilder<C>,
   prefix: string,
   x: BufferRef,
   channels: number,
   size: number,
   cond: BufferRef | null,
+  maxWords: number,
 ): { x: BufferRef; channels: number; size: number } {
-  const maxWords = g.batch * g.cfg.width * Math.max(...g.cfg.channel_mults) * g.cfg.image_size ** 2;
   let current = x;
   for (let i = 0; ; i++) {
     const block = `${prefix}.blocks.${i}`;
@@ -416,24 +455,34 @@ function convBlocks(
 /** ConvEncoder: stem -> res blocks / strided convs -> head conv; image (B,3,S,S) -> z (B,C,h,w). */
 function convEncoder(g: GraphBuilder, io: GraphIO): void {
   const cfg = g.cfg;
-  const maxWords = g.batch * cfg.width * Math.max(...cfg.channel_mults) * cfg.image_size ** 2;
+  const maxWords = convMaxWords(g.batch, cfg.width, cfg.channel_mults, cfg.image_size);
   const x = g.buf("conv_a", maxWords);
   const size = cfg.image_size;
   g.conv("encoder.stem", io.input, cfg.in_channels, size, { layout: "nchw", buffer: x, height: size, width: size });
   const cond = g.labelEmbedding("encoder", io.labels, 4 * cfg.width);
-  const out = convBlocks(g, "encoder", x, cfg.width * cfg.channel_mults[0], size, cond);
+  const out = convBlocks(g, "encoder", x, cfg.width * cfg.channel_mults[0], size, cond, maxWords);
   g.conv("encoder.head", out.x, out.channels, out.size, { layout: "nchw", buffer: io.output, height: out.size, width: out.size });
 }
 
 /** ConvDecoder: stem -> res blocks / up-sample convs -> norm, SiLU -> out conv -> tanh. */
 function convDecoder(g: GraphBuilder, io: GraphIO): void {
   const cfg = g.cfg;
-  const maxWords = g.batch * cfg.width * Math.max(...cfg.channel_mults) * cfg.image_size ** 2;
+  const maxWords = convMaxWords(g.batch, cfg.width, cfg.channel_mults, cfg.image_size);
   const x = g.buf("conv_a", maxWords);
   const size = latentGrid(cfg);
   g.conv("decoder.stem", io.input, latentChannels(cfg), size, { layout: "nchw", buffer: x, height: size, width: size });
   const cond = g.labelEmbedding("decoder", io.labels, 4 * cfg.width);
-  const out = convBlocks(g, "decoder", x, cfg.width * cfg.channel_mults[cfg.channel_mults.length - 1], size, cond);
+  const out = convBlocks(g, "decoder", x, cfg.width * cfg.channel_mults[cfg.channel_mults.length - 1], size, cond, maxWords);
+  convOutputHead(g, out, io.output, maxWords);
+}
+
+/** The conv decoders' tail: out_norm -> SiLU -> out conv (3x3) -> tanh, into `output` (B, C, S, S). */
+export function convOutputHead<C>(
+  g: GraphBuilder<C>,
+  out: { x: BufferRef; channels: number; size: number },
+  output: Binding,
+  maxWords: number,
+): void {
   const normed = g.buf(out.x.role === "conv_a" ? "conv_b" : "conv_a", maxWords);
   g.push(
     ops.channelNorm(
@@ -452,7 +501,7 @@ function convDecoder(g: GraphBuilder, io: GraphIO): void {
     normed,
     out.channels,
     out.size,
-    { layout: "nchw", buffer: io.output, height: out.size, width: out.size },
+    { layout: "nchw", buffer: output, height: out.size, width: out.size },
     { activation: "tanh" },
   );
 }
@@ -469,10 +518,15 @@ export function buildGraphs(
   decoderIO: GraphIO,
   cache: GraphCache,
 ): { encoder: Step[]; decoder: Step[] } {
-  const encoder = new GraphBuilder(cfg, weights, ws, batch);
-  const decoder = new GraphBuilder(cfg, weights, ws, batch);
+  const traits: NetworkTraits = {
+    numClasses: cfg.num_classes,
+    condDim: cfg.backbone === "vit" ? cfg.width : 4 * cfg.width,
+    norm: cfg.norm,
+  };
+  const encoder = new GraphBuilder(cfg, weights, ws, batch, traits);
+  const decoder = new GraphBuilder(cfg, weights, ws, batch, traits);
   if (cfg.backbone === "vit") {
-    cache.tables ??= tokenTables(encoder);
+    cache.tables ??= tokenTables(encoder, sphereTrunk(cfg));
     vitEncoder(encoder, encoderIO, cache.tables);
     vitDecoder(decoder, decoderIO, cache.tables);
   } else {

@@ -1,35 +1,44 @@
 /**
- * A Sphere Encoder running on WebGPU: load a sphere-web file, then encode, decode, sample and reconstruct
- * with the semantics of `SphereEncoder` in models/sphere.py. Buffers and dispatch lists are built once per
- * batch size and reused by every later call; nothing is allocated per call but the command buffers.
+ * Models running on WebGPU: `WebModel` holds what every family shares (weights on the GPU, buffers and
+ * dispatch lists built once per batch size and reused by every later call, serialized calls, encode/decode);
+ * `SphereModel` adds sampling and reconstruction with the semantics of `SphereEncoder` in models/sphere.py.
+ * Nothing is allocated per call but the command buffers. src/family.ts picks the class of a file's family.
  */
 
-import { latentShape, sigmaForAngle, type SphereConfig } from "./config";
+import { latentShape, sigmaForAngle, type ModelConfig, type SphereConfig } from "./config";
 import { parseWeightFile, WebFormatError, type Mode, type WeightFile } from "./format";
 import { encodeSteps, type BufferRef, type Gpu, type Step, Workspace } from "./gpu";
-import { buildGraphs, type GraphCache } from "./graph";
+import { buildGraphs, type GraphCache, type GraphIO } from "./graph";
 import * as ops from "./ops";
 import { Random } from "./rng";
 import { GpuWeights } from "./weights";
 
 const MAX_SESSIONS = 6; // batch sizes whose buffers stay allocated (least recently used ones are freed)
 
-export interface SampleOptions {
-  steps?: number; // 1 = one decoder pass; each further step is encode -> re-noise -> decode
+/** What every family's `sample` takes. */
+export interface CommonSampleOptions {
+  steps?: number; // 1 = one decoder pass; each further step re-encodes the output (the family says how)
   seed?: number; // for the browser's own generator (seeds do not match torch's)
-  noise?: Float32Array; // e (n * L) instead of drawing it: the initial point is f(e)
-  renoise?: Float32Array; // e' (n * L), drawn once and reused by every refinement
+  noise?: Float32Array; // the Gaussian e (n * L) the first point is projected from, instead of drawing it
   labels?: number[]; // class per image for conditional models (default: the null class)
   guidance?: number; // classifier-free guidance w (1 = off), split as sqrt(w) after E and after D (cfg_mode "combo")
+}
+
+export interface SampleOptions extends CommonSampleOptions {
+  renoise?: Float32Array; // e' (n * L), drawn once and reused by every refinement
   noiseAngle?: number; // refinement noise in degrees (default: the model's theta_max)
 }
 
-export interface ReconstructOptions {
+/** What every family's `reconstruct` takes. */
+export interface CommonReconstructOptions {
   steps?: number;
+  labels?: number[];
+}
+
+export interface ReconstructOptions extends CommonReconstructOptions {
   noiseAngle?: number; // 0 = pure encode/decode cycles
   seed?: number;
   renoise?: Float32Array;
-  labels?: number[];
 }
 
 export interface Timings {
@@ -42,7 +51,7 @@ export interface Timings {
 class Session {
   readonly ws: Workspace;
   readonly image: BufferRef;
-  readonly latent: BufferRef; // z = E(x)
+  readonly latent: BufferRef; // the encoder's output
   readonly sphere: BufferRef; // v on the sphere, the decoder input
   readonly noise: BufferRef;
   readonly renoise: BufferRef;
@@ -55,11 +64,10 @@ class Session {
 
   constructor(
     private gpu: Gpu,
-    private model: SphereModel,
+    private model: WebModel,
     readonly batch: number, // rows actually run (2n when guided)
     readonly guided: boolean,
   ) {
-    const cfg = model.config;
     this.ws = new Workspace(gpu);
     const L = model.latentSize;
     this.image = this.ws.ref("io_image", batch * model.imageSize);
@@ -67,38 +75,38 @@ class Session {
     this.sphere = this.ws.ref("io_sphere", batch * L);
     this.noise = this.ws.ref("io_noise", batch * L);
     this.renoise = this.ws.ref("io_renoise", batch * L);
-    this.labels = cfg.num_classes > 0 ? this.ws.ref("io_labels", batch) : null;
-    const graphs = buildGraphs(
-      cfg,
-      model.weights,
+    this.labels = model.config.num_classes > 0 ? this.ws.ref("io_labels", batch) : null;
+    const graphs = model.buildGraphs(
       this.ws,
       batch,
       { input: this.image, output: this.latent, labels: this.labels },
       { input: this.sphere, output: this.image, labels: this.labels },
-      model.tableCache,
     );
     this.encoder = graphs.encoder;
     this.decoder = graphs.decoder;
     this.guidanceScale = null;
     if (guided) {
       this.guidanceScale = this.ws.buffer(16, GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST, "guidance");
-      this.encoder.push(ops.guidanceInPlace("guidance.latent", this.latent, this.guidanceScale, (batch / 2) * L));
+      if (this.encoder.length) this.encoder.push(ops.guidanceInPlace("guidance.latent", this.latent, this.guidanceScale, (batch / 2) * L));
       this.decoder.push(ops.guidanceInPlace("guidance.pixel", this.image, this.guidanceScale, (batch / 2) * model.imageSize, true));
     }
     this.ws.finalize([...this.encoder, ...this.decoder]);
     this.staging = this.ws.buffer(batch * Math.max(model.imageSize, L) * 4, GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST, "staging");
   }
 
-  /** v = f(noise) (sigma null) or v = f(f(z) + sigma * renoise). */
-  projection(sigma: number | null): Step {
-    const key = sigma === null ? "plain" : String(sigma);
+  /**
+   * Onto the model's sphere: v = f(noise) (sigma null), v = f(latent) ("latent"), or v = f(f(latent) + sigma
+   * * renoise) (a number).
+   */
+  projection(sigma: number | null | "latent"): Step {
+    const key = String(sigma);
     let step = this.projections.get(key);
     if (!step) {
       const L = this.model.latentSize;
-      step =
-        sigma === null
-          ? ops.sphereProject("project", this.noise, this.sphere, this.batch, L)
-          : ops.sphereProject("renoise", this.latent, this.sphere, this.batch, L, { buffer: this.renoise, sigma });
+      const radius = this.model.radius;
+      if (sigma === null) step = ops.sphereProject("project", this.noise, this.sphere, this.batch, L, undefined, radius);
+      else if (sigma === "latent") step = ops.sphereProject("project_latent", this.latent, this.sphere, this.batch, L, undefined, radius);
+      else step = ops.sphereProject("renoise", this.latent, this.sphere, this.batch, L, { buffer: this.renoise, sigma }, radius);
       this.ws.finalize([step]);
       this.projections.set(key, step);
     }
@@ -134,52 +142,50 @@ class Session {
   }
 }
 
-export class SphereModel {
-  readonly config: SphereConfig;
+/** What a family's model class provides to WebModel. */
+export interface Graphs {
+  encoder: Step[]; // empty when the file holds no encoder
+  decoder: Step[];
+}
+
+/**
+ * A model of any family on the GPU: latents of `latentSize` values on a sphere of `radius`, images of
+ * `imageSize` values in [-1, 1]. Subclasses build the graphs and define sampling and reconstruction.
+ */
+export abstract class WebModel<C extends ModelConfig = ModelConfig> {
+  readonly config: C;
   readonly mode: Mode;
-  readonly latentShape: number[];
-  readonly latentSize: number; // L
-  readonly imageSize: number; // values per image: 3 * S * S
+  readonly imageSize: number; // values per image: C * S * S
   readonly weights: GpuWeights;
   readonly tableCache: GraphCache = {};
+  abstract readonly latentShape: number[];
+  abstract readonly latentSize: number; // L: values per latent
+  abstract readonly radius: number; // of the sphere the decoder's inputs lie on
+  abstract readonly canEncode: boolean; // false when the file holds only a decoder
   lastTimings: Timings = { encodeMs: 0, decodeMs: 0, totalMs: 0 };
   private sessions = new Map<string, Session>();
   private queue: Promise<unknown> = Promise.resolve();
   private disposed = false;
 
-  private constructor(
-    private gpu: Gpu,
+  protected constructor(
+    protected gpu: Gpu,
     readonly file: WeightFile,
   ) {
-    this.config = file.config;
+    this.config = file.config as C;
     this.mode = file.mode;
-    this.latentShape = latentShape(file.config);
-    this.latentSize = file.config.latent_dim;
     this.imageSize = file.config.in_channels * file.config.image_size ** 2;
     this.weights = new GpuWeights(gpu, file);
   }
 
-  /** Parse and verify a sphere-web file and build the batch-1 graphs (so a bad file fails here, not at the first call). */
-  static async load(gpu: Gpu, buffer: ArrayBuffer, source = "weights"): Promise<SphereModel> {
-    const file = await parseWeightFile(buffer, source);
-    const cfg = file.config;
-    if (cfg.backbone !== "vit" && cfg.backbone !== "convnet")
-      throw new WebFormatError(`'${source}' has unknown backbone '${cfg.backbone}'`);
-    if (cfg.decoder_mixer !== "width" && cfg.decoder_mixer !== "latent")
-      throw new WebFormatError(`'${source}' has unknown decoder_mixer '${cfg.decoder_mixer}' (expected 'width' or 'latent')`);
-    if (cfg.norm === "batch" && !file.bnFolded) throw new WebFormatError(`'${source}' has BatchNorm that was not folded at export`);
-    const model = new SphereModel(gpu, file);
-    try {
-      model.session(1, false);
-    } catch (error) {
-      void model.dispose();
-      throw error;
-    }
-    return model;
-  }
+  /** Encoder and decoder steps for one batch size. */
+  abstract buildGraphs(ws: Workspace, batch: number, encoderIO: GraphIO, decoderIO: GraphIO): Graphs;
 
-  get sigmaMax(): number {
-    return sigmaForAngle(this.config.noise_angle);
+  abstract sample(n: number, options?: CommonSampleOptions): Promise<Float32Array>;
+
+  abstract reconstruct(images: Float32Array, options?: CommonReconstructOptions): Promise<{ images: Float32Array; timings: Timings }>;
+
+  get family(): C["family"] {
+    return this.config.family;
   }
 
   get gpuBytes(): number {
@@ -188,7 +194,18 @@ export class SphereModel {
     return total;
   }
 
-  private session(batch: number, guided: boolean): Session {
+  /** Build the batch-1 graphs so that a file that does not fit its config fails at load, not at the first call. */
+  protected checkBuilds(): this {
+    try {
+      this.session(1, false);
+    } catch (error) {
+      void this.dispose();
+      throw error;
+    }
+    return this;
+  }
+
+  protected session(batch: number, guided: boolean): Session {
     if (this.disposed) throw new Error("this model was disposed");
     if (this.gpu.lost) throw new Error("the GPU device was lost; reload the model");
     const rows = guided ? 2 * batch : batch;
@@ -208,20 +225,29 @@ export class SphereModel {
   }
 
   /** Serialize calls: they share staging buffers. */
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+  protected exclusive<T>(fn: () => Promise<T>): Promise<T> {
     if (this.disposed) return Promise.reject(new Error("this model was disposed"));
     const next = this.queue.then(fn, fn);
     this.queue = next.catch(() => undefined);
     return next;
   }
 
-  private batchOf(values: Float32Array, perItem: number, what: string): number {
+  protected batchOf(values: Float32Array, perItem: number, what: string): number {
     const batch = values.length / perItem;
     if (!Number.isInteger(batch) || batch < 1) throw new Error(`${what} has ${values.length} values, not a multiple of ${perItem}`);
     return batch;
   }
 
-  private writeLabels(session: Session, batch: number, labels: number[] | undefined): void {
+  protected checkSteps(steps: number): void {
+    if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps must be an integer >= 1, got ${steps}`);
+    if (steps > 1 && !this.canEncode) throw new Error("this file holds no encoder: only 1-step samples");
+  }
+
+  protected requireEncoder(): void {
+    if (!this.canEncode) throw new Error("this file holds no encoder: it can decode, not encode");
+  }
+
+  protected writeLabels(session: Session, batch: number, labels: number[] | undefined): void {
     if (!session.labels) {
       if (labels && labels.length) throw new Error("this model is unconditional (num_classes=0); do not pass class labels");
       return;
@@ -236,9 +262,10 @@ export class SphereModel {
     session.write(session.labels, values); // guided sessions keep the null class in the second half
   }
 
-  /** z = E(x) before projection; images (n, 3, S, S) in [-1, 1] -> latents (n, *latentShape). */
+  /** The encoder's output for images (n, C, S, S) in [-1, 1]: n latents of `latentSize` values (the family says which). */
   encode(images: Float32Array, labels?: number[]): Promise<Float32Array> {
     return this.exclusive(async () => {
+      this.requireEncoder();
       const batch = this.batchOf(images, this.imageSize, "images");
       const session = this.session(batch, false);
       session.write(session.image, images);
@@ -250,7 +277,7 @@ export class SphereModel {
     });
   }
 
-  /** x = D(v) in [-1, 1]; latents are expected on the sphere (see `project`). */
+  /** x = D(v) in [-1, 1]; latents are expected on the model's sphere (radius `radius`). */
   decode(latents: Float32Array, labels?: number[]): Promise<Float32Array> {
     return this.exclusive(async () => {
       const batch = this.batchOf(latents, this.latentSize, "latents");
@@ -264,11 +291,19 @@ export class SphereModel {
     });
   }
 
-  /** n images from random points of the sphere with `steps` rounds (DESIGN §3 sampling), on the GPU. */
-  sample(n: number, options: SampleOptions = {}): Promise<Float32Array> {
+  /**
+   * Samples: the first point is the projection of a Gaussian onto the sphere, decoded; each further step runs
+   * `refine` (encoder, projection, decoder) on the same command buffer.
+   */
+  protected runSample(
+    n: number,
+    options: CommonSampleOptions,
+    refine: (session: Session) => Step[],
+    prepare?: (session: Session, random: Random) => void,
+  ): Promise<Float32Array> {
     return this.exclusive(async () => {
       const steps = options.steps ?? 1;
-      if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps must be an integer >= 1, got ${steps}`);
+      this.checkSteps(steps);
       const guidance = options.guidance ?? 1;
       const scale = comboScale(guidance); // after E and again after D
       const guided = guidance !== 1 && this.config.num_classes > 0;
@@ -276,15 +311,13 @@ export class SphereModel {
       const L = this.latentSize;
       const random = new Random(options.seed ?? Math.floor(Math.random() * 2 ** 32));
       const noise = options.noise ?? random.gaussians(n * L);
-      const renoise = options.renoise ?? (steps > 1 ? random.gaussians(n * L) : null);
-      if (noise.length !== n * L || (renoise && renoise.length !== n * L)) throw new Error(`noise must hold n * L = ${n * L} values`);
+      if (noise.length !== n * L) throw new Error(`noise must hold n * L = ${n * L} values`);
       session.write(session.noise, guided ? doubled(noise) : noise);
-      if (renoise) session.write(session.renoise, guided ? doubled(renoise) : renoise);
+      prepare?.(session, random);
       this.writeLabels(session, n, options.labels);
       if (session.guidanceScale) this.gpu.device.queue.writeBuffer(session.guidanceScale, 0, new Float32Array([scale]));
-      const sigma = sigmaForAngle(options.noiseAngle ?? this.config.noise_angle);
       const all: Step[] = [session.projection(null), ...session.decoder];
-      for (let i = 1; i < steps; i++) all.push(...session.encoder, session.projection(sigma), ...session.decoder);
+      for (let i = 1; i < steps; i++) all.push(...refine(session));
       const start = performance.now();
       const out = await session.run(all, session.image, n * this.imageSize);
       const total = performance.now() - start;
@@ -294,36 +327,31 @@ export class SphereModel {
   }
 
   /**
-   * Encode without noise and decode; each further step re-encodes the output and re-projects it with noise
-   * of `noiseAngle` degrees (0 = pure cycles). Times the first encode and the first decode separately.
+   * Reconstructions: encode, v = f(latent), decode; each further step runs `refine`. Times the first encode
+   * and the decode rounds separately.
    */
-  reconstruct(images: Float32Array, options: ReconstructOptions = {}): Promise<{ images: Float32Array; timings: Timings }> {
+  protected runReconstruct(
+    images: Float32Array,
+    options: CommonReconstructOptions,
+    refine: (session: Session) => Step[],
+    prepare?: (session: Session, batch: number) => void,
+  ): Promise<{ images: Float32Array; timings: Timings }> {
     return this.exclusive(async () => {
       const steps = options.steps ?? 1;
-      if (!Number.isInteger(steps) || steps < 1) throw new Error(`steps must be an integer >= 1, got ${steps}`);
+      this.checkSteps(steps);
+      this.requireEncoder();
       const batch = this.batchOf(images, this.imageSize, "images");
       const session = this.session(batch, false);
-      const L = this.latentSize;
       session.write(session.image, images);
       this.writeLabels(session, batch, options.labels);
-      const sigma = sigmaForAngle(options.noiseAngle ?? 0);
-      if (steps > 1) {
-        const renoise = sigma > 0 ? (options.renoise ?? new Random(options.seed ?? 0).gaussians(batch * L)) : new Float32Array(batch * L);
-        session.write(session.renoise, renoise);
-      }
+      prepare?.(session, batch);
       const start = performance.now();
       await session.runOnly(session.encoder);
       const encodeMs = performance.now() - start;
-      // first round: v = f(z) (a zero-noise re-noise step is exactly f(f(z)), so use the plain projection)
-      const first: Step[] = [
-        { kind: "copy", src: session.latent, dst: session.noise, bytes: batch * L * 4 },
-        session.projection(null),
-        ...session.decoder,
-      ];
-      const rest: Step[] = [];
-      for (let i = 1; i < steps; i++) rest.push(...session.encoder, session.projection(sigma), ...session.decoder);
+      const all: Step[] = [session.projection("latent"), ...session.decoder];
+      for (let i = 1; i < steps; i++) all.push(...refine(session));
       const decodeStart = performance.now();
-      const out = await session.run([...first, ...rest], session.image, batch * this.imageSize);
+      const out = await session.run(all, session.image, batch * this.imageSize);
       const decodeMs = performance.now() - decodeStart;
       this.lastTimings = { encodeMs, decodeMs, totalMs: performance.now() - start };
       return { images: out, timings: this.lastTimings };
@@ -338,6 +366,76 @@ export class SphereModel {
       this.sessions.clear();
       this.weights.destroy();
     });
+  }
+}
+
+/** A Sphere Encoder: latents z (n, *latentShape) on the sphere of radius sqrt(L); refinement re-noises. */
+export class SphereModel extends WebModel<SphereConfig> {
+  readonly latentShape: number[];
+  readonly latentSize: number;
+  readonly radius: number;
+  readonly canEncode = true;
+
+  private constructor(gpu: Gpu, file: WeightFile) {
+    super(gpu, file);
+    this.latentShape = latentShape(this.config);
+    this.latentSize = this.config.latent_dim;
+    this.radius = Math.sqrt(this.latentSize);
+  }
+
+  /** Parse and verify a sphere-web file holding a Sphere Encoder, and build the batch-1 graphs. */
+  static async load(gpu: Gpu, buffer: ArrayBuffer, source = "weights"): Promise<SphereModel> {
+    return SphereModel.fromFile(gpu, await parseWeightFile(buffer, source), source);
+  }
+
+  /** A model from a parsed file (a bad file fails here, not at the first call). */
+  static fromFile(gpu: Gpu, file: WeightFile, source = "weights"): SphereModel {
+    const cfg = file.config;
+    if (cfg.family !== "sphere") throw new WebFormatError(`'${source}' holds a '${cfg.family}' model, not a Sphere Encoder`);
+    if (cfg.backbone !== "vit" && cfg.backbone !== "convnet")
+      throw new WebFormatError(`'${source}' has unknown backbone '${cfg.backbone}'`);
+    if (cfg.decoder_mixer !== "width" && cfg.decoder_mixer !== "latent")
+      throw new WebFormatError(`'${source}' has unknown decoder_mixer '${cfg.decoder_mixer}' (expected 'width' or 'latent')`);
+    if (cfg.norm === "batch" && !file.bnFolded) throw new WebFormatError(`'${source}' has BatchNorm that was not folded at export`);
+    return new SphereModel(gpu, file).checkBuilds();
+  }
+
+  get sigmaMax(): number {
+    return sigmaForAngle(this.config.noise_angle);
+  }
+
+  buildGraphs(ws: Workspace, batch: number, encoderIO: GraphIO, decoderIO: GraphIO): Graphs {
+    return buildGraphs(this.config, this.weights, ws, batch, encoderIO, decoderIO, this.tableCache);
+  }
+
+  /** n images from random points of the sphere with `steps` rounds (DESIGN §3 sampling), on the GPU. */
+  sample(n: number, options: SampleOptions = {}): Promise<Float32Array> {
+    const sigma = sigmaForAngle(options.noiseAngle ?? this.config.noise_angle);
+    const steps = options.steps ?? 1;
+    const prepare = (session: Session, random: Random): void => {
+      const L = this.latentSize;
+      const renoise = options.renoise ?? (steps > 1 ? random.gaussians(n * L) : null);
+      if (renoise && renoise.length !== n * L) throw new Error(`noise must hold n * L = ${n * L} values`);
+      if (renoise) session.write(session.renoise, session.guided ? doubled(renoise) : renoise);
+    };
+    return this.runSample(n, options, (session) => [...session.encoder, session.projection(sigma), ...session.decoder], prepare);
+  }
+
+  /**
+   * Encode without noise and decode; each further step re-encodes the output and re-projects it with noise
+   * of `noiseAngle` degrees (0 = pure cycles). Times the first encode and the first decode separately.
+   */
+  reconstruct(images: Float32Array, options: ReconstructOptions = {}): Promise<{ images: Float32Array; timings: Timings }> {
+    const steps = options.steps ?? 1;
+    const sigma = sigmaForAngle(options.noiseAngle ?? 0);
+    const prepare = (session: Session, batch: number): void => {
+      if (steps <= 1) return;
+      const L = this.latentSize;
+      const renoise = sigma > 0 ? (options.renoise ?? new Random(options.seed ?? 0).gaussians(batch * L)) : new Float32Array(batch * L);
+      session.write(session.renoise, renoise);
+    };
+    // the first round is v = f(z): a zero-noise re-noise step is exactly f(f(z)), so the plain projection
+    return this.runReconstruct(images, options, (session) => [...session.encoder, session.projection(sigma), ...session.decoder], prepare);
   }
 }
 

@@ -523,6 +523,19 @@ export function swiglu(label: string, x: Binding, y: Binding, rows: number, hidd
   });
 }
 
+/** Add a per-(sample, channel) value to NCHW maps in place: x[b, c, :] += v[b, c] (a class offset of a feature map). */
+export function addChannelValues(label: string, x: Binding, values: Binding, batch: number, channels: number, hw: number): Dispatch {
+  const declared: Declared[] = [
+    { name: "x", buffer: x, type: "f32", write: true },
+    { name: "v", buffer: values, type: "f32" },
+  ];
+  const body = "x[i] = x[i] + v[i / P.HW];"; // NCHW: i / HW = b * C + c, the row-major index of v (B, C)
+  return dispatch(label, elementwiseWgsl, { BODY: body }, declared, grid1d(Math.ceil((batch * channels * hw) / 64)), {
+    COUNT: u32(batch * channels * hw),
+    HW: u32(hw),
+  });
+}
+
 /** Gather label embeddings: y[b, :] = table[labels[b], :]. */
 export function embedLabels(label: string, labels: Binding, table: Binding, y: Binding, batch: number, dim: number): Dispatch {
   const declared: Declared[] = [
@@ -551,7 +564,10 @@ export function guidanceInPlace(label: string, x: Binding, scale: Binding, half:
   return dispatch(label, elementwiseWgsl, { BODY: body }, declared, grid1d(Math.ceil(half / 64)), { COUNT: u32(half) });
 }
 
-/** dst = f(src), or with noise dst = f(f(src) + sigma * noise); f scales each sample to norm sqrt(L). */
+/**
+ * dst = f(src), or with noise dst = f(f(src) + sigma * noise); f scales each sample to norm `radius`: sqrt(L)
+ * for the Sphere Encoder, 1 for the unit sphere of a psvae (F.normalize: z / max(||z||, 1e-12)).
+ */
 export function sphereProject(
   label: string,
   src: Binding,
@@ -559,6 +575,7 @@ export function sphereProject(
   batch: number,
   latentSize: number,
   noise?: { buffer: Binding; sigma: number },
+  radius = Math.sqrt(latentSize),
 ): Dispatch {
   const declared: Declared[] = [
     { name: "src", buffer: src, type: "f32" },
@@ -569,6 +586,6 @@ export function sphereProject(
     NOISE: noise ? "true" : "false",
     NOISY: noise ? "return src[base + e] * scale + P.SIGMA * noise[base + e];" : "return 0.0;",
   };
-  const params: Params = { L: u32(latentSize), SQRT_L: ["f32", Math.sqrt(latentSize)], SIGMA: ["f32", noise ? noise.sigma : 0] };
+  const params: Params = { L: u32(latentSize), RADIUS: ["f32", radius], SIGMA: ["f32", noise ? noise.sigma : 0] };
   return dispatch(label, sphereWgsl, values, declared, [batch, 1, 1], params);
 }

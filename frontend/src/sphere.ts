@@ -1,4 +1,7 @@
-/** Geometry on the latent sphere of radius sqrt(L) (CPU side): projection, slerp, great-circle walks. */
+/**
+ * Geometry on a latent sphere (CPU side): projection, slerp, great-circle walks. The radius is sqrt(L) for the
+ * Sphere Encoder (the default) and 1 for a psvae's unit sphere S^(d-1): pass the model's `radius`.
+ */
 
 import { Random } from "./rng";
 
@@ -8,9 +11,9 @@ export function norm(v: Float32Array): number {
   return Math.sqrt(sum);
 }
 
-/** f(z) = z * sqrt(L) / ||z|| for one latent of L entries. */
-export function project(z: Float32Array): Float32Array {
-  const scale = Math.sqrt(z.length) / Math.max(norm(z), 1e-12);
+/** f(z) = z * radius / ||z|| for one latent of L entries. */
+export function project(z: Float32Array, radius = Math.sqrt(z.length)): Float32Array {
+  const scale = radius / Math.max(norm(z), 1e-12);
   return z.map((x) => x * scale);
 }
 
@@ -20,12 +23,15 @@ function dot(a: Float32Array, b: Float32Array): number {
   return sum;
 }
 
-/** Spherical interpolation between two points of the sphere (t = 0 gives a, t = 1 gives b). */
-export function slerp(a: Float32Array, b: Float32Array, t: number): Float32Array {
-  const radius = Math.sqrt(a.length);
+function lerp(a: Float32Array, b: Float32Array, t: number): Float32Array {
+  return a.map((x, i) => x + t * (b[i] - x));
+}
+
+/** Spherical interpolation between two points of the sphere of `radius` (t = 0 gives a, t = 1 gives b). */
+export function slerp(a: Float32Array, b: Float32Array, t: number, radius = Math.sqrt(a.length)): Float32Array {
   const cos = Math.min(1, Math.max(-1, dot(a, b) / (norm(a) * norm(b))));
   const angle = Math.acos(cos);
-  if (angle < 1e-6) return project(a.map((x, i) => x + t * (b[i] - x)));
+  if (angle < 1e-6) return project(lerp(a, b, t), radius);
   const wa = Math.sin((1 - t) * angle) / Math.sin(angle);
   const wb = Math.sin(t * angle) / Math.sin(angle);
   const out = a.map((x, i) => wa * x + wb * b[i]);
@@ -34,19 +40,19 @@ export function slerp(a: Float32Array, b: Float32Array, t: number): Float32Array
 }
 
 /** Bilinear slerp inside four corners (top-left, top-right, bottom-left, bottom-right), u along x, v along y. */
-export function slerp2d(corners: Float32Array[], u: number, v: number): Float32Array {
-  const top = slerp(corners[0], corners[1], u);
-  const bottom = slerp(corners[2], corners[3], u);
-  return slerp(top, bottom, v);
+export function slerp2d(corners: Float32Array[], u: number, v: number, radius = Math.sqrt(corners[0].length)): Float32Array {
+  const top = slerp(corners[0], corners[1], u, radius);
+  const bottom = slerp(corners[2], corners[3], u, radius);
+  return slerp(top, bottom, v, radius);
 }
 
-/** Random point of the sphere. */
-export function randomPoint(latentSize: number, random: Random): Float32Array {
-  return project(random.gaussians(latentSize));
+/** Random point of the sphere of `radius` (uniform: a normalised Gaussian). */
+export function randomPoint(latentSize: number, random: Random, radius = Math.sqrt(latentSize)): Float32Array {
+  return project(random.gaussians(latentSize), radius);
 }
 
 /**
- * A walk along great circles: p(t) = cos(t) a + sin(t) b with a, b orthogonal of norm sqrt(L); after each
+ * A walk along great circles: p(t) = cos(t) a + sin(t) b with a, b orthogonal of norm `radius`; after each
  * quarter turn the walk continues from the current point towards a fresh random direction.
  */
 export class GreatCircleWalk {
@@ -58,18 +64,20 @@ export class GreatCircleWalk {
     start: Float32Array,
     private random: Random,
     public speed = 0.05, // radians per step
+    private radius = Math.sqrt(start.length),
   ) {
-    this.a = project(start);
+    this.a = project(start, radius);
     this.b = this.orthogonalDirection(this.a);
   }
 
   private orthogonalDirection(a: Float32Array): Float32Array {
     const r = this.random.gaussians(a.length);
     const along = dot(r, a) / dot(a, a);
-    return project(r.map((x, i) => x - along * a[i]));
+    const orthogonal = r.map((x, i) => x - along * a[i]);
+    return project(orthogonal, this.radius);
   }
 
-  /** The next point of the walk (norm sqrt(L)). */
+  /** The next point of the walk (norm `radius`). */
   step(): Float32Array {
     this.angle += this.speed;
     if (this.angle >= Math.PI / 2) {

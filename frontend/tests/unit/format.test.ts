@@ -9,6 +9,7 @@ import {
   readParameter,
   WebFormatError,
 } from "../../src/format";
+import type { SphereConfig } from "../../src/config";
 import { manifest, readBuffer, readTensors, withHeader } from "./fixtures";
 
 const fixtures = manifest();
@@ -47,8 +48,9 @@ describe("weight files written by engine/webformat.py", () => {
     const buffer = readBuffer("vit_legacy16/model_fp32.safetensors");
     const header = parseSafetensors(buffer).metadata;
     expect(JSON.parse(header.config)).not.toHaveProperty("decoder_mixer");
-    expect((await parseWeightFile(buffer)).config.decoder_mixer).toBe("latent");
-    expect((await parseWeightFile(readBuffer("vit_tiny16/model_fp32.safetensors"))).config.decoder_mixer).toBe("width");
+    const sphereConfig = async (bytes: ArrayBuffer) => (await parseWeightFile(bytes)).config as SphereConfig;
+    expect((await sphereConfig(buffer)).decoder_mixer).toBe("latent");
+    expect((await sphereConfig(readBuffer("vit_tiny16/model_fp32.safetensors"))).decoder_mixer).toBe("width");
   });
 
   it("packs matrices for the GPU with 4-byte aligned buffers", async () => {
