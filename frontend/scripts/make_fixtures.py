@@ -1,17 +1,18 @@
 """Reference fixtures for the frontend tests, computed with the PyTorch model (CPU).
 
 Writes frontend/test-fixtures/ (git-ignored):
-  <model>/model_<mode>.safetensors   tiny randomized Sphere Encoders exported with engine.webformat
+  <model>/model_<mode>.safetensors   tiny randomized Sphere Encoders and Power-Spherical VAEs exported with
+                                     engine.webformat
   <model>/reference_<mode>.safetensors  inputs and PyTorch outputs of the DEQUANTIZED model of that file
                                          (encode, decode, sample, guided sample with cfg_mode "combo",
-                                         reconstruct)
+                                         reconstruct); none for the 1-D psvae, which the page does not show
   <model>/dequant_<mode>.safetensors    the float32 state dict read back by engine.webformat
   kernels.safetensors + kernels.json    single-op cases (GEMM in every encoding, convs, norms, attention...)
   index.json                             the demo's model list for these files (engine.webformat.write_index)
   manifest.json                          what was written, with configs (written last: marks completion)
 
 Usage: python frontend/scripts/make_fixtures.py [--out DIR] [--force]. Skips the work when the inputs
-(this script, models/, engine/webformat.py) have not changed since the last run.
+(this script, models/, engine/webformat.py and the family table) have not changed since the last run.
 """
 
 from __future__ import annotations
@@ -65,6 +66,37 @@ MODELS = {
         ("fp32", "q8"),
     ),
 }
+# Power-Spherical VAEs (models/psvae.py), same layout. Tiny sizes: width 16, depth 1.
+PSVAE = {
+    # the globe: z_dim 3, conv encoder and decoder, GroupNorm. Two levels (an 8x8 map): with four (a 2x2 map,
+    # GroupNorm over 8 values) a random z_dim-3 model is so ill-conditioned that PyTorch's own float32 3-step
+    # sample differs from float64 by up to 1.3e-3, more than the chained tolerance; two levels: <= 4e-5
+    "psvae_globe16": ("psvae_tiny", dict(image_size=16, z_dim=3, channel_mults=(1, 2)), MODES),
+    # the upsampling decoder at 32 px, one channel, class-conditional (a per-channel class offset of its seed
+    # map; adaLN in the conv encoder), BatchNorm folded into the encoder's convs and to affines in the decoder
+    "psvae_up32": (
+        "psvae_tiny",
+        dict(
+            image_size=32,
+            in_channels=1,
+            z_dim=8,
+            decoder="upsample",
+            norm="batch",
+            channel_mults=(1, 2, 2),
+            num_classes=10,
+        ),
+        MODES,
+    ),
+    # ViT encoder (mean token) + conv decoder, class-conditional: adaLN widths differ (vit_width 32, 4 * width 64)
+    "psvae_vit16": (
+        "psvae_tiny",
+        dict(image_size=16, z_dim=8, backbone="vit", vit_width=32, heads=2, num_classes=10),
+        ("fp32", "q8"),
+    ),
+    # 1-D signals: exported and listed in index.json, but the page says it does not show them
+    "psvae_signal32": ("psvae_tiny", dict(backbone="conv1d", signal_length=32, in_channels=2, z_dim=3), ("fp32",)),
+}
+MODELS.update(PSVAE)
 GUIDANCE = 2.0
 RECON_ANGLE = 30.0  # degrees of re-noising between reconstruction rounds
 
@@ -78,7 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def inputs_digest() -> str:
     digest = hashlib.sha256()
-    for path in [Path(__file__), REPO / "engine" / "webformat.py", *sorted((REPO / "models").glob("*.py"))]:
+    engine = [REPO / "engine" / "webformat.py", *sorted((REPO / "engine").glob("famil*.py"))]
+    for path in [Path(__file__), *engine, *sorted((REPO / "models").glob("*.py"))]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
 
@@ -104,11 +137,13 @@ def randomize(model: torch.nn.Module, seed: int) -> None:
                 buffer.copy_(0.5 + torch.rand(buffer.shape, generator=gen))
 
 
-def demo_images(n: int, size: int) -> torch.Tensor:
-    """n real CIFAR-10 images from assets/, area-resized to size, in [-1, 1], (n, 3, size, size)."""
+def demo_images(n: int, size: int, channels: int = 3) -> torch.Tensor:
+    """n real CIFAR-10 images from assets/, area-resized to size, in [-1, 1], (n, channels, size, size);
+    one channel = the mean of RGB."""
     images = np.load(REPO / "assets" / "cifar10_demo.npz")["images"][:n]
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return F.interpolate(x, size=(size, size), mode="area") if size != x.shape[-1] else x
+    x = F.interpolate(x, size=(size, size), mode="area") if size != x.shape[-1] else x
+    return x.mean(1, keepdim=True) if channels == 1 else x
 
 
 @torch.no_grad()
@@ -138,6 +173,37 @@ def references(model, images: torch.Tensor, labels: torch.Tensor | None, seed: i
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
+@torch.no_grad()
+def psvae_references(model, images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor]:
+    """As references() for a psvae: latents on the unit sphere, sample() from the uniform prior (its Gaussian
+    handed to the browser as `noise`), cycles without noise."""
+    n, d = images.shape[0], model.config.z_dim
+    gen = torch.Generator().manual_seed(seed)
+    latents = F.normalize(torch.randn((n, d), generator=gen), dim=-1)
+    out = {"images": images, "latents": latents}
+    out["encode"] = model.encode(images, labels)[0]  # mu
+    out["decode"] = model.decode(latents, labels)
+    # the prior normalises one Gaussian (n, d) drawn from the generator: draw it the same way
+    out["noise"] = torch.randn((n, d), generator=torch.Generator().manual_seed(seed + 1))
+    out["sample"] = model.sample(n, steps=3, generator=torch.Generator().manual_seed(seed + 1), labels=labels)
+    if labels is not None:
+        out["sample_guided"] = model.sample(
+            n, steps=2, generator=torch.Generator().manual_seed(seed + 1), labels=labels, cfg=GUIDANCE, cfg_mode="combo"
+        )
+        out["labels"] = labels.float()
+    out["reconstruct"] = model.reconstruct(images, steps=2, labels=labels)
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
+def model_references(model, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor] | None:
+    """The references of a model's family (None for 1-D signal models: the page does not show them)."""
+    if getattr(model, "is_signal", False):
+        return None
+    images = demo_images(BATCH, model.config.image_size, model.config.in_channels)
+    make = psvae_references if model.config.family == "psvae" else references
+    return make(model, images, labels, seed)
+
+
 def drop_config_key(path: Path, key: str) -> None:
     """Rewrite a web file's header without `key` in its config (the data section is kept byte for byte)."""
     raw = path.read_bytes()
@@ -159,7 +225,6 @@ def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     labels = torch.tensor([3, model.config.num_classes]) if model.config.num_classes else None
-    images = demo_images(BATCH, model.config.image_size)
     entry = {"config": model.config.to_dict(), "modes": {}}
     for mode in modes:
         path = folder / f"model_{mode}.safetensors"
@@ -169,7 +234,9 @@ def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
         reference_model = load_model_from_web_weights(path)  # dequantized: the browser must match it tightly
         _, state, _ = read_web_weights(path)
         save_file({k: v.float().contiguous() for k, v in state.items()}, str(folder / f"dequant_{mode}.safetensors"))
-        save_file(references(reference_model, images, labels, seed), str(folder / f"reference_{mode}.safetensors"))
+        reference = model_references(reference_model, labels, seed)
+        if reference is not None:
+            save_file(reference, str(folder / f"reference_{mode}.safetensors"))
         entry["modes"][mode] = {
             "bytes": path.stat().st_size,
             "quantized": summary["quantized"],
@@ -279,6 +346,7 @@ def kernel_cases() -> tuple[dict[str, torch.Tensor], list[dict]]:
             "sphere.renoised": sphere_project(sphere_project(z) + sigma * e),
         }
     )
+    tensors["sphere.unit"] = F.normalize(z, dim=-1)  # a psvae's unit sphere: radius 1, not sqrt(L)
     cases.append({"op": "sphere", "sigma": sigma})
 
     # non-persistent tables the readers rebuild from the config (docs/web_format.md §6)
