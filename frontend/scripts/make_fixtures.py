@@ -33,12 +33,14 @@ import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from engine.webformat import (  # noqa: E402
+    build_header,
     dequantize_groups,
     export_model,
     load_model_from_web_weights,
     quantize_groups,
     read_raw,
     read_web_weights,
+    write_atomic,
     write_index,
 )
 from models import build_model  # noqa: E402
@@ -93,10 +95,18 @@ PSVAE = {
         dict(image_size=16, z_dim=8, backbone="vit", vit_width=32, heads=2, num_classes=10),
         ("fp32", "q8"),
     ),
+    # a file with the decoder alone (export_weights.py writes both networks; the page must cope with one):
+    # the upsampling decoder at z_dim 8; the page decodes and samples in one step, and says why it cannot encode
+    "psvae_decoder16": (
+        "psvae_tiny",
+        dict(image_size=16, z_dim=8, decoder="upsample", channel_mults=(1, 2)),
+        ("fp32", "q4"),
+    ),
     # 1-D signals: exported and listed in index.json, but the page says it does not show them
     "psvae_signal32": ("psvae_tiny", dict(backbone="conv1d", signal_length=32, in_channels=2, z_dim=3), ("fp32",)),
 }
 MODELS.update(PSVAE)
+DECODER_ONLY = {"psvae_decoder16"}  # models whose files keep only the decoder.* tensors
 GUIDANCE = 2.0
 RECON_ANGLE = 30.0  # degrees of re-noising between reconstruction rounds
 
@@ -186,6 +196,7 @@ def psvae_references(model, images: torch.Tensor, labels: torch.Tensor | None, s
     # the prior normalises one Gaussian (n, d) drawn from the generator: draw it the same way
     out["noise"] = torch.randn((n, d), generator=torch.Generator().manual_seed(seed + 1))
     out["sample"] = model.sample(n, steps=3, generator=torch.Generator().manual_seed(seed + 1), labels=labels)
+    out["sample_1_step"] = model.sample(n, steps=1, generator=torch.Generator().manual_seed(seed + 1), labels=labels)
     if labels is not None:
         out["sample_guided"] = model.sample(
             n, steps=2, generator=torch.Generator().manual_seed(seed + 1), labels=labels, cfg=GUIDANCE, cfg_mode="combo"
@@ -217,6 +228,24 @@ def drop_config_key(path: Path, key: str) -> None:
     path.write_bytes(len(text).to_bytes(8, "little") + text.encode() + raw[8 + header_len :])
 
 
+TORCH_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.int8: "I8", torch.uint8: "U8"}
+
+
+def keep_decoder_only(path: Path) -> None:
+    """Rewrite a web file with only its decoder.* tensors (and their quantization entries), re-hashed."""
+    metadata, tensors = read_raw(path)
+    quantization = {k: v for k, v in json.loads(metadata["quantization"]).items() if k.startswith("decoder.")}
+    packed = {name for info in json.loads(metadata["quantization"]).values() for name in (info["data"], info["scales"])}
+    kept = {info[key] for info in quantization.values() for key in ("data", "scales")}
+    entries = [
+        (name, TORCH_DTYPES[tensor.dtype], tensor)
+        for name, tensor in tensors.items()
+        if (name in kept) or (name not in packed and name.startswith("decoder."))
+    ]
+    metadata = {k: v for k, v in metadata.items() if k != "data_sha256"} | {"quantization": json.dumps(quantization)}
+    write_atomic(path, *build_header(entries, metadata))
+
+
 def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
     registry_name, overrides, modes = MODELS[name]
     model = build_model(registry_name, **overrides)
@@ -225,18 +254,20 @@ def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)
     labels = torch.tensor([3, model.config.num_classes]) if model.config.num_classes else None
-    entry = {"config": model.config.to_dict(), "modes": {}}
+    entry = {"config": model.config.to_dict(), "decoder_only": name in DECODER_ONLY, "modes": {}}
     for mode in modes:
         path = folder / f"model_{mode}.safetensors"
         summary = export_model(model, path, mode)
         if name in LEGACY:
             drop_config_key(path, LEGACY[name])
         reference_model = load_model_from_web_weights(path)  # dequantized: the browser must match it tightly
-        _, state, _ = read_web_weights(path)
-        save_file({k: v.float().contiguous() for k, v in state.items()}, str(folder / f"dequant_{mode}.safetensors"))
         reference = model_references(reference_model, labels, seed)
         if reference is not None:
             save_file(reference, str(folder / f"reference_{mode}.safetensors"))
+        if name in DECODER_ONLY:
+            keep_decoder_only(path)  # after the references: PyTorch cannot load a model without its encoder
+        _, state, _ = read_web_weights(path)
+        save_file({k: v.float().contiguous() for k, v in state.items()}, str(folder / f"dequant_{mode}.safetensors"))
         entry["modes"][mode] = {
             "bytes": path.stat().st_size,
             "quantized": summary["quantized"],

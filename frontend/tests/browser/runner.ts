@@ -290,7 +290,10 @@ async function otherKernelTests(h: Harness, t: Tensors, cases: Case[]): Promise<
 interface Manifest {
   guidance: number;
   recon_angle: number;
-  models: Record<string, { config: { family?: string; backbone?: string; num_classes: number }; modes: Record<string, unknown> }>;
+  models: Record<
+    string,
+    { config: { family?: string; backbone?: string; num_classes: number }; decoder_only?: boolean; modes: Record<string, unknown> }
+  >;
 }
 
 /** A 1-D signal psvae: the page refuses it at load with the reason (no reference outputs exist). */
@@ -323,49 +326,84 @@ async function modelTests(h: Harness, base: string, manifest: Manifest, only: st
         h.record(`model/${tag}/load`, false, String((error as Error)?.stack ?? error));
         continue;
       }
-      const sphere = model.family === "sphere"; // psvae: no re-noising, nothing but the prior's Gaussian to pass
       const labels = ref.has("labels") ? Array.from(get(ref, "labels")) : undefined;
-      await h.check(`model/${tag}/encode`, TOLERANCE.model, async () => [
-        await model.encode(get(ref, "images"), labels),
-        get(ref, "encode"),
-      ]);
-      await h.check(`model/${tag}/decode`, TOLERANCE.model, async () => [
-        await model.decode(get(ref, "latents"), labels),
-        get(ref, "decode"),
-      ]);
-      const sampleArgs = { steps: 3, noise: get(ref, "noise"), renoise: sphere ? get(ref, "renoise") : undefined, labels };
-      let first: Float32Array = new Float32Array();
-      await h.check(`model/${tag}/sample_3_steps`, TOLERANCE.chained, async () => [
-        (first = await model.sample(2, sampleArgs)),
-        get(ref, "sample"),
-      ]);
-      if (ref.has("sample_guided")) {
-        const guidedArgs = { ...sampleArgs, steps: 2, guidance: manifest.guidance };
-        await h.check(`model/${tag}/sample_guided`, TOLERANCE.chained, async () => [
-          await model.sample(2, guidedArgs),
-          get(ref, "sample_guided"),
-        ]);
-      }
-      const reconArgs = sphere
-        ? { steps: 2, noiseAngle: manifest.recon_angle, renoise: get(ref, "recon_renoise"), labels }
-        : { steps: 2, labels };
-      await h.check(`model/${tag}/reconstruct_2_steps`, TOLERANCE.chained, async () => {
-        const out = await model.reconstruct(get(ref, "images"), reconArgs);
-        return [out.images, get(ref, "reconstruct")];
-      });
-      // the same call again: bit-identical, with no new buffers and no new pipelines
-      const bytesBefore = model.gpuBytes;
-      const pipelinesBefore = h.gpu.pipelineCount;
-      await h.check(`model/${tag}/repeat_identical`, 0, async () => [await model.sample(2, sampleArgs), first]);
-      const reused = model.gpuBytes === bytesBefore && h.gpu.pipelineCount === pipelinesBefore;
-      h.record(
-        `model/${tag}/buffers_reused`,
-        reused,
-        `gpu bytes ${bytesBefore} -> ${model.gpuBytes}, pipelines ${pipelinesBefore} -> ${h.gpu.pipelineCount}`,
-      );
+      if (info.decoder_only) await decoderOnlyChecks(h, tag, model, ref, labels);
+      else await modelChecks(h, tag, model, ref, labels, manifest);
       await model.dispose();
     }
   }
+}
+
+/** encode, decode, sample (3 steps, guided, 1 step for psvae), reconstruct; a repeated call reuses everything. */
+async function modelChecks(h: Harness, tag: string, model: WebModel, ref: Tensors, labels: number[] | undefined, manifest: Manifest) {
+  const sphere = model.family === "sphere"; // psvae: no re-noising, nothing but the prior's Gaussian to pass
+  await h.check(`model/${tag}/encode`, TOLERANCE.model, async () => [await model.encode(get(ref, "images"), labels), get(ref, "encode")]);
+  await h.check(`model/${tag}/decode`, TOLERANCE.model, async () => [await model.decode(get(ref, "latents"), labels), get(ref, "decode")]);
+  const sampleArgs = { steps: 3, noise: get(ref, "noise"), renoise: sphere ? get(ref, "renoise") : undefined, labels };
+  let first: Float32Array = new Float32Array();
+  await h.check(`model/${tag}/sample_3_steps`, TOLERANCE.chained, async () => [
+    (first = await model.sample(2, sampleArgs)),
+    get(ref, "sample"),
+  ]);
+  if (ref.has("sample_1_step")) {
+    await h.check(`model/${tag}/sample_1_step`, TOLERANCE.model, async () => [
+      await model.sample(2, { ...sampleArgs, steps: 1 }),
+      get(ref, "sample_1_step"),
+    ]);
+  }
+  if (ref.has("sample_guided")) {
+    const guidedArgs = { ...sampleArgs, steps: 2, guidance: manifest.guidance };
+    await h.check(`model/${tag}/sample_guided`, TOLERANCE.chained, async () => [
+      await model.sample(2, guidedArgs),
+      get(ref, "sample_guided"),
+    ]);
+  }
+  const reconArgs = sphere
+    ? { steps: 2, noiseAngle: manifest.recon_angle, renoise: get(ref, "recon_renoise"), labels }
+    : { steps: 2, labels };
+  await h.check(`model/${tag}/reconstruct_2_steps`, TOLERANCE.chained, async () => {
+    const out = await model.reconstruct(get(ref, "images"), reconArgs);
+    return [out.images, get(ref, "reconstruct")];
+  });
+  await reuseChecks(h, tag, model, () => model.sample(2, sampleArgs), first);
+}
+
+/** A file with the decoder alone: decode and 1-step samples match; encoding calls fail saying why. */
+async function decoderOnlyChecks(h: Harness, tag: string, model: WebModel, ref: Tensors, labels: number[] | undefined) {
+  h.record(`model/${tag}/no_encoder`, !model.canEncode, `canEncode ${model.canEncode}`);
+  await h.check(`model/${tag}/decode`, TOLERANCE.model, async () => [await model.decode(get(ref, "latents"), labels), get(ref, "decode")]);
+  const sampleArgs = { steps: 1, noise: get(ref, "noise"), labels };
+  let first: Float32Array = new Float32Array();
+  await h.check(`model/${tag}/sample_1_step`, TOLERANCE.model, async () => [
+    (first = await model.sample(2, sampleArgs)),
+    get(ref, "sample_1_step"),
+  ]);
+  const refusals: [string, () => Promise<unknown>][] = [
+    ["encode", () => model.encode(get(ref, "images"), labels)],
+    ["sample_3_steps", () => model.sample(2, { ...sampleArgs, steps: 3 })],
+    ["reconstruct", () => model.reconstruct(get(ref, "images"), { labels })],
+  ];
+  for (const [what, call] of refusals) {
+    const message = await call().then(
+      () => "no error",
+      (error) => String((error as Error)?.message ?? error),
+    );
+    h.record(`model/${tag}/${what}_refused`, /holds no encoder/.test(message), message);
+  }
+  await reuseChecks(h, tag, model, () => model.sample(2, sampleArgs), first);
+}
+
+/** The same call again: bit-identical, with no new buffers and no new pipelines. */
+async function reuseChecks(h: Harness, tag: string, model: WebModel, call: () => Promise<Float32Array>, first: Float32Array) {
+  const bytesBefore = model.gpuBytes;
+  const pipelinesBefore = h.gpu.pipelineCount;
+  await h.check(`model/${tag}/repeat_identical`, 0, async () => [await call(), first]);
+  const reused = model.gpuBytes === bytesBefore && h.gpu.pipelineCount === pipelinesBefore;
+  h.record(
+    `model/${tag}/buffers_reused`,
+    reused,
+    `gpu bytes ${bytesBefore} -> ${model.gpuBytes}, pipelines ${pipelinesBefore} -> ${h.gpu.pipelineCount}`,
+  );
 }
 
 async function runParityTests(
