@@ -1,7 +1,10 @@
 // End-to-end test of the built page in headless Chromium: build (vite) into test-results/e2e-dist, serve it
 // on 127.0.0.1 with the test fixtures as its models/ folder, pick a model and precision, generate, and check
 // that the canvases are not blank; also reconstruct a bundled sample, loop, roam and the interpolation pad.
-// Saves test-results/e2e.png. Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8]
+// Then the psvae family: a z_dim-3 model generates, reconstructs and decodes what its globe shows as it is
+// dragged and hovered; a decoder-only file says why it cannot reconstruct; a 1-D model and an unknown family
+// are refused in one line. Saves test-results/e2e.png (sphere), e2e-psvae.png and e2e-globe.png.
+// Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8]
 import fs from "node:fs";
 import path from "node:path";
 import { build } from "vite";
@@ -34,6 +37,7 @@ for (const [name, data] of [
   fs.writeFileSync(path.join(extraModels, name, "model_q8.safetensors"), data);
   index.push({ ...good, name: `zz_${name}`, modes: { q8: { file: `${name}/model_q8.safetensors`, bytes: data.length } } });
 }
+index.push({ ...good, name: "zz_ldm", family: "ldm", modes: { q8: { file: "corrupt/model_q8.safetensors", bytes: corrupt.length } } }); // never fetched
 fs.writeFileSync(path.join(extraModels, "index.json"), JSON.stringify(index));
 
 await build({ root, logLevel: "warn", build: { outDir, emptyOutDir: true, copyPublicDir: false } });
@@ -61,7 +65,7 @@ try {
   const waitState = async (state, timeout = 180_000) => {
     await page.waitForFunction(
       (s) =>
-        ["ready", "error", "no-webgpu", "no-models", "device-lost"].includes(document.body.dataset.state) &&
+        ["ready", "error", "unsupported", "no-webgpu", "no-models", "device-lost"].includes(document.body.dataset.state) &&
         (document.body.dataset.state === s || document.body.dataset.state !== "ready"),
       state,
       { timeout },
@@ -69,6 +73,29 @@ try {
     return page.evaluate(() => document.body.dataset.state);
   };
   const generatedCount = () => page.evaluate(() => Number(document.body.dataset.generated ?? 0));
+  const pickModel = async (name) => {
+    const value = await page.evaluate(
+      (n) => [...document.querySelectorAll("#model-select option")].find((o) => o.textContent.startsWith(`${n} `))?.value,
+      name,
+    );
+    check(value !== undefined, `model picker lists ${name}`);
+    await page.selectOption("#model-select", value);
+  };
+  // RGB bytes of a canvas, and the range of its values (0: a flat, blank image)
+  const pixels = (selector) =>
+    page.evaluate((s) => {
+      const canvas = document.querySelector(s);
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      return { width: canvas.width, rgb: [...data].filter((_, i) => i % 4 !== 3) };
+    }, selector);
+  const range = (values) => Math.max(...values) - Math.min(...values);
+  const generateFour = async () => {
+    await page.selectOption("#count", "4");
+    const before = await generatedCount();
+    await page.click("#generate");
+    await page.waitForFunction((n) => Number(document.body.dataset.generated ?? 0) > n, before, { timeout: 120_000 });
+    return Promise.all([0, 1, 2, 3].map((i) => pixels(`#grid canvas:nth-child(${i + 1})`)));
+  };
   check((await waitState("ready")) === "ready", "page loads the first model from index.json");
 
   // broken files: a clear message each (a corrupt one is not kept in the cache), then the next model loads fine
@@ -175,6 +202,99 @@ try {
   const shot = path.join(root, "test-results", "e2e.png");
   await page.screenshot({ path: shot, fullPage: true });
   console.log(`screenshot: ${path.relative(process.cwd(), shot)}`);
+
+  // ---- the psvae family -----------------------------------------------------------------------------------
+  const globeCount = () => page.evaluate(() => Number(document.body.dataset.globeDecoded ?? 0));
+  const waitGlobe = (n) => page.waitForFunction((k) => Number(document.body.dataset.globeDecoded ?? 0) > k, n, { timeout: 60_000 });
+  await pickModel("psvae_globe16");
+  check((await waitState("ready")) === "ready", "loads psvae_globe16 (q8)");
+  check(
+    /latent: a point of the unit sphere S² \(z_dim 3\)/.test(await page.textContent("#model-status")),
+    "status names the unit sphere S²",
+  );
+  const psvaeGrid = await generateFour();
+  check(
+    psvaeGrid.every((g) => g.width === 16 && range(g.rgb) > 20),
+    `psvae samples are not blank (pixel ranges ${psvaeGrid.map((g) => range(g.rgb)).join(", ")})`,
+  );
+  await page.click("#samples img[alt=horse]");
+  await page.waitForFunction(() => /encode [\d.]+ ms · decode [\d.]+ ms/.test(document.querySelector("#recon-status").textContent), null, {
+    timeout: 60_000,
+  });
+  check(true, `psvae reconstruct: ${await page.textContent("#recon-status")}`);
+
+  // the globe: shown for z_dim 3, its front point decoded at load; a drag turns it and decodes the new front point
+  check(await page.isVisible("#globe-panel"), "the globe panel is shown for z_dim 3");
+  await page.waitForFunction(() => Number(document.body.dataset.globeDecoded ?? 0) > 0, null, { timeout: 60_000 });
+  const globe = page.locator("#globe");
+  await globe.scrollIntoViewIfNeeded();
+  const globeBox = await globe.boundingBox();
+  const [gx, gy] = [globeBox.x + globeBox.width / 2, globeBox.y + globeBox.height / 2];
+  const atStart = await pixels("#globe-output");
+  const readoutStart = await page.textContent("#globe-readout");
+  check(range(atStart.rgb) > 20, `the front point is decoded at load: ${await page.textContent("#globe-status")}`);
+  let count = await globeCount();
+  await page.mouse.move(gx, gy);
+  await page.mouse.down();
+  for (let step = 1; step <= 6; step++) await page.mouse.move(gx + step * 0.12 * globeBox.width, gy + step * 0.03 * globeBox.height);
+  await page.mouse.up();
+  await waitGlobe(count);
+  await page.waitForFunction(() => !window.sphereDemo.globeBusy && !window.sphereDemo.pendingGlobe, null, { timeout: 60_000 });
+  const afterDrag = await pixels("#globe-output");
+  const changed = afterDrag.rgb.filter((value, i) => Math.abs(value - atStart.rgb[i]) > 2).length;
+  check(changed > afterDrag.rgb.length / 10, `dragging the globe changes the decoded image (${changed} of ${afterDrag.rgb.length} values)`);
+  const readoutDragged = await page.textContent("#globe-readout");
+  check(readoutDragged !== readoutStart, `the readout follows the drag: ${readoutStart} -> ${readoutDragged}`);
+  check(
+    (await page.textContent("#globe-status")).includes("front point"),
+    `a drag decodes the front point: ${await page.textContent("#globe-status")}`,
+  );
+  count = await globeCount();
+  await page.mouse.move(gx - 0.25 * globeBox.width, gy - 0.2 * globeBox.height); // hover: the point under the cursor
+  await waitGlobe(count);
+  await page.waitForFunction(() => document.querySelector("#globe-status").textContent.includes("under the cursor"), null, {
+    timeout: 60_000,
+  });
+  check(true, `hovering decodes the point under the cursor: ${await page.textContent("#globe-status")}`);
+  await page.waitForFunction(() => !window.sphereDemo.globeBusy && !window.sphereDemo.pendingGlobe, null, { timeout: 60_000 });
+  await page.locator("#globe-panel").screenshot({ path: path.join(root, "test-results", "e2e-globe.png") });
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: path.join(root, "test-results", "e2e-psvae.png"), fullPage: true });
+  console.log("screenshots: test-results/e2e-psvae.png, test-results/e2e-globe.png");
+
+  // a decoder-only file: samples in one step, the pad on the unit sphere, no globe (z_dim 8), Reconstruct says why
+  await pickModel("psvae_decoder16");
+  check((await waitState("ready")) === "ready", "loads psvae_decoder16 (decoder only)");
+  check(
+    (await page.isVisible("#recon-note")) && !(await page.isVisible("#recon-body")),
+    `Reconstruct says why it is off: ${(await page.textContent("#recon-note")).trim().replace(/\s+/g, " ")}`,
+  );
+  check(!(await page.isVisible("#globe-panel")), "no globe for z_dim 8");
+  check((await page.inputValue("#steps")) === "1", "samples take one step without an encoder");
+  const decoderGrid = await generateFour();
+  check(
+    decoderGrid.every((g) => range(g.rgb) > 20),
+    `decoder-only samples are not blank (pixel ranges ${decoderGrid.map((g) => range(g.rgb)).join(", ")})`,
+  );
+  await pad.scrollIntoViewIfNeeded();
+  const padBox = await pad.boundingBox();
+  await pad.hover({ position: { x: padBox.width * 0.7, y: padBox.height * 0.3 } });
+  await page.waitForFunction(() => document.querySelector("#pad-status").textContent.startsWith("u 0.7"), null, { timeout: 60_000 });
+  check(true, `pad on the unit sphere: ${await page.textContent("#pad-status")}`);
+
+  // refused in one line, without downloading: a 1-D signal model, a family the page does not know
+  for (const [name, pattern] of [
+    ["psvae_signal32", /psvae_signal32.*1-D signal models \(psvae conv1d\) are not shown in this page/],
+    ["zz_ldm", /'zz_ldm' holds a 'ldm' model, a family this page does not know/],
+  ]) {
+    await pickModel(name);
+    check((await waitState("unsupported")) === "unsupported", `${name} is not loaded`);
+    await page.waitForFunction(() => document.querySelector("#messages .message.error"), null, { timeout: 10_000 });
+    const message = await page.textContent("#messages .message.error");
+    check(pattern.test(message), `${name} is explained: ${message}`);
+    await page.click("#messages .message.error button.secondary");
+  }
+  check(errors.length === 0, `no page errors after the psvae checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
 
   // a browser without WebGPU gets a clear message
   const plain = await browser.newPage();

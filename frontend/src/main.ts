@@ -1,4 +1,7 @@
-/** The demo page: pick a model and precision, generate, loop, reconstruct, interpolate and roam. */
+/**
+ * The demo page: pick a model (of any family the page reads) and precision, generate, loop, reconstruct,
+ * interpolate and roam; a psvae with a 3-D latent also gets a globe to turn.
+ */
 
 import {
   cachedBytes,
@@ -10,10 +13,14 @@ import {
   loadCatalog,
   type CatalogEntry,
 } from "./app/catalog";
+import { Globe, type PickKind } from "./app/globe";
 import { canvasGrid, centerCrop, drawImage, loadBitmap, toModelInput } from "./app/images";
+import { entryProblem, loadModel } from "./family";
 import { WebFormatError, type Mode } from "./format";
+import { formatLatLon, type Vec3 } from "./globe";
 import { Gpu, GpuUnavailableError } from "./gpu";
-import { SphereModel } from "./model";
+import type { WebModel } from "./model";
+import { UnsupportedModelError } from "./psvae";
 import { Random } from "./rng";
 import { GreatCircleWalk, randomPoint, slerp2d } from "./sphere";
 
@@ -36,13 +43,16 @@ interface State {
   gpu: Gpu | null;
   catalog: CatalogEntry[];
   entry: CatalogEntry | null;
-  model: SphereModel | null;
+  model: WebModel | null;
   loadToken: number;
   loop: boolean;
   roam: boolean;
   corners: Float32Array[] | null;
   pendingPad: [number, number] | null;
   padBusy: boolean;
+  globe: Globe | null;
+  pendingGlobe: { point: Vec3; kind: PickKind } | null;
+  globeBusy: boolean;
   random: Random;
 }
 
@@ -57,6 +67,9 @@ const state: State = {
   corners: null,
   pendingPad: null,
   padBusy: false,
+  globe: null,
+  pendingGlobe: null,
+  globeBusy: false,
   random: new Random(Date.now() >>> 0),
 };
 
@@ -102,6 +115,7 @@ function reportError(error: unknown, prefix = ""): void {
 
 function explain(error: unknown): string {
   if (error instanceof WebFormatError) return `The weight file could not be read: ${error.message}`;
+  if (error instanceof UnsupportedModelError) return error.message;
   if (error instanceof Error) return error.message;
   return String(error);
 }
@@ -151,7 +165,7 @@ async function recoverDevice(): Promise<void> {
 }
 
 function setControls(enabled: boolean): void {
-  for (const id of ["generate", "loop", "new-corners", "roam"]) $<HTMLButtonElement>(id).disabled = !enabled;
+  for (const id of ["generate", "loop", "new-corners", "roam", "globe-reset"]) $<HTMLButtonElement>(id).disabled = !enabled;
 }
 
 function stopLoops(): void {
@@ -162,9 +176,28 @@ function stopLoops(): void {
   $("roam").textContent = "Start";
 }
 
+/** One line of the model picker: the family's own fields, then size, parameters and classes. */
 function describe(entry: CatalogEntry): string {
   const classes = entry.num_classes ? `, ${entry.num_classes} classes` : "";
-  return `${entry.name} — ${entry.backbone}, ${entry.image_size}px, ${formatCount(entry.param_count)} params${classes}`;
+  const family = entry.family ?? "sphere";
+  const kind =
+    family === "sphere"
+      ? `${entry.backbone}`
+      : family === "psvae"
+        ? `psvae ${entry.backbone}/${entry.decoder}, z ${entry.z_dim}`
+        : `${family} (not readable here)`;
+  return `${entry.name} — ${kind}, ${entry.image_size}px, ${formatCount(entry.param_count)} params${classes}`;
+}
+
+/** The status line's account of a loaded model's latent. */
+function describeLatent(model: WebModel): string {
+  if (model.family === "sphere") return `latent ${model.latentShape.join("×")} (L = ${model.latentSize})`;
+  const encoder = model.canEncode ? "" : ", decoder only";
+  return `latent: a point of the unit sphere S${superscript(model.latentSize - 1)} (z_dim ${model.latentSize})${encoder}`;
+}
+
+function superscript(value: number): string {
+  return [...String(value)].map((digit) => "⁰¹²³⁴⁵⁶⁷⁸⁹"[Number(digit)]).join("");
 }
 
 async function loadCatalogIntoPicker(): Promise<void> {
@@ -211,9 +244,18 @@ async function loadSelected(): Promise<void> {
   void state.model?.dispose(); // frees the previous model's buffers once its last call is done
   state.model = null;
   state.corners = null;
+  clearOutputs();
   const file = entry.modes[mode]!;
   const url = new URL(file.file, MODELS_BASE).href;
   const bar = $("progress-bar");
+  const problem = entryProblem(entry); // known from index.json: no download
+  if (problem) {
+    bar.style.width = "0";
+    setStatus("model-status", `Not shown: ${entry.name}.`);
+    showMessage("error", problem);
+    setPageState("unsupported");
+    return;
+  }
   try {
     const buffer = await fetchWeights(url, file.bytes, (loaded, total, cached) => {
       bar.style.width = `${total ? (100 * loaded) / total : 100}%`;
@@ -226,7 +268,7 @@ async function loadSelected(): Promise<void> {
     });
     if (token !== state.loadToken) return;
     const start = performance.now();
-    const model = await SphereModel.load(state.gpu, buffer, file.file);
+    const model = await loadModel(state.gpu, buffer, file.file);
     if (token !== state.loadToken) return void model.dispose(); // another model was picked meanwhile
     state.model = model;
     state.entry = entry;
@@ -234,13 +276,15 @@ async function loadSelected(): Promise<void> {
     localStorage.setItem("sphere.mode", mode);
     setStatus(
       "model-status",
-      `${entry.name} ${mode} ready: latent ${model.latentShape.join("×")} (L = ${model.latentSize}), ${formatBytes(file.bytes)}, set up in ${(performance.now() - start).toFixed(0)} ms.`,
+      `${entry.name} ${mode} ready: ${describeLatent(model)}, ${formatBytes(file.bytes)}, set up in ${(performance.now() - start).toFixed(0)} ms.`,
     );
     configureConditional(entry);
+    configurePanels(model);
     setControls(true);
     void refreshCacheStatus();
     await generate();
     await newCorners();
+    state.globe?.reset();
     setPageState("ready");
   } catch (error) {
     if (error instanceof WebFormatError) await forgetWeights(url, file.bytes).catch(() => undefined); // a fixed file is fetched anew
@@ -248,7 +292,7 @@ async function loadSelected(): Promise<void> {
     bar.style.width = "0";
     setStatus("model-status", "Loading failed.");
     reportError(error, `Could not load ${entry.name} (${mode}): `);
-    setPageState("error");
+    setPageState(error instanceof UnsupportedModelError ? "unsupported" : "error");
     void refreshCacheStatus();
   }
 }
@@ -262,6 +306,37 @@ function configureConditional(entry: CatalogEntry): void {
     new Option("none (null class)", String(entry.num_classes)),
     ...Array.from({ length: entry.num_classes }, (_, i) => new Option(names?.[i] ?? `class ${i}`, String(i))),
   );
+}
+
+/** Outputs and timings of the previous model would read as the next one's. */
+function clearOutputs(): void {
+  for (const id of ["generate-status", "recon-status", "pad-status", "roam-status", "globe-status", "family-note"]) setStatus(id, "");
+  for (const id of ["recon-input", "recon-output", "roam-output", "globe-output"]) {
+    const canvas = $<HTMLCanvasElement>(id);
+    canvas.getContext("2d")?.clearRect(0, 0, canvas.width, canvas.height);
+  }
+}
+
+const FAMILY_NOTES: Record<string, string> = {
+  sphere: "",
+  psvae:
+    "A Power-Spherical VAE: samples decode uniform points of its unit sphere; each further step is an encode → decode cycle, without noise.",
+};
+
+/**
+ * Panels that depend on the model: Reconstruct and multi-step samples need an encoder (a decoder-only file
+ * has none: say so); the globe is for a psvae whose latent is a point of S^2.
+ */
+function configurePanels(model: WebModel): void {
+  setStatus("family-note", FAMILY_NOTES[model.family] ?? "");
+  $("recon-body").hidden = !model.canEncode;
+  $("recon-note").hidden = model.canEncode;
+  const steps = $<HTMLSelectElement>("steps");
+  for (const option of steps.options) option.disabled = !model.canEncode && option.value !== "1";
+  if (!model.canEncode) steps.value = "1";
+  const globe = model.family === "psvae" && model.latentSize === 3;
+  $("globe-panel").hidden = !globe;
+  state.globe = globe ? (state.globe ?? new Globe($<HTMLCanvasElement>("globe"), requestGlobe)) : null;
 }
 
 function labels(count: number): number[] | undefined {
@@ -385,7 +460,7 @@ function setupReconstruct(): void {
 async function newCorners(): Promise<void> {
   const model = state.model;
   if (!model) return;
-  state.corners = Array.from({ length: 4 }, () => randomPoint(model.latentSize, state.random));
+  state.corners = Array.from({ length: 4 }, () => randomPoint(model.latentSize, state.random, model.radius));
   const latents = new Float32Array(4 * model.latentSize);
   state.corners.forEach((corner, i) => latents.set(corner, i * model.latentSize));
   const images = await model.decode(latents, labels(4));
@@ -409,7 +484,7 @@ async function drainPad(): Promise<void> {
       const [u, v] = state.pendingPad;
       state.pendingPad = null;
       const model = state.model;
-      const images = await model.decode(slerp2d(state.corners, u, v), labels(1));
+      const images = await model.decode(slerp2d(state.corners, u, v, model.radius), labels(1));
       drawImage($<HTMLCanvasElement>("pad-output"), images, 0, model.config.in_channels, model.config.image_size);
       setStatus("pad-status", `u ${u.toFixed(2)} · v ${v.toFixed(2)} · decode ${model.lastTimings.decodeMs.toFixed(1)} ms`);
     }
@@ -450,15 +525,46 @@ function setupPad(): void {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// globe (psvae, z_dim = 3)
+
+function requestGlobe(point: Vec3, kind: PickKind): void {
+  state.pendingGlobe = { point, kind };
+  setStatus("globe-readout", formatLatLon(point));
+  if (!state.globeBusy) void drainGlobe();
+}
+
+/** Decode the latest globe point; points picked meanwhile collapse into one (as the pad does). */
+async function drainGlobe(): Promise<void> {
+  state.globeBusy = true;
+  try {
+    while (state.pendingGlobe && state.model && state.globe) {
+      const { point, kind } = state.pendingGlobe;
+      state.pendingGlobe = null;
+      const model = state.model;
+      const images = await model.decode(Float32Array.from(point), labels(1));
+      drawImage($<HTMLCanvasElement>("globe-output"), images, 0, model.config.in_channels, model.config.image_size);
+      const where = kind === "front" ? "front point" : "under the cursor";
+      setStatus("globe-status", `${formatLatLon(point)} (${where}) · decode ${model.lastTimings.decodeMs.toFixed(1)} ms`);
+      document.body.dataset.globeDecoded = String(Number(document.body.dataset.globeDecoded ?? 0) + 1);
+    }
+  } catch (error) {
+    reportError(error);
+  } finally {
+    state.globeBusy = false;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // roam
 
 async function runRoam(): Promise<void> {
   const model = state.model;
   if (!model) return;
   const walk = new GreatCircleWalk(
-    randomPoint(model.latentSize, state.random),
+    randomPoint(model.latentSize, state.random, model.radius),
     state.random,
     Number($<HTMLInputElement>("roam-speed").value),
+    model.radius,
   );
   let frames = 0;
   let windowStart = performance.now();
@@ -511,6 +617,7 @@ function wireControls(): void {
     if (on) void runRoam();
   };
   $("new-corners").onclick = () => void newCorners().catch((error) => reportError(error));
+  $("globe-reset").onclick = () => state.globe?.reset();
   $("clear-cache").onclick = async () => {
     await clearCache();
     await refreshCacheStatus();

@@ -5,13 +5,17 @@ export interface ModeEntry {
   bytes: number;
 }
 
+/** An index.json entry (engine/webformat.py index_entry): common fields, then its family's own. */
 export interface CatalogEntry {
   name: string;
+  family?: string; // absent in index files written before families existed: "sphere"
   dataset: string | null;
   image_size: number;
-  latent_dim: number;
-  latent_shape: number[];
-  backbone: string;
+  backbone?: string; // sphere: vit | convnet; psvae: conv | vit | conv1d (the encoder)
+  latent_dim?: number; // sphere
+  latent_shape?: number[]; // sphere
+  z_dim?: number; // psvae: the latent is a point of S^(z_dim - 1)
+  decoder?: string; // psvae: conv | upsample
   num_classes: number;
   param_count: number;
   modes: Partial<Record<"fp32" | "fp16" | "q8" | "q4", ModeEntry>>;
