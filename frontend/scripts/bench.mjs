@@ -59,7 +59,7 @@ try {
   );
   const rows = await page.evaluate(async ({ runs, warmup, batch, only }) => {
     const { Gpu } = await import("/src/gpu.ts");
-    const { SphereModel } = await import("/src/model.ts");
+    const { entryProblem, loadModel } = await import("/src/family.ts");
     const { Random } = await import("/src/rng.ts");
     const { randomPoint } = await import("/src/sphere.ts");
     const gpu = await Gpu.create();
@@ -77,16 +77,17 @@ try {
     };
     const rows = [];
     for (const entry of index) {
+      if (entryProblem(entry)) continue; // a model the page does not show (a 1-D psvae, an unknown family)
       for (const [mode, file] of Object.entries(entry.modes)) {
         if (only && !`${entry.name}/${mode}`.includes(only)) continue;
         const buffer = await (await fetch(`/bench-models/${file.file}`)).arrayBuffer();
-        const model = await SphereModel.load(gpu, buffer, file.file);
+        const model = await loadModel(gpu, buffer, file.file);
         const random = new Random(1);
         const latents = new Float32Array(batch * model.latentSize);
-        for (let i = 0; i < batch; i++) latents.set(randomPoint(model.latentSize, random), i * model.latentSize);
+        for (let i = 0; i < batch; i++) latents.set(randomPoint(model.latentSize, random, model.radius), i * model.latentSize);
         const images = new Float32Array(batch * model.imageSize).map(() => random.uniform() * 2 - 1);
         const decodeMs = await timed(() => model.decode(latents));
-        const encodeMs = await timed(() => model.encode(images));
+        const encodeMs = model.canEncode ? await timed(() => model.encode(images)) : NaN; // NaN: a decoder-only file
         const row = { model: entry.name, mode, mb: file.bytes / 1e6, decodeMs, encodeMs };
         console.log(
           `${row.model.padEnd(24)} ${mode.padEnd(5)} ${row.mb.toFixed(2).padStart(7)} MB  decode ${decodeMs.toFixed(1).padStart(8)} ms  encode ${encodeMs.toFixed(1).padStart(8)} ms`,
