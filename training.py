@@ -43,12 +43,12 @@ from engine.checkpoint import (  # noqa: E402
     require_resumable,
 )
 from engine.cli import positive_int  # noqa: E402
-from engine.data import DatasetError, build_dataset  # noqa: E402
+from engine.data import AUTO, DATA_KINDS, SIGNAL_NORMS, DatasetError, build_dataset  # noqa: E402
 from engine.distributed import DeviceError, DistInfo, distributed  # noqa: E402
 from engine.families import DEFAULT_FAMILY  # noqa: E402
 from engine.flags import ConfigError  # noqa: E402
 from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr  # noqa: E402
-from engine.runs import LATEST_CHECKPOINT, MetricsWriter, setup_logger  # noqa: E402
+from engine.runs import LATEST_CHECKPOINT, MetricsWriter, dataset_options, setup_logger  # noqa: E402
 from engine.setup import (  # noqa: E402
     RunPlan,
     build_loss,
@@ -71,16 +71,61 @@ from models import MODELS, build_model  # noqa: E402
 EXPECTED_ERRORS = (CheckpointError, ConfigError, DatasetError, DeviceError, PerceptualWeightsError, TrainingError)
 
 
+def add_array_data_flags(data: argparse._ArgumentGroup) -> None:
+    """How 1-D signals are scaled and which Parquet columns hold what (saved with the run: evaluate.py, sampling.py
+    and a resumed run read the data the same way)."""
+    data.add_argument(
+        "--signal_norm",
+        choices=SIGNAL_NORMS,
+        default="absmax",
+        help="scaling of 1-D signals, fitted once on the train split and never per sample: absmax = divide by the "
+        "largest |value| (train signals in [-1, 1]); standard = per-channel mean/std; none = as stored. Errors are "
+        "divided by the same scale",
+    )
+    data.add_argument(
+        "--data_column",
+        default=AUTO,
+        help="Parquet column holding one image or spectrum per row; auto = the only list column that is not an error "
+        "column",
+    )
+    data.add_argument(
+        "--error_column",
+        default=AUTO,
+        help="Parquet column of per-value errors; auto = <data_column>_error/_errors/_err if present; none = ignore",
+    )
+    data.add_argument(
+        "--label_column",
+        default=AUTO,
+        help="Parquet column of class labels; auto = 'label' or 'labels' if present; none = unlabeled",
+    )
+    data.add_argument(
+        "--data_shape",
+        type=str,
+        default=None,
+        help="shape of one Parquet row, e.g. 3,64,64 or 2,128; default: schema metadata '<data_column>_shape', else "
+        "the rows' nesting",
+    )
+    data.add_argument(
+        "--data_kind",
+        choices=DATA_KINDS,
+        default=AUTO,
+        help="what Parquet rows are: auto = 1-D rows are signals, 2-D and 3-D rows images; signal for (C, L) rows",
+    )
+
+
 def add_data_and_model_flags(parser: argparse.ArgumentParser) -> None:
     """Dataset and the architecture flags every family takes."""
     data = parser.add_argument_group("data")
     data.add_argument(
-        "--dataset", default="cifar10", help="cifar10 | fashion | demo | ffhq | folder of images | .npz file"
+        "--dataset",
+        default="cifar10",
+        help="cifar10 | fashion | demo | ffhq | sines | folder of images | .npz file | .parquet file or folder",
     )
     data.add_argument("--data_root", default="data", help="where download_*.py put cifar10/ and ffhq_64/")
     data.add_argument("--image_size", type=positive_int, default=None, help="default: the dataset's")
     data.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True)
     data.add_argument("--num_workers", type=int, default=2, help="data-loading processes (0: in the main one)")
+    add_array_data_flags(data)
     model = parser.add_argument_group("model")
     model.add_argument(
         "--model_type",
@@ -237,9 +282,18 @@ def build_training(args, dataset, info: DistInfo) -> tuple:
     return model, train_model, ema, optimizer, scheduler, settings
 
 
-def held_out_split(args, dataset):
-    """The images the renders reconstruct: the dataset's test split where it has one (the same images otherwise)."""
-    return build_dataset(args.dataset, dataset.image_size, train=False, hflip=False, root=args.data_root)
+def read_dataset(args, train: bool, image_size: int | None):
+    """A split of --dataset, read as the data flags say (signal scaling, Parquet columns)."""
+    options = dataset_options(vars(args))
+    return build_dataset(args.dataset, image_size, train=train, hflip=False, root=args.data_root, **options)
+
+
+def training_data(args, info: DistInfo) -> tuple:
+    """The training split (checked against the model's family) and, on rank 0, the held-out split the renders
+    reconstruct: the dataset's test split where it has one (the same items otherwise)."""
+    dataset = read_dataset(args, True, args.image_size)
+    check_dataset(args, dataset)
+    return dataset, read_dataset(args, False, dataset.image_size) if info.is_main else None
 
 
 def init_from_weights(path: str, model, ema: EMA) -> None:
@@ -322,10 +376,11 @@ def main(args: argparse.Namespace) -> Path:
     folder and train. Returns the run folder."""
     with one_line_errors(), distributed(args.device) as info:
         validate_args(args, info.world_size)
-        dataset = build_dataset(args.dataset, args.image_size, train=True, hflip=False, root=args.data_root)
-        check_dataset(args, dataset)
-        eval_dataset = held_out_split(args, dataset) if info.is_main else None
+        dataset, eval_dataset = training_data(args, info)
+        options = dataset_options(vars(args))
         plan = plan_run(args, dataset, info)
+        if dataset_options(vars(args)) != options:  # a resumed run's saved data flags: read the data as it did
+            dataset, eval_dataset = training_data(args, info)
         torch.manual_seed(args.seed * info.world_size + info.rank)  # per-rank seed (STYLE §12)
         model, train_model, ema, optimizer, scheduler, settings = build_training(args, dataset, info)
         check_capabilities(args, model)

@@ -14,6 +14,14 @@ from .families import with_family
 
 RUN_SUBDIRS = ("checkpoints", "images")
 LATEST_CHECKPOINT = Path("checkpoints") / "checkpoint_latest.pth"
+# training flags that say how the data is read (engine.data.build_dataset's keywords of the same names)
+DATA_FLAGS = ("signal_norm", "data_column", "error_column", "label_column", "data_shape", "data_kind")
+
+
+def dataset_options(train_flags: dict) -> dict:
+    """build_dataset's data keywords from training flags (vars(args) or a run config's "train" section): the
+    scripts read a run's data as it was trained on. Flags absent (runs from before them) or None keep defaults."""
+    return {name: train_flags[name] for name in DATA_FLAGS if train_flags.get(name) is not None}
 
 
 def new_run_dir(results_dir: str | Path, dataset_name: str) -> Path:
