@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .family import DEFAULT_FAMILY, Family, WebExport
+from .family import DEFAULT_FAMILY, Family, LatentSphere, WebExport
 from .family_psvae import PSVAE_FAMILY
 from .family_sphere import SPHERE_FAMILY
 
 FAMILIES: dict[str, Family] = {family.name: family for family in (SPHERE_FAMILY, PSVAE_FAMILY)}
-__all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "FamilyError", "WebExport"]
+__all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "FamilyError", "LatentSphere", "WebExport"]
 
 
 class FamilyError(ValueError):
@@ -55,6 +55,16 @@ def with_family(config: dict) -> dict:
 
 def family_name_of(model: nn.Module) -> str:
     return getattr(model.config, "family", DEFAULT_FAMILY)
+
+
+def family_of(model: nn.Module) -> Family:
+    """The table entry of a built model (from its config's family)."""
+    return family_named(family_name_of(model))
+
+
+def takes_signals(model: nn.Module) -> bool:
+    """Whether the model encodes 1-D signals (B, C, L) rather than images: its optional `is_signal` attribute."""
+    return bool(getattr(model, "is_signal", False))
 
 
 def cannot_sample_reason(model: nn.Module) -> str | None:

@@ -25,6 +25,15 @@ class WebExport:
 
 
 @dataclass(frozen=True)
+class LatentSphere:
+    """What "a point of the model's latent sphere" means for a family: slerp strips, the globe atlas and the latent
+    map (engine/globe.py) go through these two functions and work for any radius."""
+
+    encode: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (model, x, labels) -> (B, D)
+    decode: Callable[[nn.Module, torch.Tensor, torch.Tensor | None], torch.Tensor]  # (model, (B, D), labels) -> x
+
+
+@dataclass(frozen=True)
 class Family:
     """One row of the table: everything the scripts need to train, rebuild and export a family's models."""
 
@@ -40,4 +49,5 @@ class Family:
     flag_rules: tuple[Rule, ...] = ()  # numeric checks of its flags (engine.flags.check_rules)
     presets: dict[str, str] = field(default_factory=dict)  # --preset name -> file under configs/
     web: WebExport | None = None  # None: no web exporter
+    latent: LatentSphere | None = None  # None: no points of a sphere to interpolate or map
     summary: str = ""  # the description of its --help group

@@ -12,7 +12,7 @@ from losses import PSVAELoss, PSVAELossConfig, build_lpips
 from losses.psvae import BETA_SCHEDULES, NEEDS_SIGMA, RECON_TERMS
 from models.psvae import BACKBONES, DECODERS, POSTERIORS, PSVAE, PSVAE_MODELS, PSVAEConfig
 
-from .family import Family, WebExport
+from .family import Family, LatentSphere, WebExport
 from .flags import ConfigError, Rule, weight_rule
 
 # flags that set PSVAEConfig fields of the same name (None: the size's default)
@@ -116,6 +116,16 @@ def psvae_index_fields(config: dict) -> dict:
     return {"z_dim": config["z_dim"], "backbone": config["backbone"], "decoder": config["decoder"]}
 
 
+def psvae_encode_point(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """mu(x): the posterior's location, a point of the unit sphere S^(d-1) (B, d)."""
+    return model.encode(x, labels)[0]
+
+
+def psvae_decode_point(model: nn.Module, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """D(z) for points of the unit sphere (B, d); renormalised, so points a little off it decode as their direction."""
+    return model.decode(torch.nn.functional.normalize(z, dim=-1), labels)
+
+
 PSVAE_FAMILY = Family(
     name="psvae",
     config_class=PSVAEConfig,
@@ -129,5 +139,6 @@ PSVAE_FAMILY = Family(
     flag_rules=PSVAE_RULES,
     presets={"quickstart": "psvae_fashion.yaml"},
     web=WebExport(("backbone", "decoder", "z_dim"), psvae_edge_layers, psvae_index_fields),
+    latent=LatentSphere(psvae_encode_point, psvae_decode_point),
     summary="Power-Spherical VAE models (psvae*): architecture, posterior, reconstruction form and beta schedule",
 )

@@ -11,7 +11,7 @@ import torch.nn as nn
 from losses import SphereLoss, SphereLossConfig, build_perceptual
 from models.sphere import SPHERE_MODELS, SphereConfig, SphereEncoder
 
-from .family import Family, WebExport
+from .family import Family, LatentSphere, WebExport
 from .flags import ConfigError, Rule, probability_rule, weight_rule
 
 
@@ -129,6 +129,16 @@ def sphere_index_fields(config: dict) -> dict:
     return {"latent_dim": config["latent_dim"], "latent_shape": latent_shape, "backbone": config["backbone"]}
 
 
+def sphere_encode_point(model: nn.Module, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """f(E(x)) flattened: a point of the sphere of radius sqrt(L) (B, L), as the decoder sees it."""
+    return model.project(model.encode(x, labels)).flatten(1)
+
+
+def sphere_decode_point(model: nn.Module, v: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """D(f(v)) for flattened points (B, L); f puts a point that slerp left slightly off the sphere back on it."""
+    return model.decode(model.project(v.view(-1, *model.latent_shape)), labels).clamp(-1, 1)
+
+
 SPHERE_FAMILY = Family(
     name="sphere",
     config_class=SphereConfig,
@@ -142,5 +152,6 @@ SPHERE_FAMILY = Family(
     flag_rules=SPHERE_RULES,
     presets={"quickstart": "sphere_fashion.yaml", "paper": "sphere_cifar10.yaml"},
     web=WebExport(("backbone", "latent_dim"), sphere_edge_layers, sphere_index_fields),
+    latent=LatentSphere(sphere_encode_point, sphere_decode_point),
     summary="Sphere Encoder models (vit*, convnet*): noise level, loss weights and the encoder's lr",
 )

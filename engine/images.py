@@ -20,21 +20,48 @@ def per_image_generators(seed: int, start: int, count: int, device) -> list[torc
 
 
 SIGNAL_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189)]
+ORIGINAL_COLOUR = (170, 170, 170)  # originals under their reconstructions: light grey
+AXIS_COLOUR = (225, 225, 225)  # the zero line
 SIGNAL_PLOT_HEIGHT = 48  # pixels of one signal's plot
 
 
-def plot_signals(signals: torch.Tensor, height: int = SIGNAL_PLOT_HEIGHT) -> torch.Tensor:
-    """1-D signals (B, C, L) as line plots (B, 3, height, L) in [-1, 1]: one colour per channel on white, one
-    value scale for the whole batch (so originals and reconstructions drawn together compare)."""
+def value_rows(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor, height: int) -> torch.Tensor:
+    """Pixel rows of values on a [low, high] scale (top row = high)."""
+    return (height - 1) * (1 - (values - low) / (high - low).clamp_min(1e-12))
+
+
+def draw_curves(draw: ImageDraw.ImageDraw, rows: torch.Tensor, width: int, colours) -> None:
+    """One polyline per channel of rows (C, L), stretched over `width` pixels; colours: one per channel or one."""
+    xs = torch.linspace(0, width - 1, rows.shape[-1]).tolist()
+    for channel, ys in enumerate(rows):
+        colour = colours[channel % len(colours)] if isinstance(colours, list) else colours
+        draw.line(list(zip(xs, ys.tolist())), fill=colour)
+
+
+def plot_signals(
+    signals: torch.Tensor,
+    height: int = SIGNAL_PLOT_HEIGHT,
+    width: int | None = None,
+    originals: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """1-D signals (B, C, L) as line plots (B, 3, height, width) in [-1, 1] (width None = L pixels): one colour per
+    channel on white, over `originals` (B, C, L) in grey when given, a light zero line where 0 is in range, and one
+    value scale for the whole batch (so plots drawn together compare)."""
     values = signals.detach().float().cpu()
-    low, high = values.min(), values.max()
-    rows = (height - 1) * (1 - (values - low) / (high - low).clamp_min(1e-12))  # pixel row of each value
+    under = None if originals is None else originals.detach().float().cpu()
+    both = values if under is None else torch.cat([values, under])
+    low, high = both.min(), both.max()
+    width = width or values.shape[-1]
+    zero = float(value_rows(torch.zeros(()), low, high, height)) if low < 0 < high else None
     plots = []
-    for sample in rows:
-        canvas = Image.new("RGB", (values.shape[-1], height), "white")
+    for index, sample in enumerate(values):
+        canvas = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(canvas)
-        for channel, ys in enumerate(sample):
-            draw.line(list(enumerate(ys.tolist())), fill=SIGNAL_COLOURS[channel % len(SIGNAL_COLOURS)])
+        if zero is not None:
+            draw.line([(0, zero), (width - 1, zero)], fill=AXIS_COLOUR)
+        if under is not None:
+            draw_curves(draw, value_rows(under[index], low, high, height), width, ORIGINAL_COLOUR)
+        draw_curves(draw, value_rows(sample, low, high, height), width, SIGNAL_COLOURS)
         plots.append(torch.from_numpy(np.asarray(canvas).copy()).permute(2, 0, 1))
     return torch.stack(plots).float() / 127.5 - 1
 
@@ -97,11 +124,20 @@ def render_samples(model, count: int, labels, out_dir: Path, epoch: int, seed: i
         save_grid(samples, out_dir / f"epoch_{epoch:04d}_samples_{steps}step.png", nrow=nrow)
 
 
+def save_recon_grid(originals: torch.Tensor, recon: torch.Tensor, path: Path) -> Path:
+    """Images: the originals above their reconstructions. Signals (B, C, L): one plot per signal, the
+    reconstruction drawn over the original in grey."""
+    nrow = max(1, math.ceil(math.sqrt(originals.shape[0])))
+    if originals.ndim == 3:
+        return save_grid(plot_signals(recon, originals=originals), path, nrow=nrow)
+    return save_grid(torch.cat([originals, recon]), path, nrow=nrow)
+
+
 @torch.no_grad()
 def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, device, seed: int = 0) -> float:
-    """epoch_N_recon.png (originals above 1-step reconstructions) and, for a model that can sample,
-    epoch_N_samples_{T}step.png for T in model.default_eval_steps; returns the mean PSNR (dB) of those
-    reconstructions. Pass the held-out split as `dataset` where there is one."""
+    """epoch_N_recon.png (originals above 1-step reconstructions; signals: each drawn under its reconstruction)
+    and, for a model that can sample, epoch_N_samples_{T}step.png for T in model.default_eval_steps; returns the
+    mean PSNR (dB) of those reconstructions. Pass the held-out split as `dataset` where there is one."""
     was_training = model.training
     model.eval()
     try:
@@ -109,8 +145,7 @@ def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, de
         images, labels = first_items(dataset, count, device)
         labels = labels if model.config.num_classes > 0 else None
         recon = model.reconstruct(images, steps=1, labels=labels)
-        nrow = max(1, math.ceil(math.sqrt(count)))
-        save_grid(torch.cat([images, recon]), out_dir / f"epoch_{epoch:04d}_recon.png", nrow=nrow)
+        save_recon_grid(images, recon, out_dir / f"epoch_{epoch:04d}_recon.png")
         if model.can_sample:
             render_samples(model, count, labels, out_dir, epoch, seed, device)
     finally:

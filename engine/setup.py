@@ -12,7 +12,7 @@ import torch
 from models import build_model
 
 from .distributed import DistInfo, broadcast_object
-from .families import cannot_sample_reason, family_of_model
+from .families import cannot_sample_reason, family_of_model, takes_signals
 from .flags import ConfigError, Rule, check_rules, probability_rule
 from .runs import (
     LATEST_CHECKPOINT,
@@ -83,6 +83,8 @@ def check_capabilities(args, model) -> None:
     reason = cannot_sample_reason(model)
     if args.fid_every and reason:
         raise ConfigError(f"--fid-every needs samples, but {reason}; drop --fid-every")
+    if args.fid_every and takes_signals(model):
+        raise ConfigError("--fid-every measures images (Inception), but this model encodes 1-D signals; drop it")
 
 
 def num_classes_for(args, dataset) -> int:

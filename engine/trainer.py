@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_model_state, restore_rank_rng_state
 from .distributed import DistInfo, any_rank, barrier, broadcast_object, gather_objects
+from .globe import end_of_training_globe
 from .images import render_eval_images
 from .optim import EMA
 
@@ -122,6 +123,16 @@ def loss_state(loss_fn) -> dict | None:
     return state_dict() if callable(state_dict) else None
 
 
+def epoch_summary(history: dict[str, list[float]]) -> str:
+    """'loss 0.0312 | recon 0.0301 | kappa_max 80.1 ...': the mean of each logged term over the steps this process
+    trained in the epoch (the largest value for *_max terms)."""
+    parts = []
+    for name, values in history.items():
+        value = max(values) if name.endswith("_max") else sum(values) / len(values)
+        parts.append(f"{name} {value:.4g}")
+    return " | ".join(parts)
+
+
 def write_failure(path: Path, error: OSError) -> str:
     """One-line TrainingError message for a checkpoint that could not be written."""
     kept = "the previous checkpoint is kept; run again to resume from it"
@@ -181,6 +192,7 @@ class Trainer:
         self.eval_dataset = dataset if eval_dataset is None else eval_dataset  # reconstructions: held out if any
         self.run_dir, self.run_config, self.logger, self.metrics = run_dir, run_config, logger, metrics
         self.state = TrainState()
+        self.history: dict[str, list[float]] = {}  # the epoch's logged terms, step by step, for its log line
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, step) of the last checkpoint written or loaded
         self.sampler = ResumableBatchSampler(
             len(dataset),
@@ -351,6 +363,8 @@ class Trainer:
                 window_start, window_images = time.perf_counter(), 0
                 for batch in self.loader:
                     logs = self.train_step(batch)
+                    for name, value in logs.items():
+                        self.history.setdefault(name, []).append(float(value))
                     self.state.step += 1
                     self.state.step_in_epoch += 1
                     steps_this_run += 1
@@ -390,9 +404,13 @@ class Trainer:
         self.state.step_in_epoch = 0
         epoch, settings = self.state.epoch, self.settings
         last = epoch == settings.epochs
-        self.logger.info(f"epoch {epoch}/{settings.epochs} done (step {self.state.step})")
+        summary, self.history = epoch_summary(self.history), {}
+        done = f"epoch {epoch}/{settings.epochs} done (step {self.state.step})"
+        self.logger.info(done + (summary and f": {summary}"))
         if self.info.is_main and (epoch % settings.eval_every_epochs == 0 or last):
             self.render(epoch)
+        if self.info.is_main and last:
+            self.render_globe(epoch)
         if settings.fid_every_epochs and (epoch % settings.fid_every_epochs == 0 or last):
             self.quick_fid(epoch)
         self.save(epoch_file=epoch % settings.ckpt_every_epochs == 0 or last)
@@ -405,6 +423,12 @@ class Trainer:
         images = f"{min(count, len(dataset))} {'held-out' if split == 'test' else 'training'} images"
         self.logger.info(f"epoch {epoch}: reconstruction PSNR {value:.2f} dB on {images} (EMA, 1 step)")
         self.metrics.write({"step": self.state.step, "epoch": epoch, "recon_psnr": value, "recon_split": split})
+
+    def render_globe(self, epoch: int) -> None:
+        """At the end of training, for a model whose latent is a point of S^2: the globe atlas and latent maps."""
+        paths = end_of_training_globe(self.ema.model, self.eval_dataset, self.run_dir / "images", epoch)
+        if paths:
+            self.logger.info(f"globe atlas and latent maps (EMA): {', '.join(str(path) for path in paths)}")
 
     def quick_fid(self, epoch: int) -> None:
         if self.info.is_main:
