@@ -6,6 +6,8 @@ python sampling.py --checkpoint results/<run> --num_samples 64          # a run 
 python sampling.py --checkpoint results/<run>/checkpoints/checkpoint_epoch_10.pth
 python sampling.py --input photo.jpg                 # strip: input | 1 step | 2 | 3 | 4
 python sampling.py --cfg 2.0 --class 3               # class-conditional model with guidance
+python sampling.py --atlas                           # z_dim 3: globe atlas + map of held-out items on the globe
+python sampling.py --input a.png b.png --interpolate 8   # great-circle strip a | 8 decoded points | b
 
 Outputs go to <dest_folder>/<run>/<checkpoint stem>/ (for --weights: <dest_folder>/<model folder>/<file stem>/);
 an existing file is never replaced without --overwrite.
@@ -14,6 +16,7 @@ an existing file is never replaced without --overwrite.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +28,7 @@ from engine.cli import (
     angle_degrees,
     check_device,
     check_output_dir,
+    int_in_range,
     model_options,
     non_negative_float,
     positive_int,
@@ -34,11 +38,48 @@ from engine.cli import (
     source_folder_name,
 )
 from engine.data import DatasetError, build_dataset, load_image
-from engine.families import cannot_sample_reason
+from engine.families import cannot_sample_reason, takes_signals
+from engine.globe import (
+    ATLAS_COLS,
+    ATLAS_ROWS,
+    MAP_ITEMS,
+    GlobeError,
+    atlas_needs_s2,
+    interpolation_strips,
+    latent_size,
+    latent_sphere,
+    save_atlas,
+    save_maps,
+)
 from engine.images import first_items, per_image_generators, reconstruct_at_steps, sample_at_steps, save_grid
+from engine.runs import dataset_options
 from engine.webformat import WebFormatError, load_model_from_web_weights, web_source
 
 CFG_MODES = ["combo", "both", "latent", "pixel"]  # combo: sqrt(w) after E and sqrt(w) after D (DESIGN §3)
+
+
+def add_globe_flags(parser: argparse.ArgumentParser) -> None:
+    """The pictures of the latent sphere: atlas, latent maps, slerp strips (they replace the sample grids)."""
+    globe = parser.add_argument_group("latent sphere (psvae, sphere): instead of sample grids")
+    globe.add_argument(
+        "--atlas",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="the globe atlas (decoded centres of an equirectangular grid of S^2; needs z_dim 3) and latent maps of "
+        "held-out items of --dataset (default: the run's) at their longitude/latitude (other latent sizes: on the "
+        "first two principal directions)",
+    )
+    globe.add_argument("--atlas_rows", type=positive_int, default=ATLAS_ROWS, help="cells in latitude")
+    globe.add_argument("--atlas_cols", type=positive_int, default=ATLAS_COLS, help="cells in longitude")
+    globe.add_argument("--map_items", type=positive_int, default=MAP_ITEMS, help="held-out items on the latent maps")
+    globe.add_argument(
+        "--interpolate",
+        type=int_in_range(2),
+        default=None,
+        metavar="N",
+        help="great-circle (slerp) strips of N decoded points between encoded inputs: the --input files in turn "
+        "(a to b, b to c...), else --num_samples // 2 pairs of held-out items of --dataset",
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -86,6 +127,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="class index for conditional models (default: cycle through all classes)",
     )
+    add_globe_flags(parser)
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="--no-ema: raw weights")
     parser.add_argument(
         "--individual",
@@ -104,12 +146,30 @@ def weights_file(args) -> Path:
     return Path(args.weights) if args.weights else resolve_checkpoint(args.checkpoint, args.results_dir)
 
 
-def load_model(args, path: Path) -> tuple[torch.nn.Module, str | None]:
-    """(model in eval mode, the name of the dataset it was trained on, None when unknown)."""
+@dataclass(frozen=True)
+class TrainingData:
+    """What the model was trained on: the --dataset name (None when unknown) and how it was read."""
+
+    name: str | None
+    options: dict  # build_dataset's data keywords (signal scaling, Parquet columns) from the run's flags
+
+
+def load_model(args, path: Path) -> tuple[torch.nn.Module, TrainingData]:
+    """(model in eval mode, the data it was trained on; a web file records the dataset's name only)."""
     if args.weights:
-        return load_model_from_web_weights(path, device=args.device), web_source(path).get("dataset")
+        model = load_model_from_web_weights(path, device=args.device)
+        return model, TrainingData(web_source(path).get("dataset"), {})
     model, run_config = load_model_from_checkpoint(path, use_ema=args.ema, map_location=args.device)
-    return model, run_config.get("dataset")
+    return model, TrainingData(run_config.get("dataset"), dataset_options(run_config.get("train", {})))
+
+
+def held_out_dataset(model, args, data: TrainingData, why: str):
+    """The held-out split of --dataset, else of the training dataset, read as the run read its data."""
+    name = args.dataset or data.name
+    if not name:
+        raise InputError(f"{why}; pass --dataset NAME (the file does not say what the model was trained on)")
+    size = model.config.image_size
+    return build_dataset(name, size, train=False, hflip=False, root=args.data_root, **data.options)
 
 
 def output_folder(args, path: Path) -> Path:
@@ -133,8 +193,29 @@ def held_out_path(out_dir: Path, seed: int) -> Path:
     return out_dir / f"recon_heldout_seed{seed}.png"
 
 
+def atlas_path(out_dir: Path, args) -> Path:
+    return out_dir / f"atlas_{args.atlas_rows}x{args.atlas_cols}.png"
+
+
+MAP_NAMES = {"thumbnails": "latent_thumbnails.png", "dots": "latent_map.png"}  # the dot map needs labels
+
+
+def interpolation_path(out_dir: Path, args) -> Path:
+    if args.input:
+        return out_dir / f"interpolate_{Path(args.input[0]).stem}_{Path(args.input[-1]).stem}.png"
+    return out_dir / f"interpolate_heldout_{args.interpolate}.png"
+
+
+def globe_outputs(args, out_dir: Path) -> list[Path]:
+    """The files --atlas and --interpolate may write (the dot map only for labelled data; no atlas off S^2)."""
+    paths = [atlas_path(out_dir, args), *(out_dir / name for name in MAP_NAMES.values())] if args.atlas else []
+    return paths + ([interpolation_path(out_dir, args)] if args.interpolate else [])
+
+
 def planned_outputs(args, out_dir: Path, can_sample: bool) -> list[Path]:
     """Every file this run will write, known before any work so that nothing is overwritten by surprise."""
+    if args.atlas or args.interpolate:
+        return globe_outputs(args, out_dir)
     if args.input:
         paths = [recon_path(out_dir, file) for file in args.input]
         if len(set(paths)) < len(paths):
@@ -217,13 +298,11 @@ def reconstruct_inputs(model, args, out_dir: Path) -> list[Path]:
     return paths
 
 
-def reconstruct_held_out(model, args, dataset_name: str | None, out_dir: Path) -> list[Path]:
+def reconstruct_held_out(model, args, data: TrainingData, out_dir: Path) -> list[Path]:
     """For a model that cannot sample: its first --num_samples held-out images (first row) and their
     reconstructions after each of --steps (one row each)."""
-    if not (args.dataset or dataset_name):
-        raise InputError(f"{cannot_sample_reason(model)}; pass --input FILE or --dataset NAME to reconstruct instead")
-    size = model.config.image_size
-    dataset = build_dataset(args.dataset or dataset_name, size, train=False, hflip=False, root=args.data_root)
+    why = f"{cannot_sample_reason(model)}; pass --input FILE to reconstruct instead"
+    dataset = held_out_dataset(model, args, data, why)
     count = min(args.num_samples, len(dataset))
     images, labels = first_items(dataset, count, args.device)
     labels = labels if model.config.num_classes > 0 else None
@@ -233,15 +312,67 @@ def reconstruct_held_out(model, args, dataset_name: str | None, out_dir: Path) -
     return [save_grid(grid, held_out_path(out_dir, args.seed), nrow=count)]
 
 
-def write_outputs(model, args, dataset_name: str | None, out_dir: Path) -> list[Path]:
-    """Reconstructions of --input; else samples; else (a model that cannot sample) held-out reconstructions."""
+def write_atlas(model, args, data: TrainingData, out_dir: Path) -> list[Path]:
+    """The globe atlas (latent sphere S^2 only) and the latent maps of held-out items."""
+    dataset = held_out_dataset(model, args, data, "--atlas maps held-out items")
+    size, paths = latent_size(model, dataset), []
+    if size == 3:
+        paths.append(save_atlas(model, atlas_path(out_dir, args), args.atlas_rows, args.atlas_cols))
+    else:
+        print(f"note: {atlas_needs_s2(size)}: writing the latent maps on its first two principal directions only")
+    return paths + save_maps(model, dataset, out_dir, MAP_NAMES, args.map_items)
+
+
+def interpolation_inputs(model, args, data: TrainingData) -> tuple[torch.Tensor, torch.Tensor]:
+    """(starts, ends) of the strips: consecutive --input files, else pairs of held-out items."""
+    if args.input:
+        images = torch.cat([load_image(file, model.config.image_size) for file in args.input])
+        return images[:-1], images[1:]
+    dataset = held_out_dataset(model, args, data, "--interpolate without --input interpolates held-out items")
+    pairs = min(max(1, args.num_samples // 2), len(dataset) // 2)
+    items, _ = first_items(dataset, 2 * pairs, "cpu")
+    return items[0::2], items[1::2]
+
+
+def write_interpolation(model, args, data: TrainingData, out_dir: Path) -> Path:
+    """One row per pair: the first item, --interpolate decoded points of the great circle between their
+    encodings, the second item."""
+    starts, ends = interpolation_inputs(model, args, data)
+    strips = interpolation_strips(model, starts.to(args.device), ends.to(args.device), args.interpolate)
+    return save_grid(strips, interpolation_path(out_dir, args), nrow=args.interpolate + 2)
+
+
+def write_globe_outputs(model, args, data: TrainingData, out_dir: Path) -> list[Path]:
+    """--atlas and/or --interpolate."""
+    latent_sphere(model)  # a family without a latent sphere: one line before any work
+    paths = write_atlas(model, args, data, out_dir) if args.atlas else []
+    return paths + ([write_interpolation(model, args, data, out_dir)] if args.interpolate else [])
+
+
+def write_outputs(model, args, data: TrainingData, out_dir: Path) -> list[Path]:
+    """Globe pictures; else reconstructions of --input; else samples; else (a model that cannot sample)
+    held-out reconstructions."""
+    if args.atlas or args.interpolate:
+        return write_globe_outputs(model, args, data, out_dir)
     if args.input:
         return reconstruct_inputs(model, args, out_dir)
     reason = cannot_sample_reason(model)
     if reason is None:
         return save_samples(generate(model, args), args, out_dir)
     print(f"note: {reason}; writing reconstructions of held-out images instead (first row: the originals)")
-    return reconstruct_held_out(model, args, dataset_name, out_dir)
+    return reconstruct_held_out(model, args, data, out_dir)
+
+
+def check_inputs(model, args) -> None:
+    """--input needs an image model; --interpolate between files needs two of them."""
+    if args.input and takes_signals(model):
+        length = model.config.image_size
+        raise InputError(
+            f"--input takes image files, but this model encodes 1-D signals of {length} values; drop --input to use "
+            "held-out signals of --dataset (default: the run's)"
+        )
+    if args.interpolate and args.input and len(args.input) < 2:
+        raise InputError("--interpolate between --input files needs two or more of them")
 
 
 def main(args: argparse.Namespace) -> list[Path]:
@@ -249,11 +380,12 @@ def main(args: argparse.Namespace) -> list[Path]:
         args.device = check_device(args.device)  # before loading: a missing GPU is not a broken checkpoint
         path = weights_file(args)
         out_dir = check_output_dir(output_folder(args, path), "--dest_folder")
-        model, dataset_name = load_model(args, path)
+        model, data = load_model(args, path)
+        check_inputs(model, args)
         refuse_overwrite(planned_outputs(args, out_dir, model.can_sample), args.overwrite)
         check_class_flags(model, args)
-        paths = write_outputs(model, args, dataset_name, out_dir)
-    except (CheckpointError, DatasetError, InputError, WebFormatError) as error:
+        paths = write_outputs(model, args, data, out_dir)
+    except (CheckpointError, DatasetError, GlobeError, InputError, WebFormatError) as error:
         raise SystemExit(f"error: {error}") from None
     for path in paths:
         print(f"wrote {path}")
