@@ -1,5 +1,5 @@
 """Evaluate a checkpoint: FID, KID, Inception Score, precision/recall of samples (models that can sample); rFID,
-PSNR, SSIM, LPIPS of reconstructions.
+PSNR, SSIM, LPIPS of reconstructions. Models of 1-D signals: MSE and PSNR of reconstructions in the data's units.
 
 python evaluate.py --steps 1 2 4 --num_samples 50000                 # latest run, paper-comparable FID
 python evaluate.py --checkpoint results/<run> --cfg 1.0 1.5                 # a run folder: its latest checkpoint
@@ -34,8 +34,8 @@ from engine.cli import (
     seed_int,
 )
 from engine.data import DatasetError, build_dataset
-from engine.families import cannot_sample_reason
-from engine.images import per_image_generators, reconstruct_at_steps
+from engine.families import cannot_sample_reason, takes_signals
+from engine.images import per_image_generators, plot_signals, reconstruct_at_steps, save_grid
 from engine.inception import InceptionFeatures, InceptionWeightsError, build_inception, images_to_uint8
 from engine.metrics import (
     REF_IMAGES_MAX,
@@ -54,6 +54,7 @@ from engine.metrics import (
     sample_step_batches,
     ssim,
 )
+from engine.runs import dataset_options
 from losses import PerceptualWeightsError, build_lpips
 from losses.perceptual import VGG_ENV
 
@@ -61,6 +62,7 @@ CFG_MODES = ["combo", "both", "latent", "pixel"]  # combo: sqrt(w) after E and s
 at_least_two = int_in_range(2)  # FID and precision/recall need two images or more
 GENERATION_METRICS = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall")
 RECONSTRUCTION_METRICS = ("rfid", "psnr", "ssim", "lpips")
+SIGNAL_METRICS = ("mse", "psnr")  # reconstructions of 1-D signals, in the data's units
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -76,7 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     gen = parser.add_argument_group("generation (FID, KID, IS, precision/recall)")
     gen.add_argument("--generation", action=argparse.BooleanOptionalAction, default=True)
-    gen.add_argument("--steps", type=positive_int, nargs="+", default=[1, 2, 4], help="sampling step counts")
+    gen.add_argument(
+        "--steps", type=positive_int, nargs="+", default=None, help="step counts (default: the model's, sphere 1 2 4)"
+    )
     gen.add_argument("--num_samples", type=at_least_two, default=50_000, help="50000 for paper-comparable FID")
     gen.add_argument(
         "--cfg", type=non_negative_float, nargs="+", default=[1.0], help="CFG scale(s), conditional models only"
@@ -108,7 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     data.add_argument("--out", default=None, help="also write all results to this JSON file")
     args = parser.parse_args(argv)
-    args.steps, args.cfg = sorted(set(args.steps)), list(dict.fromkeys(args.cfg))  # drop repeats
+    args.steps = sorted(set(args.steps)) if args.steps else None  # None: the model's default_eval_steps
+    args.cfg = list(dict.fromkeys(args.cfg))  # drop repeats
     return args
 
 
@@ -138,7 +143,8 @@ def format_table(records: list[dict]) -> str:
         rows.setdefault(key, {})[record["metric"]] = "n/a" if value is None else f"{value:.4g}"
         if value is None:
             notes[record["metric"]] = record.get("reason", "")
-    columns = [name for name in GENERATION_METRICS + RECONSTRUCTION_METRICS if any(name in r for r in rows.values())]
+    names = dict.fromkeys(GENERATION_METRICS + RECONSTRUCTION_METRICS + SIGNAL_METRICS)  # ordered, psnr once
+    columns = [name for name in names if any(name in r for r in rows.values())]
     header = ["evaluation", "steps", "cfg", *columns]
     body = [[*map(str, key), *(cells.get(name, "") for name in columns)] for key, cells in rows.items()]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
@@ -181,15 +187,21 @@ def lpips_weights(args, run_config: dict) -> str | None:
     return recorded if recorded and Path(recorded).is_file() else None
 
 
-def images_only(dataset):
-    """The dataset, when it holds images: every metric here measures images (Inception, LPIPS, SSIM)."""
-    kind = getattr(dataset, "kind", "image")
-    if kind != "image":
+def of_kind(dataset, kind: str):
+    """The dataset, when it holds what the model encodes (images, or 1-D signals)."""
+    holds = getattr(dataset, "kind", "image")
+    if holds != kind:
         raise InputError(
-            f"evaluate.py measures images, but dataset '{dataset.name}' holds {kind}s; "
-            "see their reconstructions with sampling.py (or the run's images/ renders)"
+            f"dataset '{dataset.name}' holds {holds}s, but this model encodes {kind}s; pass a --dataset of {kind}s"
         )
     return dataset
+
+
+def run_dataset(args, run_config: dict, train: bool):
+    """A split of --dataset (default: the run's), read as the run read its data (signal scaling, Parquet columns)."""
+    name, image_size = args.dataset or run_config["dataset"], image_size_of(run_config)
+    options = dataset_options(run_config.get("train", {}))
+    return build_dataset(name, image_size, train=train, hflip=False, root=args.data_root, **options)
 
 
 def image_size_of(run_config: dict) -> int:
@@ -214,8 +226,8 @@ def load_generation_reference(args, run_config: dict, extractor: InceptionFeatur
         reference = load_reference(args.ref)
         check_reference_weights(reference, extractor, args.ref)
         return reference, args.ref
-    name, image_size = args.dataset or run_config["dataset"], image_size_of(run_config)
-    dataset = images_only(build_dataset(name, image_size=image_size, train=True, hflip=False, root=args.data_root))
+    image_size = image_size_of(run_config)
+    dataset = of_kind(run_dataset(args, run_config, train=True), "image")
     reference = reference_for_dataset(dataset, extractor, args.ref_cache_dir, image_size, args.num_ref, args.batch_size)
     return reference, str(reference_path(args.ref_cache_dir, dataset.name, image_size))
 
@@ -286,9 +298,7 @@ def reconstruction_scores(extractor, lpips_model, originals_uint8: torch.Tensor,
 def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_config: dict, context: dict) -> list[dict]:
     """rFID (vs the originals), PSNR, SSIM and LPIPS after 1 step (no noise) and each of --steps."""
     steps = sorted({1, *args.steps})
-    name, image_size = args.dataset or run_config["dataset"], image_size_of(run_config)
-    train = args.recon_split == "train"
-    dataset = images_only(build_dataset(name, image_size, train=train, hflip=False, root=args.data_root))
+    dataset = of_kind(run_dataset(args, run_config, train=args.recon_split == "train"), "image")
     count = min(len(dataset), args.num_recon)
     lpips_model = build_lpips(lpips_weights(args, run_config)).to(args.device)
     real_features, scores = [], {t: [] for t in steps}
@@ -313,6 +323,61 @@ def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_confi
 
 
 # ---------------------------------------------------------------------------------------------------------
+# 1-D signals: reconstruction errors in the data's units
+
+
+def in_data_units(dataset, signals: torch.Tensor) -> torch.Tensor:
+    """Normalised signals (B, C, L) back in the data's own units (the dataset's scaling inverted), float64."""
+    normalisation = getattr(dataset, "normalisation", None)
+    signals = signals.detach().cpu()
+    return (signals if normalisation is None else normalisation.invert(signals)).double()
+
+
+def signal_scores(originals: torch.Tensor, recons: torch.Tensor, data_range: float) -> dict[str, Metric]:
+    """MSE per value and PSNR = 10 log10(R^2 / MSE) per signal (R: the originals' peak-to-peak range), averaged."""
+    mse = (recons - originals).pow(2).flatten(1).mean(1)  # (N,)
+    psnr_values = 10 * torch.log10(data_range**2 / mse.clamp_min(1e-30))
+    return {"mse": Metric(mse.mean().item()), "psnr": Metric(psnr_values.mean().item())}
+
+
+def evaluate_signal_reconstruction(model, args, run_config: dict, context: dict) -> list[dict]:
+    """MSE and PSNR of reconstructions after 1 step and each of --steps, in the data's units (the run's signal
+    scaling undone); --save_images writes each reconstruction drawn over its original."""
+    steps = sorted({1, *args.steps})
+    dataset = of_kind(run_dataset(args, run_config, train=args.recon_split == "train"), "signal")
+    originals, recons = [], {t: [] for t in steps}
+    for start, signals, by_steps in reconstruction_batches(model, dataset, args, steps):
+        originals.append(in_data_units(dataset, signals))
+        for t, recon in by_steps.items():
+            recons[t].append(in_data_units(dataset, recon))
+            if args.save_images:
+                save_signal_plots(recons[t][-1], originals[-1], Path(args.save_images) / f"recon_steps{t}", start)
+    real = torch.cat(originals)
+    data_range = (real.max() - real.min()).item()
+    context = {**context, "num_samples": len(real), "split": args.recon_split, "data_range": data_range}
+    records = []
+    for t, batches in recons.items():
+        records += make_records(signal_scores(real, torch.cat(batches), data_range), "reconstruction", t, None, context)
+    return records
+
+
+def save_signal_plots(recons: torch.Tensor, originals: torch.Tensor, folder: Path, start: int) -> None:
+    """One PNG per signal: its reconstruction over the original (grey)."""
+    for offset, plot in enumerate(plot_signals(recons, originals=originals)):
+        save_grid(plot[None], folder / f"{start + offset:06d}.png", nrow=1)
+
+
+def evaluate_signals(model, args, run_config: dict, context: dict) -> list[dict]:
+    """A model of 1-D signals: no Inception metric applies; its reconstructions are measured in the data's units."""
+    if args.generation:
+        print(
+            "note: generation metrics (FID, KID, IS, precision/recall) measure images, and this model encodes 1-D "
+            "signals: measuring reconstructions (MSE, PSNR in the data's units) instead"
+        )
+    return evaluate_signal_reconstruction(model, args, run_config, context)
+
+
+# ---------------------------------------------------------------------------------------------------------
 
 
 def generation_to_run(model, args) -> bool:
@@ -326,6 +391,20 @@ def generation_to_run(model, args) -> bool:
     return False
 
 
+def evaluate_images(model, args, run_config: dict, context: dict) -> list[dict]:
+    """Generation metrics of samples (models that can sample) and, with --reconstruction, reconstruction metrics."""
+    generation = generation_to_run(model, args)
+    extractor = build_inception(args.inception_weights, args.device)
+    records = []
+    if generation:
+        reference, source = load_generation_reference(args, run_config, extractor)
+        gen_context = {**context, "num_samples": args.num_samples, "reference": source}
+        records += evaluate_generation(model, extractor, reference, args, gen_context)
+    if args.reconstruction:
+        records += evaluate_reconstruction(model, extractor, args, run_config, context)
+    return records
+
+
 def main(args: argparse.Namespace) -> list[dict]:
     if not (args.generation or args.reconstruction):
         raise SystemExit("error: nothing to evaluate: drop --no-generation or add --reconstruction")
@@ -334,16 +413,10 @@ def main(args: argparse.Namespace) -> list[dict]:
         check_outputs(args)
         checkpoint = resolve_checkpoint(args.checkpoint, args.results_dir)
         model, run_config = load_model_from_checkpoint(checkpoint, use_ema=args.ema, map_location=args.device)
-        generation = generation_to_run(model, args)
-        extractor = build_inception(args.inception_weights, args.device)
+        args.steps = args.steps or list(model.default_eval_steps)
         context = {"checkpoint": str(checkpoint), "dataset": args.dataset or run_config["dataset"], "ema": args.ema}
-        records = []
-        if generation:
-            reference, source = load_generation_reference(args, run_config, extractor)
-            gen_context = {**context, "num_samples": args.num_samples, "reference": source}
-            records += evaluate_generation(model, extractor, reference, args, gen_context)
-        if args.reconstruction:
-            records += evaluate_reconstruction(model, extractor, args, run_config, context)
+        evaluate_model = evaluate_signals if takes_signals(model) else evaluate_images
+        records = evaluate_model(model, args, run_config, context)
     except (
         CheckpointError,
         DatasetError,

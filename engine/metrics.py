@@ -286,12 +286,12 @@ def without_flips(dataset: Dataset) -> Dataset:
 def dataset_batches(
     dataset: Dataset, max_images: int | None = None, batch_size: int = 64, num_workers: int = 0, labels: bool = False
 ) -> Iterator:
-    """The dataset's first min(len, max_images) images in order, unflipped, as (B, 3, H, W) batches
-    (or (images, labels) pairs when labels=True)."""
+    """The dataset's first min(len, max_images) images (or signals) in order, unflipped, as (B, 3, H, W) batches
+    (or (images, labels) pairs when labels=True); per-value errors of (x, label, sigma) items are left out."""
     count = len(dataset) if max_images is None else min(len(dataset), max_images)
     subset = Subset(without_flips(dataset), range(count))
     for batch in DataLoader(subset, batch_size=batch_size, shuffle=False, num_workers=num_workers):
-        images, batch_labels = batch if isinstance(batch, (list, tuple)) else (batch, None)
+        images, batch_labels = batch[:2] if isinstance(batch, (list, tuple)) else (batch, None)
         yield (images, batch_labels) if labels else images
 
 
