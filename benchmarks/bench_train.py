@@ -1,38 +1,52 @@
-"""Training and sampling throughput of Sphere Encoder configs on the current device (prints a table).
+"""Training and sampling throughput of registered models of any family on the current device (prints a table).
 
-python benchmarks/bench_train.py                                   # vit/convnet tiny + base, CPU or GPU
-python benchmarks/bench_train.py --models vit_small --batch_size 256 --iters 50 --compile
+python benchmarks/bench_train.py                                   # sphere + psvae, tiny and base, CPU or GPU
+python benchmarks/bench_train.py --models vit_small psvae_small --batch_size 256 --iters 50 --compile
+python benchmarks/bench_train.py --models psvae_tiny --train_flags="--recon l1 --perceptual_weight 0.1"
+
+Each model trains with its family's loss and optimizer groups as training.py builds them from its flag defaults
+(no preset), plus --train_flags; --no-perceptual turns every perceptual weight off (LPIPS, ConvNeXt).
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import training  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
-from engine.setup import build_loss  # noqa: E402
+from engine.setup import build_loss, lr_multipliers, model_overrides  # noqa: E402
 from engine.trainer import peak_memory_mb  # noqa: E402
-from losses import SphereLossConfig  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
+DEFAULT_MODELS = ["vit_tiny", "convnet_tiny", "psvae_tiny", "vit_base", "convnet_base", "psvae_base"]
+# every family's perceptual weights: --no-perceptual sets those of the model's family to 0
+PERCEPTUAL_FLAGS = ("recon_perc_weight", "con_perc_weight", "perceptual_weight")
 
-def parse_args(argv=None):
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--models", nargs="+", default=["vit_tiny", "convnet_tiny", "vit_base", "convnet_base"], choices=sorted(MODELS)
-    )
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=sorted(MODELS), metavar="NAME")
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--batch_size", type=int, default=None, help="default 128 on GPU, 16 on CPU")
     parser.add_argument("--iters", type=int, default=None, help="timed iterations (default 20 GPU, 3 CPU)")
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--perceptual",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="each family's default perceptual terms (sphere: LPIPS; psvae: none); --no-perceptual: none",
+    )
     parser.add_argument("--vgg_weights", default=None)
+    parser.add_argument("--train_flags", default="", help="training.py flags for every model, e.g. '--recon l1'")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return parser.parse_args(argv)
@@ -55,20 +69,35 @@ def timed(fn, iters: int, warmup: int, device) -> float:
     return (time.perf_counter() - start) / iters
 
 
+def training_flags(name: str, args) -> argparse.Namespace:
+    """training.py's flags for this model: its family's defaults and --train_flags, then the perceptual weights
+    of whichever family it is off for --no-perceptual; ConvNeXt-S always off (its weights are a download)."""
+    argv = ["--model_type", name, "--preset", "none", "--image_size", str(args.image_size)]
+    argv += ["--vgg_weights", args.vgg_weights] if args.vgg_weights else []
+    flags = training.parse_args([*argv, *shlex.split(args.train_flags)])
+    off = ("convnext_weight", *(() if args.perceptual else PERCEPTUAL_FLAGS))
+    for key in off:
+        if hasattr(flags, key):  # the other families' flags were dropped while parsing
+            setattr(flags, key, 0.0)
+    return flags
+
+
 def bench_model(name: str, args, device: torch.device) -> dict:
-    model = build_model(name, image_size=args.image_size).to(device)
-    weight = 1.0 if args.perceptual else 0.0
-    loss_fn = build_loss(
-        SphereLossConfig(recon_perc_weight=weight, con_perc_weight=weight / 2), args.vgg_weights, device
-    )
-    optimizer = build_optimizer(model, 1e-4, 0.1, (0.9, 0.95), 0.0)
+    """Train img/s, peak memory and 1-step sampling img/s of one registered model with its family's loss."""
+    flags = training_flags(name, args)
+    images_like = SimpleNamespace(name="random", kind="image", image_size=args.image_size, in_channels=3, num_classes=0)
+    model = build_model(name, **model_overrides(flags, images_like)).to(device)
+    loss_fn = build_loss(flags, model, device)
+    optimizer = build_optimizer(model, 1e-4, lr_multipliers(flags), (0.9, 0.95), 0.0)
     forward = torch.compile(model) if args.compile else model
-    images = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device) * 2 - 1
+    shape = getattr(model.config, "data_shape", (3, args.image_size, args.image_size))  # (C, H, W) or (C, L)
+    images = torch.rand(args.batch_size, *shape, device=device) * 2 - 1
+    labels = torch.zeros(args.batch_size, dtype=torch.long, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def train_step():
         with autocast:
-            loss, _ = loss_fn(forward, (images, None))
+            loss, _ = loss_fn(forward, (images, labels), 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -83,7 +112,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         with autocast:
             model.sample(args.batch_size, steps=1)
 
-    sample_s = timed(sample, args.iters, args.warmup, device)
+    sample_s = timed(sample, args.iters, args.warmup, device) if model.can_sample else float("inf")
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return dict(
         model=name,
@@ -94,7 +123,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     )
 
 
-def main(args):
+def main(args: argparse.Namespace) -> list[dict]:
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     args.batch_size = args.batch_size or (128 if gpu else 16)
@@ -108,13 +137,19 @@ def main(args):
             "(CPU peak memory is the process's peak RSS so far, so it never goes down between rows:"
             " run one --models entry per call for per-model numbers)"
         )
+    rows = []
     for model_name in args.models:
-        row = bench_model(model_name, args, device)
-        print(
-            f"{row['model']:<14}{row['params_m']:>11.1f}{row['train_img_s']:>13.1f}{row['peak_gib']:>10.2f}"
-            f"{row['sample_img_s']:>21.1f}",
-            flush=True,
-        )
+        rows.append(bench_model(model_name, args, device))
+        print_row(rows[-1])
+    return rows
+
+
+def print_row(row: dict) -> None:
+    print(
+        f"{row['model']:<14}{row['params_m']:>11.1f}{row['train_img_s']:>13.1f}{row['peak_gib']:>10.2f}"
+        f"{row['sample_img_s']:>21.1f}",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
