@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -592,7 +593,9 @@ def test_a_psvae_run_uses_its_familys_flags_loss_and_renders(psvae_run):
     assert len(steps) == 3 and {"recon", "kl", "kappa_mean", "kappa_max", "beta"} <= set(steps[0])
     assert steps[0]["lr_encoder"] == steps[0]["lr_decoder"] == steps[0]["lr"]  # no multiplier: one rate
     images = sorted(p.name for p in (psvae_run / "images").iterdir())
-    assert images == ["epoch_0001_recon.png", "epoch_0001_samples_1step.png"]  # PSVAE.default_eval_steps
+    renders = ["epoch_0001_recon.png", "epoch_0001_samples_1step.png"]  # PSVAE.default_eval_steps
+    globe = ["epoch_0001_atlas.png", "epoch_0001_latent_map.png", "epoch_0001_latent_thumbnails.png"]  # z_dim 3
+    assert images == sorted(renders + globe)
 
 
 def test_a_psvae_checkpoint_samples_exports_and_refuses_sphere_only_flags(psvae_run, tmp_path):
@@ -637,7 +640,7 @@ def test_family_mistakes_are_one_line_errors_before_any_folder(tmp_path, flags, 
     assert not (tmp_path / "r").exists()
 
 
-def test_weights_of_another_family_and_signals_in_evaluate_are_one_line_errors(
+def test_weights_of_another_family_and_a_dataset_of_another_kind_are_one_line_errors(
     psvae_run, tmp_path, inception_weights_file
 ):
     ckpt = psvae_run / "checkpoints" / "checkpoint_latest.pth"
@@ -652,6 +655,9 @@ def test_weights_of_another_family_and_signals_in_evaluate_are_one_line_errors(
     write_run(tmp_path, "sines_20250101_000000", "sines", signals)
     common = ["--checkpoint", str(tmp_path / "sines_20250101_000000"), "--device", "cpu"]
     common += ["--inception_weights", inception_weights_file, "--num_samples", "4", "--num_recon", "4"]
-    for extra in ([], ["--reconstruction", "--no-generation"]):
-        message = run_exit(evaluate, [*common, *extra])
-        assert message.startswith("error: evaluate.py measures images, but dataset 'sines' holds signals")
+    message = run_exit(evaluate, [*common, "--dataset", "demo"])
+    assert message == "error: dataset 'demo' holds images, but this model encodes signals; pass a --dataset of signals"
+    images = ["--checkpoint", str(psvae_run), "--device", "cpu", "--inception_weights", inception_weights_file]
+    np.savez(tmp_path / "waves.npz", signals=np.random.default_rng(0).normal(size=(4, 1, 16)))
+    message = run_exit(evaluate, [*images, "--dataset", str(tmp_path / "waves.npz"), "--num_samples", "4"])
+    assert message == "error: dataset 'waves' holds signals, but this model encodes images; pass a --dataset of images"
