@@ -1,11 +1,12 @@
-"""File size per mode and fidelity against fp32 of the sphere-web export (docs/web_format.md §9).
+"""File size per mode and fidelity against fp32 of the sphere-web export (docs/web_format.md §9), for models of
+any family with a web exporter and a latent sphere (sphere, psvae).
 
     python benchmarks/bench_export.py --checkpoint results/<run>/checkpoints/checkpoint_latest.pth
     python benchmarks/bench_export.py --model convnet_small --image_size 32      # random (perturbed) weights
     python benchmarks/bench_export.py --checkpoint CKPT --no-keep_edges    # quantize first/last layers too
 
 For each mode: bytes (and ratio to fp32), PSNR of D(v) against the fp32 export's D(v) on the same random
-points v of the sphere, and PSNR of one encode -> decode round trip of those images; dB on images in [0, 1].
+points v of the latent sphere, and PSNR of one encode -> decode round trip of those images; dB on images in [0, 1].
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.checkpoint import load_model_from_checkpoint  # noqa: E402
+from engine.globe import latent_sphere, random_points  # noqa: E402
 from engine.webformat import MODES, export_model, load_model_from_web_weights  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
@@ -63,16 +65,18 @@ def psnr(images: torch.Tensor, reference: torch.Tensor) -> float:
 
 
 def decode_and_reconstruct(model, latents: torch.Tensor, images: torch.Tensor | None):
+    """D(v) of points v of the latent sphere, and D(E(x)) of those outputs (or of `images`), through the model's
+    family's notion of a point of its sphere (engine/globe.py)."""
+    latent = latent_sphere(model)
     with torch.no_grad():
-        decoded = model.decode(latents).clamp(-1, 1)
+        decoded = latent.decode(model, latents, None)
         source = decoded if images is None else images
-        return decoded, model.decode(model.project(model.encode(source))).clamp(-1, 1)
+        return decoded, latent.decode(model, latent.encode(model, source, None), None)
 
 
 def main(args: argparse.Namespace) -> list[dict]:
     model = load_model(args)
-    gen = torch.Generator().manual_seed(args.seed)
-    latents = model.project(torch.randn(args.num_images, *model.latent_shape, generator=gen))
+    latents = random_points(model, args.num_images, torch.Generator().manual_seed(args.seed))
     rows, reference = [], None
     with tempfile.TemporaryDirectory() as folder:
         for mode in MODES:  # fp32 first: it is the reference

@@ -22,6 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import training  # noqa: E402
+from engine.families import input_shape  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.setup import build_loss, lr_multipliers, model_overrides  # noqa: E402
 from engine.trainer import peak_memory_mb  # noqa: E402
@@ -90,8 +91,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     loss_fn = build_loss(flags, model, device)
     optimizer = build_optimizer(model, 1e-4, lr_multipliers(flags), (0.9, 0.95), 0.0)
     forward = torch.compile(model) if args.compile else model
-    shape = getattr(model.config, "data_shape", (3, args.image_size, args.image_size))  # (C, H, W) or (C, L)
-    images = torch.rand(args.batch_size, *shape, device=device) * 2 - 1
+    images = torch.rand(args.batch_size, *input_shape(model), device=device) * 2 - 1
     labels = torch.zeros(args.batch_size, dtype=torch.long, device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 

@@ -62,6 +62,13 @@ def family_of(model: nn.Module) -> Family:
     return family_named(family_name_of(model))
 
 
+def input_shape(model: nn.Module) -> tuple[int, ...]:
+    """One input item without batch: the config's data_shape where it has one ((C, L) for signals), else images
+    (in_channels, image_size, image_size)."""
+    config = model.config
+    return tuple(getattr(config, "data_shape", None) or (config.in_channels, config.image_size, config.image_size))
+
+
 def takes_signals(model: nn.Module) -> bool:
     """Whether the model encodes 1-D signals (B, C, L) rather than images: its optional `is_signal` attribute."""
     return bool(getattr(model, "is_signal", False))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .families import LatentSphere, family_name_of, family_of
+from .families import LatentSphere, family_name_of, family_of, input_shape
 from .images import plot_signals, save_grid
 
 ATLAS_ROWS, ATLAS_COLS = 12, 24  # 15 degrees of latitude and longitude per cell
@@ -127,6 +127,16 @@ def encode_items(model: torch.nn.Module, dataset, count: int) -> tuple[torch.Ten
     for x, y in zip(inputs.split(BATCH), labels.split(BATCH)):
         points.append(latent.encode(model, x.to(device), y.to(device) if conditional else None).float().cpu())
     return torch.cat(points), labels, inputs
+
+
+@torch.no_grad()
+def random_points(model: torch.nn.Module, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """`count` points drawn uniformly from the model's latent sphere (N, D), on the CPU: normalised Gaussians at
+    the sphere's radius (that of an encoded input: 1 for psvae, sqrt(L) for the sphere family)."""
+    latent, device = latent_sphere(model), next(model.parameters()).device
+    probe = latent.encode(model, torch.zeros(1, *input_shape(model), device=device), None).float().cpu()  # (1, D)
+    directions = torch.randn(count, probe.shape[1], generator=generator)
+    return unit(directions) * probe.norm()
 
 
 def latent_size(model: torch.nn.Module, dataset) -> int:

@@ -18,10 +18,12 @@ from engine.globe import (
     MARGIN,
     PALETTE,
     atlas_points,
+    decode_points,
     dot_map,
     interpolation_strips,
     lonlat_degrees,
     map_layout,
+    random_points,
     save_atlas,
     slerp,
 )
@@ -33,7 +35,7 @@ from tests.test_export import write_run
 GENERATOR = torch.Generator().manual_seed(0)
 
 
-def random_points(count: int, dim: int, radius: float = 1.0) -> torch.Tensor:
+def points_on_sphere(count: int, dim: int, radius: float = 1.0) -> torch.Tensor:
     points = torch.randn(count, dim, generator=GENERATOR)
     return points / points.norm(dim=-1, keepdim=True) * radius
 
@@ -48,7 +50,7 @@ def angle(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize(("dim", "radius"), [(3, 1.0), (64, 8.0)])  # psvae's unit sphere, the sphere's sqrt(L)
 def test_slerp_stays_on_the_sphere_and_moves_at_a_constant_angle(dim, radius):
-    a, b = random_points(4, dim, radius), random_points(4, dim, radius)
+    a, b = points_on_sphere(4, dim, radius), points_on_sphere(4, dim, radius)
     path = slerp(a, b, torch.linspace(0, 1, 7))  # (4, 7, dim)
     torch.testing.assert_close(path[:, 0], a)
     torch.testing.assert_close(path[:, -1], b)
@@ -58,9 +60,18 @@ def test_slerp_stays_on_the_sphere_and_moves_at_a_constant_angle(dim, radius):
 
 
 def test_slerp_between_a_point_and_itself_stays_there():
-    a = random_points(2, 3)
+    a = points_on_sphere(2, 3)
     path = slerp(a, a.clone(), torch.tensor([0.0, 0.3, 1.0]))
     torch.testing.assert_close(path, a[:, None].expand(2, 3, 3))
+
+
+@pytest.mark.parametrize(("name", "radius"), [("psvae_tiny", 1.0), ("convnet_tiny", math.sqrt(256))])
+def test_random_points_lie_on_the_models_latent_sphere(name, radius):
+    model = build_model(name, image_size=16, latent_dim=256 if name == "convnet_tiny" else None).eval()
+    points = random_points(model, 5, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(points.norm(dim=-1), torch.full((5,), radius))
+    with torch.no_grad():
+        assert tuple(decode_points(model, points).shape) == (5, 3, 16, 16)
 
 
 def test_atlas_cells_run_from_the_north_west_and_their_coordinates_read_back():

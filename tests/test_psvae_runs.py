@@ -234,14 +234,27 @@ def test_evaluate_measures_signal_reconstructions_in_the_datas_units(sines_run, 
 # The training benchmark
 
 
-def test_the_training_benchmark_runs_models_of_every_family(capsys):
+def benchmark(name: str):
+    """A script of benchmarks/ as a module."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     try:
-        import bench_train
+        return __import__(name)
     finally:
         sys.path.remove(str(REPO / "benchmarks"))
+
+
+def test_the_training_benchmark_runs_models_of_every_family(capsys):
+    bench_train = benchmark("bench_train")
     argv = ["--models", "psvae_tiny", "convnet_tiny", "--image_size", "16", "--batch_size", "2", "--iters", "1"]
     rows = bench_train.main(bench_train.parse_args([*argv, "--warmup", "0", "--no-perceptual", "--device", "cpu"]))
     assert [row["model"] for row in rows] == ["psvae_tiny", "convnet_tiny"]
     assert all(row["train_img_s"] > 0 and row["sample_img_s"] > 0 for row in rows)
     assert "psvae_tiny" in capsys.readouterr().out
+
+
+def test_the_export_benchmark_measures_psvae_files():
+    bench_export = benchmark("bench_export")
+    argv = ["--model", "psvae_tiny", "--image_size", "16", "--num_images", "4"]
+    rows = bench_export.main(bench_export.parse_args(argv))
+    assert [row["mode"] for row in rows] == ["fp32", "fp16", "q8", "q4"]
+    assert rows[0]["psnr_decode"] == float("inf") and 20 < rows[2]["psnr_decode"] < float("inf")
