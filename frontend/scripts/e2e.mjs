@@ -281,6 +281,10 @@ try {
   await pad.hover({ position: { x: padBox.width * 0.7, y: padBox.height * 0.3 } });
   await page.waitForFunction(() => document.querySelector("#pad-status").textContent.startsWith("u 0.7"), null, { timeout: 60_000 });
   check(true, `pad on the unit sphere: ${await page.textContent("#pad-status")}`);
+  await page.click("#roam");
+  await page.waitForFunction(() => document.querySelector("#roam-status").textContent.includes("fps"), null, { timeout: 60_000 });
+  check(true, `roam on the unit sphere: ${await page.textContent("#roam-status")}`);
+  await page.click("#roam");
 
   // refused in one line, without downloading: a 1-D signal model, a family the page does not know
   for (const [name, pattern] of [
