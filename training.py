@@ -4,6 +4,7 @@ torchrun, with DDP on many GPUs.
 python training.py                                   # no GPU: the 4-minute quickstart on the embedded Fashion-MNIST
 python training.py --dataset cifar10                  # on a GPU: the paper's CIFAR-10 recipe
 python training.py --config configs/sphere_cifar10.yaml --lr 3e-4    # a config file, a typed flag over it
+python training.py --config configs/psvae_fashion.yaml             # Power-Spherical VAE: Fashion-MNIST on a globe
 torchrun --nproc_per_node=8 training.py --dataset cifar10 --batch_size 1024
 """
 
@@ -194,9 +195,9 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         choices=PRESET_CHOICES,
         default="auto",
         help="values for the flags you neither type nor set in a --config file, from the model family's file under "
-        "configs/: quickstart (sphere: a 5-minute CPU demo on the embedded Fashion-MNIST), paper (sphere: the "
-        "paper's CIFAR-10 recipe: the defaults shown here); auto = quickstart without a GPU, else paper; none = "
-        "plain defaults; with --config, no preset applies unless you type one",
+        "configs/: quickstart (sphere: a 5-minute CPU demo on the embedded Fashion-MNIST; psvae: that data mapped "
+        "onto a globe), paper (sphere: the paper's CIFAR-10 recipe: the defaults shown here); auto = quickstart "
+        "without a GPU, else paper; none = plain defaults; with --config, no preset applies unless you type one",
     )
 
 

@@ -22,7 +22,7 @@ ATLAS_ROWS, ATLAS_COLS = 12, 24  # 15 degrees of latitude and longitude per cell
 MAP_ITEMS = 1000  # held-out items encoded for the latent map
 MAP_HEIGHT = 360  # pixels of the dot map's plot area (2:1 equirectangular: half a degree per pixel)
 THUMBNAIL_MAP_HEIGHT = 540  # the thumbnail map is larger: its items are pictures, not dots
-THUMBNAIL_MAX = 32  # pixels: larger images are shrunk to this side on the thumbnail map
+THUMBNAIL_MAX = 32  # pixels of an image on the thumbnail map (at most; 16 px ones are doubled, larger shrunk)
 CELL_MIN = 32  # pixels: smaller images are enlarged (nearest, whole multiples) in the atlas and strips
 SIGNAL_CELL = (64, 32)  # (width, height) of one signal's plot in the atlas and on the thumbnail map
 GRATICULE_DEGREES = 30
@@ -37,6 +37,7 @@ PALETTE = [
     (158, 218, 229),
 ]  # fmt: skip
 GRID_COLOUR, AXIS_COLOUR, TEXT_COLOUR = (225, 225, 225), (170, 170, 170), (60, 60, 60)
+FRAME_COLOUR = (150, 150, 150)
 
 
 class GlobeError(ValueError):
@@ -183,6 +184,7 @@ def save_atlas(model: torch.nn.Module, path: Path, rows: int = ATLAS_ROWS, cols:
 
 
 def font() -> ImageFont.ImageFont:
+    """Pillow's built-in font: no font file to ship or find."""
     return ImageFont.load_default()
 
 
@@ -235,6 +237,7 @@ def map_layout(points: torch.Tensor, height: int, what: str) -> tuple[Image.Imag
 
 
 def class_name(names: list[str] | None, label: int) -> str:
+    """The dataset's name of a class, else 'class k'."""
     return names[label] if names and 0 <= label < len(names) else f"class {label}"
 
 
@@ -264,12 +267,18 @@ def dot_map(points: torch.Tensor, labels: torch.Tensor, names: list[str] | None,
 
 
 def thumbnails(inputs: torch.Tensor) -> list[Image.Image]:
-    """The items as small pictures: images at their size, shrunk to THUMBNAIL_MAX pixels at most; signals as
-    SIGNAL_CELL plots."""
-    pictures = inputs if inputs.ndim == 4 else as_pictures(inputs, SIGNAL_CELL)
-    if pictures.shape[-1] > THUMBNAIL_MAX and inputs.ndim == 4:
-        pictures = torch.nn.functional.interpolate(pictures, size=THUMBNAIL_MAX, mode="area")
+    """The items as small pictures: images near THUMBNAIL_MAX pixels (small ones enlarged by whole multiples,
+    large ones shrunk); signals as SIGNAL_CELL plots."""
+    if inputs.ndim == 3:
+        pictures = as_pictures(inputs, SIGNAL_CELL)
+    elif inputs.shape[-1] > THUMBNAIL_MAX:
+        pictures = torch.nn.functional.interpolate(inputs, size=THUMBNAIL_MAX, mode="area")
+    else:
+        factor = THUMBNAIL_MAX // inputs.shape[-1]
+        pictures = inputs.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
     pixels = ((pictures.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    if inputs.ndim == 3:  # white plots on a white map: a frame tells overlapping ones apart
+        pixels[:, [0, -1]], pixels[:, :, [0, -1]] = FRAME_COLOUR, FRAME_COLOUR
     return [Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array) for array in pixels]
 
 
