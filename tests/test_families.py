@@ -587,7 +587,7 @@ def test_a_psvae_run_uses_its_familys_flags_loss_and_renders(psvae_run):
     assert config["model"]["family"] == "psvae" and config["model"]["kappa_init"] == 5
     train_flags = config["train"]
     assert train_flags["beta"] == 0.01 and "noise_angle" not in train_flags
-    assert train_flags["preset"] == "quickstart" and train_flags["checkpoint_frequency"] == 2  # psvae's quickstart
+    assert train_flags["preset"] == "quickstart" and train_flags["checkpoint_frequency"] == 5  # psvae's quickstart
     assert (train_flags["image_size"], train_flags["batch_size"]) == (16, 8)  # typed flags win over it
     steps = [r for r in metrics_of(psvae_run) if "loss" in r]
     assert len(steps) == 3 and {"recon", "kl", "kappa_mean", "kappa_max", "beta"} <= set(steps[0])
