@@ -26,6 +26,7 @@ from engine.families import input_shape  # noqa: E402
 from engine.optim import build_optimizer  # noqa: E402
 from engine.setup import build_loss, lr_multipliers, model_overrides  # noqa: E402
 from engine.trainer import peak_memory_mb  # noqa: E402
+from losses import PerceptualWeightsError  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
 DEFAULT_MODELS = ["vit_tiny", "convnet_tiny", "psvae_tiny", "vit_base", "convnet_base", "psvae_base"]
@@ -153,4 +154,7 @@ def print_row(row: dict) -> None:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    try:
+        main(parse_args())
+    except PerceptualWeightsError as error:  # no VGG16 file and no network: one line, the fix in it
+        raise SystemExit(f"error: {error}") from None
