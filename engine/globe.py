@@ -41,7 +41,7 @@ FRAME_COLOUR = (150, 150, 150)
 
 
 class GlobeError(ValueError):
-    """A globe picture asked of a model that has no latent sphere, or an atlas of a sphere that is not S^2."""
+    """A picture of the latent sphere asked of a model whose family has none (Family.latent is None)."""
 
 
 def latent_sphere(model: torch.nn.Module) -> LatentSphere:
