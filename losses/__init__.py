@@ -3,6 +3,7 @@
 from .perceptual import PerceptualDistance, PerceptualWeightsError, build_convnext_small, build_lpips, build_perceptual
 from .psvae import PSVAELoss, PSVAELossConfig, beta_at
 from .sphere import SphereLoss, SphereLossConfig, hard_case_levels, stratified_levels
+from .vqvae import VQVAELoss, VQVAELossConfig
 
 __all__ = [
     "PerceptualDistance",
@@ -11,6 +12,8 @@ __all__ = [
     "PSVAELossConfig",
     "SphereLoss",
     "SphereLossConfig",
+    "VQVAELoss",
+    "VQVAELossConfig",
     "beta_at",
     "build_convnext_small",
     "build_lpips",
