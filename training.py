@@ -66,7 +66,11 @@ from engine.setup import (  # noqa: E402
 from engine.trainer import Trainer, TrainingError  # noqa: E402
 from engine.training_flags import PRESET_CHOICES, add_family_flag_groups, parse_training_flags  # noqa: E402
 from losses import PerceptualWeightsError  # noqa: E402
+from losses.psvae import RECON_TERMS as PSVAE_RECON_TERMS  # noqa: E402
+from losses.vqvae import RECON_TERMS as VQVAE_RECON_TERMS  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
+
+RECON_CHOICES = list(dict.fromkeys(PSVAE_RECON_TERMS + VQVAE_RECON_TERMS))  # --recon: a flag two families share
 
 # Failures the user can fix: one `error: ...` line, no traceback.
 EXPECTED_ERRORS = (CheckpointError, ConfigError, DatasetError, DeviceError, PerceptualWeightsError, TrainingError)
@@ -153,6 +157,18 @@ def add_data_and_model_flags(parser: argparse.ArgumentParser) -> None:
         "--vgg_weights",
         default=None,
         help="local vgg16().features state_dict for LPIPS (or env SPHERE_VGG_WEIGHTS); default: torchvision download",
+    )
+    model.add_argument(
+        "--recon",
+        choices=RECON_CHOICES,
+        default=None,
+        help="psvae and vqvae: the reconstruction term (default psvae mse, vqvae l2; vqvae takes l1 or l2)",
+    )
+    model.add_argument(
+        "--perceptual_weight",
+        type=float,
+        default=None,
+        help="psvae and vqvae: LPIPS-VGG weight, RGB images only (default psvae 0, vqvae 1)",
     )
 
 

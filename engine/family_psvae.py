@@ -46,16 +46,14 @@ def add_psvae_model_flags(group: argparse._ArgumentGroup) -> None:
 
 
 def add_psvae_flags(group: argparse._ArgumentGroup) -> None:
-    """Architecture, posterior, reconstruction form, beta schedule and LPIPS weight."""
+    """Architecture, posterior, beta schedule (--recon and --perceptual_weight are common flags, shared with vqvae)."""
     add_psvae_model_flags(group)
-    group.add_argument("--recon", choices=RECON_TERMS, default="mse", help="per-value term (sigma forms need errors)")
     group.add_argument("--beta", type=float, default=1e-3, help="KL weight, relative to a per-value mean recon")
     group.add_argument("--beta_schedule", choices=BETA_SCHEDULES, default="constant")
     group.add_argument("--beta_start", type=float, default=0.0, help="beta at the start of a ramp")
     group.add_argument("--beta_warmup_steps", type=int, default=0, help="ramp length in steps")
     group.add_argument("--beta_cycle_steps", type=int, default=0, help="cyclic: period in steps")
     group.add_argument("--beta_cycles", type=int, default=0, help="cyclic: cycles, then constant (0 = for ever)")
-    group.add_argument("--perceptual_weight", type=float, default=0.0, help="LPIPS-VGG weight (RGB images only)")
     group.add_argument("--truncation_low", type=float, default=0.0, help="truncated_nll support, data scale")
     group.add_argument("--truncation_high", type=float, default=1.0)
 
@@ -71,8 +69,10 @@ def psvae_overrides(args: argparse.Namespace, dataset) -> dict:
 def psvae_loss_config(args: argparse.Namespace) -> PSVAELossConfig:
     names = ("recon", "beta", "beta_schedule", "beta_start", "beta_warmup_steps", "beta_cycle_steps", "beta_cycles")
     names += ("perceptual_weight", "label_dropout", "truncation_low", "truncation_high")
+    values = {name: getattr(args, name) for name in names}
+    values.update(recon=args.recon or "mse", perceptual_weight=args.perceptual_weight or 0.0)  # shared flags' defaults
     try:
-        return PSVAELossConfig(**{name: getattr(args, name) for name in names})
+        return PSVAELossConfig(**values)
     except ValueError as error:  # the loss names its settings as the flags do
         raise ConfigError(f"psvae loss: {error}") from None
 
@@ -91,7 +91,7 @@ def check_psvae_dataset(args: argparse.Namespace, dataset) -> None:
             f"--recon {args.recon} needs per-value errors, but dataset '{dataset.name}' has none; "
             "use a dataset with an error array or --recon mse / l1"
         )
-    if args.perceptual_weight > 0 and getattr(dataset, "kind", "image") != "image":
+    if (args.perceptual_weight or 0) > 0 and getattr(dataset, "kind", "image") != "image":
         raise ConfigError(f"--perceptual_weight (LPIPS) needs images, but dataset '{dataset.name}' holds signals")
 
 
@@ -99,6 +99,7 @@ PSVAE_RULES: tuple[Rule, ...] = (
     weight_rule("--beta"),
     weight_rule("--beta_start"),
     weight_rule("--perceptual_weight"),
+    ("--recon", lambda v: v in RECON_TERMS, f"is no psvae term: use one of {', '.join(RECON_TERMS)}"),
     ("--kappa_min", lambda v: 0 <= v < math.inf, "must be >= 0 (Spherinator uses 1)"),
     ("--fixed_kappa", lambda v: 0 < v < math.inf, "must be > 0: the exact concentration of q(z|x)"),
     *((f"--beta_{name}", lambda v: v >= 0, "must be >= 0") for name in ("warmup_steps", "cycle_steps", "cycles")),

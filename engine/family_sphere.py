@@ -105,6 +105,8 @@ def check_sphere_dataset(args: argparse.Namespace, dataset) -> None:
 
 
 SPHERE_RULES: tuple[Rule, ...] = (
+    ("--recon", lambda v: False, "is a psvae/vqvae flag: sphere models have a fixed recon term; remove it"),
+    ("--perceptual_weight", lambda v: False, "is a psvae/vqvae flag: sphere models use --recon_perc_weight"),
     ("--noise_angle", lambda v: 0 < v < 90, "must be in (0, 90) degrees; the paper uses 80 (85 above 32 px)"),
     ("--sigma_max", lambda v: 0 < v < math.inf, "must be > 0 (theta_max = atan(sigma); 5.67 is 80 degrees)"),
     ("--encoder_lr_mult", lambda v: 0 <= v < math.inf, "must be >= 0; the paper uses 0.1"),

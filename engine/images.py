@@ -133,11 +133,29 @@ def save_recon_grid(originals: torch.Tensor, recon: torch.Tensor, path: Path) ->
     return save_grid(torch.cat([originals, recon]), path, nrow=nrow)
 
 
+def token_pictures(model, images: torch.Tensor) -> torch.Tensor | None:
+    """For a tokenizer (a model with encode -> indices and token_map): each image's token map, nearest-upsampled to
+    the image size (B, 3, H, W) in [-1, 1]; None for other models."""
+    if not callable(getattr(model, "token_map", None)) or images.ndim != 4:
+        return None
+    maps = model.token_map(model.encode(images))  # (B, 3, h, w)
+    return torch.nn.functional.interpolate(maps, size=images.shape[-2:], mode="nearest")
+
+
+def save_token_grid(model, images: torch.Tensor, path: Path) -> Path | None:
+    """The images above their token maps (similar codes, similar colours); None for a model without tokens."""
+    maps = token_pictures(model, images)
+    if maps is None:
+        return None
+    return save_grid(torch.cat([images, maps]), path, nrow=max(1, math.ceil(math.sqrt(images.shape[0]))))
+
+
 @torch.no_grad()
 def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, device, seed: int = 0) -> float:
-    """epoch_N_recon.png (originals above 1-step reconstructions; signals: each drawn under its reconstruction)
-    and, for a model that can sample, epoch_N_samples_{T}step.png for T in model.default_eval_steps; returns the
-    mean PSNR (dB) of those reconstructions. Pass the held-out split as `dataset` where there is one."""
+    """epoch_N_recon.png (originals above 1-step reconstructions; signals: each drawn under its reconstruction),
+    for a tokenizer epoch_N_tokens.png (originals above their token maps) and, for a model that can sample,
+    epoch_N_samples_{T}step.png for T in model.default_eval_steps; returns the mean PSNR (dB) of those
+    reconstructions. Pass the held-out split as `dataset` where there is one."""
     was_training = model.training
     model.eval()
     try:
@@ -146,6 +164,7 @@ def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, de
         labels = labels if model.config.num_classes > 0 else None
         recon = model.reconstruct(images, steps=1, labels=labels)
         save_recon_grid(images, recon, out_dir / f"epoch_{epoch:04d}_recon.png")
+        save_token_grid(model, images, out_dir / f"epoch_{epoch:04d}_tokens.png")  # tokenizers only
         if model.can_sample:
             render_samples(model, count, labels, out_dir, epoch, seed, device)
     finally:

@@ -123,6 +123,23 @@ def loss_state(loss_fn) -> dict | None:
     return state_dict() if callable(state_dict) else None
 
 
+def epoch_stats(model: nn.Module, info: DistInfo) -> dict[str, float]:
+    """Statistics a model gathers over an epoch, then resets: its `epoch_stats()` ({name: float}) when it has one,
+    else its quantizer's usage_stats() as codebook_usage / codebook_perplexity (the counts summed over ranks first);
+    {} for a model with neither."""
+    hook = getattr(model, "epoch_stats", None)
+    if callable(hook):
+        return {name: float(value) for name, value in hook().items()}
+    quantizer = getattr(model, "quantizer", None)
+    if not callable(getattr(quantizer, "usage_stats", None)):
+        return {}
+    counts = getattr(quantizer, "counts", None)
+    if info.enabled and isinstance(counts, torch.Tensor):
+        torch.distributed.all_reduce(counts)  # every rank then holds the epoch's assignments of all ranks
+    stats = quantizer.usage_stats(reset=True)
+    return {"codebook_usage": float(stats["usage"]), "codebook_perplexity": float(stats["perplexity"])}
+
+
 def epoch_summary(history: dict[str, list[float]]) -> str:
     """'loss 0.0312 | recon 0.0301 | kappa_max 80.1 ...': the mean of each logged term over the steps this process
     trained in the epoch (the largest value for *_max terms)."""
@@ -405,8 +422,12 @@ class Trainer:
         epoch, settings = self.state.epoch, self.settings
         last = epoch == settings.epochs
         summary, self.history = epoch_summary(self.history), {}
+        stats = epoch_stats(self.model, self.info)
+        summary = " | ".join([part for part in (summary, *(f"{k} {v:.4g}" for k, v in stats.items())) if part])
         done = f"epoch {epoch}/{settings.epochs} done (step {self.state.step})"
         self.logger.info(done + (summary and f": {summary}"))
+        if stats:
+            self.metrics.write({"step": self.state.step, "epoch": epoch, **stats})
         if self.info.is_main and (epoch % settings.eval_every_epochs == 0 or last):
             self.render(epoch)
         if self.info.is_main and last:
