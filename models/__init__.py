@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from .psvae import PSVAE, PSVAE_MODELS, PSVAEConfig
 from .sphere import CFG_MODES, SPHERE_MODELS, SphereConfig, SphereEncoder
+from .vqvae import VQVAE, VQVAE_MODELS, VQVAEConfig
 
-_FAMILIES = [SPHERE_MODELS, PSVAE_MODELS]
+_FAMILIES = [SPHERE_MODELS, PSVAE_MODELS, VQVAE_MODELS]
 
 
 def _merge(families: list[dict]) -> dict:
@@ -31,4 +32,14 @@ def build_model(name: str, **overrides):
     return MODELS[name](**overrides)
 
 
-__all__ = ["CFG_MODES", "MODELS", "PSVAE", "PSVAEConfig", "SphereConfig", "SphereEncoder", "build_model"]
+__all__ = [
+    "CFG_MODES",
+    "MODELS",
+    "PSVAE",
+    "PSVAEConfig",
+    "SphereConfig",
+    "SphereEncoder",
+    "VQVAE",
+    "VQVAEConfig",
+    "build_model",
+]
