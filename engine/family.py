@@ -22,6 +22,8 @@ class WebExport:
     required_config_keys: tuple[str, ...]  # beyond image_size and num_classes, which every file has
     edge_layers: Callable[[dict], set[str]]  # first/last layers, kept fp16 in q8/q4 (web_format.md §4)
     index_fields: Callable[[dict], dict]  # the family's own fields of an index.json entry
+    unsupported: Callable[[dict], str | None] = lambda config: None  # why a config cannot be exported/read, or None
+    export_state: Callable[[dict], dict] = lambda state: state  # the state_dict as written (training statistics reset)
 
 
 @dataclass(frozen=True)

@@ -298,13 +298,16 @@ def export_model(
     source: optional provenance stored as JSON (checkpoint path, step, ema). keep_edges: keep the first and
     last layers fp16 in q8/q4 (docs/web_format.md §4, §9).
     """
-    web_export_of(family_name_of(model))  # a family without an exporter fails before any work
+    web = web_export_of(family_name_of(model))  # a family without an exporter fails before any work
+    reason = web.unsupported(model.config.to_dict())
+    if reason:
+        raise WebFormatError(reason)
     if mode not in MODES:
         raise WebFormatError(f"unknown mode '{mode}': choose one of {', '.join(MODES)}")
     if not 1 <= group_size <= MAX_GROUP_SIZE:
         raise WebFormatError(f"group_size must be in 1..{MAX_GROUP_SIZE}, got {group_size}")
     state, bn_folded = fold_batchnorm(model)
-    state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
+    state = web.export_state({k: v for k, v in state.items() if not k.endswith("num_batches_tracked")})
     quantized = quantized_weights(model, keep_edges) if mode in QUANT_LEVELS else set()
     entries, quant_info = encode_tensors(state, quantized, mode, group_size)
     metadata = {
@@ -517,6 +520,9 @@ def config_of(metadata: dict, source: str) -> dict:
     missing = [key for key in (*REQUIRED_CONFIG_KEYS, *web.required_config_keys) if key not in config]
     if missing:
         raise WebFormatError(f"'{source}': config lacks {missing}; re-export it with export_weights.py")
+    reason = web.unsupported(config)
+    if reason:
+        raise WebFormatError(f"'{source}': {reason}")
     return config
 
 
