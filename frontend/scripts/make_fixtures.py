@@ -1,11 +1,12 @@
 """Reference fixtures for the frontend tests, computed with the PyTorch model (CPU).
 
 Writes frontend/test-fixtures/ (git-ignored):
-  <model>/model_<mode>.safetensors   tiny randomized Sphere Encoders and Power-Spherical VAEs exported with
-                                     engine.webformat
+  <model>/model_<mode>.safetensors   tiny randomized Sphere Encoders, Power-Spherical VAEs and VQ-VAE
+                                     tokenizers exported with engine.webformat
   <model>/reference_<mode>.safetensors  inputs and PyTorch outputs of the DEQUANTIZED model of that file
                                          (encode, decode, sample, guided sample with cfg_mode "combo",
-                                         reconstruct); none for the 1-D psvae, which the page does not show
+                                         reconstruct; vqvae: tokens, decode of tokens, reconstruction, token
+                                         map); none for the 1-D psvae, which the page does not show
   <model>/dequant_<mode>.safetensors    the float32 state dict read back by engine.webformat
   kernels.safetensors + kernels.json    single-op cases (GEMM in every encoding, convs, norms, attention...)
   index.json                             the demo's model list for these files (engine.webformat.write_index)
@@ -106,6 +107,26 @@ PSVAE = {
     "psvae_signal32": ("psvae_tiny", dict(backbone="conv1d", signal_length=32, in_channels=2, z_dim=3), ("fp32",)),
 }
 MODELS.update(PSVAE)
+# VQ-VAE tokenizers (models/vqvae.py): 16 px, width 16, two levels (an 8x8 token grid), 64 codes
+VQVAE = {
+    # cosine nearest code (l2_norm), every mode
+    "vqvae_tiny16": ("vqvae_tiny", dict(image_size=16, width=16, channel_mults=(1, 2), codebook_size=64), MODES),
+    # Euclidean nearest code, no attention, SVQVAE's [0, 1] input range
+    "vqvae_l2off16": (
+        "vqvae_tiny",
+        dict(
+            image_size=16,
+            width=16,
+            channel_mults=(1, 2),
+            codebook_size=64,
+            l2_norm=False,
+            attn_at_lowest=False,
+            input_range="zero_one",
+        ),
+        ("fp32",),
+    ),
+}
+MODELS.update(VQVAE)
 DECODER_ONLY = {"psvae_decoder16"}  # models whose files keep only the decoder.* tensors
 GUIDANCE = 2.0
 RECON_ANGLE = 30.0  # degrees of re-noising between reconstruction rounds
@@ -206,12 +227,39 @@ def psvae_references(model, images: torch.Tensor, labels: torch.Tensor | None, s
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
+@torch.no_grad()
+def token_margins(model, images: torch.Tensor) -> torch.Tensor:
+    """(B, h, w) gap between the second-nearest and the nearest code's squared distance: where it is ~0, float
+    rounding may pick either code (the browser's parity test allows a different index only there)."""
+    z = model.encode_latent(images)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    flat = F.normalize(flat, dim=1) if model.config.l2_norm else flat
+    distances = torch.cdist(flat.double(), model.quantizer.codebook().double()).pow(2)
+    best = distances.topk(2, dim=1, largest=False).values
+    return (best[:, 1] - best[:, 0]).view(z.shape[0], z.shape[2], z.shape[3])
+
+
+@torch.no_grad()
+def vqvae_references(model, images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor]:
+    """Tokens of the images (with their nearest-code margins), images of random tokens (decode_indices), the
+    one-round reconstruction and the token maps of the tokens."""
+    gen = torch.Generator().manual_seed(seed)
+    tokens = model.encode(images)
+    random_tokens = torch.randint(0, model.config.codebook_size, tokens.shape, generator=gen)
+    out = {"images": images, "tokens": tokens, "margins": token_margins(model, images)}
+    out["random_tokens"] = random_tokens
+    out["decode"] = model.decode_indices(random_tokens)
+    out["reconstruct"] = model.reconstruct(images)
+    out["token_map"] = model.token_map(tokens)
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
 def model_references(model, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor] | None:
     """The references of a model's family (None for 1-D signal models: the page does not show them)."""
     if getattr(model, "is_signal", False):
         return None
     images = demo_images(BATCH, model.config.image_size, model.config.in_channels)
-    make = psvae_references if model.config.family == "psvae" else references
+    make = {"psvae": psvae_references, "vqvae": vqvae_references}.get(model.config.family, references)
     return make(model, images, labels, seed)
 
 

@@ -60,7 +60,34 @@ export interface PSVAEConfig {
   rope_theta: number;
 }
 
-export type ModelConfig = SphereConfig | PSVAEConfig;
+/**
+ * The VQ-VAE tokenizer config (models/vqvae.py `VQVAEConfig`, LlamaGen's VQ): images -> a grid of codebook
+ * indices (tokens) -> images. It cannot sample (no prior over its tokens).
+ */
+export interface VQVAEConfig {
+  family: "vqvae";
+  image_size: number;
+  in_channels: number;
+  num_classes: number; // always 0
+  width: number;
+  channel_mults: number[];
+  num_res_blocks: number;
+  attn_at_lowest: boolean;
+  z_channels: number;
+  codebook_size: number; // K
+  codebook_dim: number; // d
+  l2_norm: boolean; // nearest code by cosine (codes and latents on the unit sphere)
+  quantizer: "vq" | "fsq"; // the page reads "vq" (a stored codebook)
+  norm_groups: number;
+  input_range: "minus_one_one" | "zero_one"; // zero_one: the encoder sees (x + 1) / 2, the output y maps to 2y - 1
+}
+
+/** Side of the token grid: image side / 2^(levels - 1) (VQVAE.downsample_factor). */
+export function vqvaeGrid(cfg: VQVAEConfig): number {
+  return cfg.image_size / 2 ** (cfg.channel_mults.length - 1);
+}
+
+export type ModelConfig = SphereConfig | PSVAEConfig | VQVAEConfig;
 export type FamilyName = ModelConfig["family"];
 
 /** Side of the conv encoder's last map (PSVAEConfig.conv_map_size): the decoder's first map, flattened into the heads. */

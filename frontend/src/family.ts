@@ -8,10 +8,12 @@ import { DEFAULT_FAMILY, FAMILY_CONFIG_KEYS, parseWeightFile, type WeightFile } 
 import type { Gpu } from "./gpu";
 import { SphereModel, type WebModel } from "./model";
 import { PSVAEModel, psvaeUnsupported } from "./psvae";
+import { VQVAEModel, vqvaeUnsupported } from "./vqvae";
 
 const MODEL_CLASSES: Record<FamilyName, (gpu: Gpu, file: WeightFile, source: string) => WebModel> = {
   sphere: (gpu, file, source) => SphereModel.fromFile(gpu, file, source),
   psvae: (gpu, file, source) => PSVAEModel.fromFile(gpu, file, source),
+  vqvae: (gpu, file, source) => VQVAEModel.fromFile(gpu, file, source),
 };
 
 /** Parse and verify a weight file of any family the page reads, and build its model. */
@@ -25,6 +27,7 @@ export interface IndexFields {
   name: string;
   family?: string; // absent in index files written before families existed: sphere
   backbone?: string;
+  quantizer?: string;
 }
 
 /**
@@ -36,6 +39,10 @@ export function entryProblem(entry: IndexFields): string | null {
   if (!Object.hasOwn(FAMILY_CONFIG_KEYS, family)) return `'${entry.name}' holds a '${family}' model, a family this page does not know`;
   if (family === "psvae") {
     const reason = psvaeUnsupported(entry.backbone);
+    return reason && `'${entry.name}': ${reason}`;
+  }
+  if (family === "vqvae") {
+    const reason = vqvaeUnsupported(entry.quantizer);
     return reason && `'${entry.name}': ${reason}`;
   }
   return null;

@@ -1,7 +1,7 @@
 /**
  * Reader for the `sphere-web` weight format (docs/web_format.md, version 2): a safetensors-compatible file
  * (u64 header length, JSON header, 4-byte aligned data) holding a model of a family this reader knows (its
- * config's `family`: "sphere", the default, or "psvae") in one of the modes fp32, fp16, q8 or q4, with a
+ * config's `family`: "sphere", the default, "psvae" or "vqvae") in one of the modes fp32, fp16, q8 or q4, with a
  * SHA-256 of its data section. Mirrors engine/webformat.py: same checks, same messages' intent.
  */
 
@@ -16,6 +16,7 @@ const REQUIRED_CONFIG_KEYS = ["image_size", "num_classes"]; // what every reader
 export const FAMILY_CONFIG_KEYS: Record<FamilyName, string[]> = {
   sphere: ["backbone", "latent_dim"],
   psvae: ["backbone", "decoder", "z_dim"],
+  vqvae: ["channel_mults", "codebook_size", "codebook_dim", "l2_norm", "quantizer", "norm_groups", "width"],
 };
 export const DEFAULT_FAMILY: FamilyName = "sphere";
 export const MODES = ["fp32", "fp16", "q8", "q4"] as const;

@@ -68,7 +68,7 @@ export class GraphBuilder<C = SphereConfig> {
     channels: number,
     size: number,
     output: ops.GemmOutput,
-    opts: { stride?: number; pad?: number; upsample?: number; activation?: ops.Activation } = {},
+    opts: { stride?: number; pad?: number; padEnd?: number; upsample?: number; activation?: ops.Activation } = {},
   ): number {
     const weight = this.weights.matrix(`${layer}.weight`);
     if (weight.inChannels !== channels || weight.cols !== channels * weight.kernel * weight.kernel) {
@@ -77,7 +77,8 @@ export class GraphBuilder<C = SphereConfig> {
     const stride = opts.stride ?? 1;
     const upsample = opts.upsample ?? 1;
     const pad = opts.pad ?? Math.floor(weight.kernel / 2);
-    const outSize = Math.floor((size * upsample + 2 * pad - weight.kernel) / stride) + 1;
+    const padEnd = opts.padEnd ?? pad; // zeros after the last row/column (LlamaGen's downsample pads right/bottom only)
+    const outSize = Math.floor((size * upsample + pad + padEnd - weight.kernel) / stride) + 1;
     const input: ops.GemmInput = {
       layout: "conv",
       buffer: x,
@@ -87,6 +88,7 @@ export class GraphBuilder<C = SphereConfig> {
       kernel: weight.kernel,
       stride,
       pad,
+      padEnd,
       upsample,
     };
     this.push(

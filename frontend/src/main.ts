@@ -21,6 +21,7 @@ import { formatLatLon, type Vec3 } from "./globe";
 import { Gpu, GpuUnavailableError } from "./gpu";
 import type { WebModel } from "./model";
 import { UnsupportedModelError } from "./psvae";
+import { CANNOT_SAMPLE, VQVAEModel } from "./vqvae";
 import { Random } from "./rng";
 import { GreatCircleWalk, randomPoint, slerp2d } from "./sphere";
 
@@ -185,13 +186,19 @@ function describe(entry: CatalogEntry): string {
       ? `${entry.backbone}`
       : family === "psvae"
         ? `psvae ${entry.backbone}/${entry.decoder}, z ${entry.z_dim}`
-        : `${family} (not readable here)`;
+        : family === "vqvae"
+          ? `vqvae tokenizer, ${entry.codebook_size} codes, f${entry.downsample_factor}`
+          : `${family} (not readable here)`;
   return `${entry.name} — ${kind}, ${entry.image_size}px, ${formatCount(entry.param_count)} params${classes}`;
 }
 
 /** The status line's account of a loaded model's latent. */
 function describeLatent(model: WebModel): string {
   if (model.family === "sphere") return `latent ${model.latentShape.join("×")} (L = ${model.latentSize})`;
+  if (model instanceof VQVAEModel) {
+    const { codebook_size: K, codebook_dim: d, l2_norm } = model.config;
+    return `tokens ${model.latentShape.join("×")} from ${K} codes of ${d} values${l2_norm ? " (cosine)" : ""}`;
+  }
   const encoder = model.canEncode ? "" : ", decoder only";
   return `latent: a point of the unit sphere S${superscript(model.latentSize - 1)} (z_dim ${model.latentSize})${encoder}`;
 }
@@ -282,8 +289,10 @@ async function loadSelected(): Promise<void> {
     configurePanels(model);
     setControls(true);
     void refreshCacheStatus();
-    await generate();
-    await newCorners();
+    if (model.canSample) {
+      await generate();
+      await newCorners();
+    } else await reconstructFrom(SAMPLE_IMAGES[0].url);
     state.globe?.reset();
     setPageState("ready");
   } catch (error) {
@@ -311,7 +320,7 @@ function configureConditional(entry: CatalogEntry): void {
 /** Outputs and timings of the previous model would read as the next one's. */
 function clearOutputs(): void {
   for (const id of ["generate-status", "recon-status", "pad-status", "roam-status", "globe-status", "family-note"]) setStatus(id, "");
-  for (const id of ["recon-input", "recon-output", "roam-output", "globe-output"]) {
+  for (const id of ["recon-input", "recon-output", "recon-tokens", "roam-output", "globe-output"]) {
     const canvas = $<HTMLCanvasElement>(id);
     canvas.getContext("2d")?.clearRect(0, 0, canvas.width, canvas.height);
   }
@@ -319,6 +328,7 @@ function clearOutputs(): void {
 
 const FAMILY_NOTES: Record<string, string> = {
   sphere: "",
+  vqvae: "A VQ-VAE tokenizer: Reconstruct encodes a picture to a grid of codebook indices (tokens) and decodes them.",
   psvae:
     "A Power-Spherical VAE: samples decode uniform points of its unit sphere; each further step is an encode → decode cycle, without noise.",
 };
@@ -334,6 +344,12 @@ function configurePanels(model: WebModel): void {
   const steps = $<HTMLSelectElement>("steps");
   for (const option of steps.options) option.disabled = !model.canEncode && option.value !== "1";
   if (!model.canEncode) steps.value = "1";
+  for (const id of ["generate-panel", "interpolate-panel", "roam-panel"]) $(id).hidden = !model.canSample;
+  $("sampling-note").hidden = model.canSample;
+  setStatus("sampling-note", model.canSample ? "" : `Generate, Loop, the pad and roam are hidden: ${CANNOT_SAMPLE}.`);
+  $("recon-steps").closest("label")!.hidden = !model.canSample; // one round: re-encoding a tokenizer's output is not a refinement
+  if (!model.canSample) $<HTMLSelectElement>("recon-steps").value = "1";
+  $("recon-tokens-figure").hidden = !(model instanceof VQVAEModel);
   const globe = model.family === "psvae" && model.latentSize === 3;
   $("globe-panel").hidden = !globe;
   state.globe = globe ? (state.globe ?? new Globe($<HTMLCanvasElement>("globe"), requestGlobe)) : null;
@@ -411,8 +427,10 @@ async function reconstructFrom(source: Blob | string): Promise<void> {
     const size = model.config.image_size;
     const rgba = centerCrop(await loadBitmap(source), size, $<HTMLCanvasElement>("recon-input"));
     const steps = Number($<HTMLSelectElement>("recon-steps").value);
-    const { images, timings } = await model.reconstruct(toModelInput(rgba, model.config.in_channels, size), { steps, labels: labels(1) });
+    const result = await model.reconstruct(toModelInput(rgba, model.config.in_channels, size), { steps, labels: labels(1) });
+    const { images, timings } = result;
     drawImage($<HTMLCanvasElement>("recon-output"), images, 0, model.config.in_channels, size);
+    if (model instanceof VQVAEModel && "tokens" in result) drawTokenMap(model, result.tokens as Float32Array);
     setStatus(
       "recon-status",
       `encode ${timings.encodeMs.toFixed(1)} ms · decode ${timings.decodeMs.toFixed(1)} ms${steps > 1 ? ` (${steps} rounds)` : ""}`,
@@ -420,6 +438,15 @@ async function reconstructFrom(source: Blob | string): Promise<void> {
   } catch (error) {
     reportError(error, "Reconstruction failed: ");
   }
+}
+
+/** The token map of one image's tokens: each code in its colour (first three principal components of the codebook). */
+function drawTokenMap(model: VQVAEModel, tokens: Float32Array): void {
+  const grid = model.grid;
+  drawImage($<HTMLCanvasElement>("recon-tokens"), model.tokenMap(tokens.subarray(0, grid * grid)), 0, 3, grid);
+  const used = new Set(tokens.subarray(0, grid * grid)).size;
+  setStatus("recon-tokens-caption", `tokens ${grid}×${grid} (${used} distinct codes of ${model.config.codebook_size})`);
+  document.body.dataset.tokens = String(Number(document.body.dataset.tokens ?? 0) + 1); // read by the end-to-end test
 }
 
 function setupReconstruct(): void {

@@ -162,6 +162,7 @@ export abstract class WebModel<C extends ModelConfig = ModelConfig> {
   abstract readonly latentSize: number; // L: values per latent
   abstract readonly radius: number; // of the sphere the decoder's inputs lie on
   abstract readonly canEncode: boolean; // false when the file holds only a decoder
+  readonly canSample: boolean = true; // false for a tokenizer (no prior over its tokens)
   lastTimings: Timings = { encodeMs: 0, decodeMs: 0, totalMs: 0 };
   private sessions = new Map<string, Session>();
   private queue: Promise<unknown> = Promise.resolve();

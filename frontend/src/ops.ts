@@ -12,6 +12,7 @@ import qkRopeWgsl from "./kernels/qk_rope.wgsl?raw";
 import attentionWgsl from "./kernels/attention.wgsl?raw";
 import elementwiseWgsl from "./kernels/elementwise.wgsl?raw";
 import sphereWgsl from "./kernels/sphere.wgsl?raw";
+import vqWgsl from "./kernels/vq.wgsl?raw";
 
 /** A weight matrix (rows = out, cols = in*kh*kw) on the GPU in its stored encoding. */
 export interface GpuMatrix {
@@ -106,6 +107,7 @@ export type GemmInput =
       kernel: number;
       stride: number;
       pad: number;
+      padEnd?: number; // zeros after the last row/column (default: pad); 1 with pad 0 = pad right/bottom only
       upsample: number;
     };
 
@@ -117,6 +119,7 @@ export type GemmOutput =
   | { layout: "rows_residual_gated"; buffer: Binding; ada: Binding; tokens: number; stride: number; offset: number } // y += gate[b, n] v
   | { layout: "cols_residual"; buffer: Binding; scale: Binding; tokens: number; channels: number } // y[b, n, c] += scale[c] v, m = (b, c)
   | { layout: "nchw"; buffer: Binding; height: number; width: number } // m = (b, y, x): y[b, n, y, x]
+  | { layout: "nchw_residual"; buffer: Binding; height: number; width: number } // y[b, n, y, x] += v
   | { layout: "unpatchify"; buffer: Binding; grid: number; patch: number; channels: number }; // token rows -> image
 
 export interface GemmSpec {
@@ -192,8 +195,9 @@ function inputParams(input: GemmInput): Params {
       return { A_MODE: u32(2), A_TOK: u32(input.tokens), A_CH: u32(input.channels) };
     case "conv": {
       if (input.upsample !== 1 && input.upsample !== 2) throw new Error(`upsample ${input.upsample} not supported`);
-      const outH = Math.floor((input.height * input.upsample + 2 * input.pad - input.kernel) / input.stride) + 1;
-      const outW = Math.floor((input.width * input.upsample + 2 * input.pad - input.kernel) / input.stride) + 1;
+      const pads = input.pad + (input.padEnd ?? input.pad);
+      const outH = Math.floor((input.height * input.upsample + pads - input.kernel) / input.stride) + 1;
+      const outW = Math.floor((input.width * input.upsample + pads - input.kernel) / input.stride) + 1;
       return {
         A_MODE: u32(3),
         IN_C: u32(input.channels),
@@ -227,6 +231,8 @@ function outputParams(output: GemmOutput): { params: Params; aux: Binding | null
       return { params: { OUT_MODE: u32(5), Y_TOK: u32(output.tokens), Y_CH: u32(output.channels) }, aux: output.scale };
     case "nchw":
       return { params: { OUT_MODE: u32(6), Y_HW: u32(output.height * output.width) }, aux: null };
+    case "nchw_residual":
+      return { params: { OUT_MODE: u32(8), Y_HW: u32(output.height * output.width) }, aux: null };
     case "unpatchify":
       return { params: { OUT_MODE: u32(7), GRID: u32(output.grid), PATCH: u32(output.patch), OUT_C: u32(output.channels) }, aux: null };
   }
@@ -588,4 +594,76 @@ export function sphereProject(
   };
   const params: Params = { L: u32(latentSize), RADIUS: ["f32", radius], SIGMA: ["f32", noise ? noise.sigma : 0] };
   return dispatch(label, sphereWgsl, values, declared, [batch, 1, 1], params);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Vector quantization (models/quantize.py VectorQuantizer, eval mode)
+
+/**
+ * Nearest code of each latent vector z[b, :, p] of NCHW maps (B, dim, hw): the index (as f32) of the code of
+ * `codebook` (K, dim) with the largest dot product when `cosine` (z normalised; the codebook was normalised on
+ * load), else the smallest squared distance. Ties go to the lowest index, as torch's argmin/argmax.
+ */
+export function nearestCode(
+  label: string,
+  z: Binding,
+  codebook: Binding,
+  indices: Binding,
+  batch: number,
+  dim: number,
+  hw: number,
+  codes: number,
+  cosine: boolean,
+): Dispatch {
+  const declared: Declared[] = [
+    { name: "z", buffer: z, type: "f32" },
+    { name: "codebook", buffer: codebook, type: "f32" },
+    { name: "indices", buffer: indices, type: "f32", write: true },
+  ];
+  const params: Params = { COUNT: u32(batch * hw), DIM: u32(dim), HW: u32(hw), K: u32(codes) };
+  return dispatch(label, vqWgsl, { COSINE: String(cosine), MAX_DIM: dim }, declared, grid1d(Math.ceil((batch * hw) / 64)), params);
+}
+
+/** Code vectors of indices (B, hw) (f32 values) as NCHW maps (B, dim, hw): y[b, c, p] = codebook[idx[b, p], c]. */
+export function gatherCodes(
+  label: string,
+  indices: Binding,
+  codebook: Binding,
+  y: Binding,
+  batch: number,
+  dim: number,
+  hw: number,
+  codes: number,
+): Dispatch {
+  const declared: Declared[] = [
+    { name: "idx", buffer: indices, type: "f32" },
+    { name: "table", buffer: codebook, type: "f32" },
+    { name: "y", buffer: y, type: "f32", write: true },
+  ];
+  const body = `let p = i % P.HW;
+  let c = (i / P.HW) % P.DIM;
+  let b = i / (P.HW * P.DIM);
+  let k = min(u32(max(idx[b * P.HW + p], 0.0)), P.K - 1u);
+  y[i] = table[k * P.DIM + c];`;
+  return dispatch(label, elementwiseWgsl, { BODY: body }, declared, grid1d(Math.ceil((batch * dim * hw) / 64)), {
+    COUNT: u32(batch * dim * hw),
+    DIM: u32(dim),
+    HW: u32(hw),
+    K: u32(codes),
+  });
+}
+
+/** y = x * scale + shift, then clamped to [-1, 1] when `clamp` (input/output ranges of a tokenizer). */
+export function scaleShift(label: string, x: Binding, y: Binding, count: number, scale: number, shift: number, clamp: boolean): Dispatch {
+  const declared: Declared[] = [
+    { name: "x", buffer: x, type: "f32" },
+    { name: "y", buffer: y, type: "f32", write: true },
+  ];
+  const value = "x[i] * P.SCALE + P.SHIFT";
+  const body = clamp ? `y[i] = clamp(${value}, -1.0, 1.0);` : `y[i] = ${value};`;
+  return dispatch(label, elementwiseWgsl, { BODY: body }, declared, grid1d(Math.ceil(count / 64)), {
+    COUNT: u32(count),
+    SCALE: ["f32", scale],
+    SHIFT: ["f32", shift],
+  });
 }

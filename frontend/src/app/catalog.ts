@@ -16,6 +16,10 @@ export interface CatalogEntry {
   latent_shape?: number[]; // sphere
   z_dim?: number; // psvae: the latent is a point of S^(z_dim - 1)
   decoder?: string; // psvae: conv | upsample
+  codebook_size?: number; // vqvae: K codes
+  codebook_dim?: number; // vqvae
+  downsample_factor?: number; // vqvae: image side / token grid side
+  quantizer?: string; // vqvae: vq (shown) | fsq
   num_classes: number;
   param_count: number;
   modes: Partial<Record<"fp32" | "fp16" | "q8" | "q4", ModeEntry>>;

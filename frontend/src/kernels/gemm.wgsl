@@ -10,7 +10,7 @@
 //          3: y += aux[n] v (per-channel scale); 4: y += aux[b, OFFSET + n] v with b = m / TOKENS (adaLN
 //          gate, row stride STRIDE_ADA); 5: y[b, n, c] += aux[c] v with m = (b, c) (token-mixing residual);
 //          6 nchw: m = (b, pixel), y[b, n, pixel] = v; 7 unpatchify: token rows (b, gy, gx) x (py, px, c)
-//          -> image (b, c, gy * PATCH + py, gx * PATCH + px).
+//          -> image (b, c, gy * PATCH + py, gx * PATCH + px); 8 nchw residual: y[b, n, pixel] += v.
 //   ACT 0 none, 1 silu, 2 gelu (erf), 3 tanh.
 // ALIGNED variants (K a multiple of 4, quantization groups too) load A rows and W four k at a time.
 // 32x32 output tile per workgroup of 8x8 threads, each thread a 4x4 block; K in tiles of 32.
@@ -120,6 +120,9 @@ fn store_c(m: u32, n: u32, v: f32) {
     }
     case 6u: {
       y[((m / P.Y_HW) * P.N + n) * P.Y_HW + m % P.Y_HW] = v;
+    }
+    case 8u: {
+      y[((m / P.Y_HW) * P.N + n) * P.Y_HW + m % P.Y_HW] += v;
     }
     default: {
       let gx = m % P.GRID;

@@ -9,6 +9,7 @@ import { parseSafetensors, tensorToFloat32 } from "../../src/format";
 import * as ops from "../../src/ops";
 import { loadModel } from "../../src/family";
 import type { WebModel } from "../../src/model";
+import { VQVAEModel } from "../../src/vqvae";
 
 interface Result {
   name: string;
@@ -327,7 +328,8 @@ async function modelTests(h: Harness, base: string, manifest: Manifest, only: st
         continue;
       }
       const labels = ref.has("labels") ? Array.from(get(ref, "labels")) : undefined;
-      if (info.decoder_only) await decoderOnlyChecks(h, tag, model, ref, labels);
+      if (model instanceof VQVAEModel) await vqvaeChecks(h, tag, model, ref);
+      else if (info.decoder_only) await decoderOnlyChecks(h, tag, model, ref, labels);
       else await modelChecks(h, tag, model, ref, labels, manifest);
       await model.dispose();
     }
@@ -366,6 +368,52 @@ async function modelChecks(h: Harness, tag: string, model: WebModel, ref: Tensor
     return [out.images, get(ref, "reconstruct")];
   });
   await reuseChecks(h, tag, model, () => model.sample(2, sampleArgs), first);
+}
+
+/**
+ * Token indices equal PyTorch's except where its two nearest codes are closer than this (squared distance):
+ * there float rounding may pick either one. Measured: no such position in the fixtures.
+ */
+const TIE_MARGIN = 1e-4;
+
+/** Positions whose token differs from the reference's, and whether each is a near-tie. */
+function tokenMismatches(actual: Float32Array, expected: Float32Array, margins: Float32Array): { count: number; ties: number } {
+  let count = 0;
+  let ties = 0;
+  for (let i = 0; i < expected.length; i++) {
+    if (actual[i] === expected[i]) continue;
+    count++;
+    if (margins[i] < TIE_MARGIN) ties++;
+  }
+  return { count, ties };
+}
+
+/** A tokenizer: tokens, decode of tokens, reconstruction through the tokens, token map; sampling refused. */
+async function vqvaeChecks(h: Harness, tag: string, model: VQVAEModel, ref: Tensors) {
+  const tokens = get(ref, "tokens");
+  const encoded = await model.encode(get(ref, "images"));
+  const { count, ties } = tokenMismatches(encoded, tokens, get(ref, "margins"));
+  h.record(
+    `model/${tag}/tokens`,
+    count === ties && encoded.length === tokens.length,
+    `${count} of ${tokens.length} differ (${ties} near-ties)`,
+  );
+  let first: Float32Array = new Float32Array();
+  await h.check(`model/${tag}/decode_tokens`, TOLERANCE.model, async () => [
+    (first = await model.decode(get(ref, "random_tokens"))),
+    get(ref, "decode"),
+  ]);
+  await h.check(`model/${tag}/reconstruct`, count ? Infinity : TOLERANCE.model, async () => {
+    const out = await model.reconstruct(get(ref, "images"));
+    return [out.images, get(ref, "reconstruct")];
+  });
+  await h.check(`model/${tag}/token_map`, TOLERANCE.kernel, async () => [model.tokenMap(tokens), get(ref, "token_map")]);
+  const message = await model.sample().then(
+    () => "no error",
+    (error) => String((error as Error)?.message ?? error),
+  );
+  h.record(`model/${tag}/sample_refused`, !model.canSample && /no prior over its tokens/.test(message), message);
+  await reuseChecks(h, tag, model, () => model.decode(get(ref, "random_tokens")), first);
 }
 
 /** A file with the decoder alone: decode and 1-step samples match; encoding calls fail saying why. */

@@ -1,0 +1,185 @@
+/**
+ * The op graphs of the VQ-VAE tokenizer (models/vqvae.py, LlamaGen's VQ): the encoder (pre-norm residual
+ * blocks with GroupNorm + swish, single-head attention at the lowest resolution, right/bottom-padded strided
+ * downsampling convs) to a continuous latent, quant_conv, the nearest codebook entry of each position (the
+ * tokens); and the decoder from tokens: code lookup, post_quant_conv, residual blocks, nearest x2 + conv
+ * upsampling, norm_out + swish, conv_out, clamped to [-1, 1]. Every linear and conv layer is the shared GEMM.
+ */
+
+import { vqvaeGrid, type VQVAEConfig } from "./config";
+import type { Binding, BufferRef, Step, Workspace } from "./gpu";
+import { GraphBuilder, type GraphIO, type NetworkTraits } from "./graph";
+import * as ops from "./ops";
+import type { GpuWeights } from "./weights";
+
+type Builder = GraphBuilder<VQVAEConfig>;
+
+/** A feature map (B, channels, size, size) in a workspace buffer. */
+interface FeatureMap {
+  x: BufferRef;
+  channels: number;
+  size: number;
+}
+
+const GROUPNORM_EPS = 1e-6;
+
+/** GroupNorm(norm_groups, eps 1e-6) of `layer`, optionally followed by swish, from x into y. */
+function groupNorm(g: Builder, layer: string, x: Binding, y: Binding, channels: number, size: number, silu: boolean): void {
+  const norm: ops.ChannelNorm = {
+    kind: "group",
+    groups: g.cfg.norm_groups,
+    weight: g.weights.vector(`${layer}.weight`),
+    bias: g.weights.vector(`${layer}.bias`),
+    eps: GROUPNORM_EPS,
+  };
+  g.push(ops.channelNorm(layer, x, y, g.batch, channels, size * size, norm, { silu }));
+}
+
+const nchw = (buffer: Binding, size: number): ops.GemmOutput => ({ layout: "nchw", buffer, height: size, width: size });
+const nchwAdd = (buffer: Binding, size: number): ops.GemmOutput => ({ layout: "nchw_residual", buffer, height: size, width: size });
+
+/** The other buffer of the ping-pong pair. */
+function other(g: Builder, x: BufferRef, maxWords: number): BufferRef {
+  return g.buf(x.role === "vq_a" ? "vq_b" : "vq_a", maxWords);
+}
+
+/** ResBlock: h = conv1(swish(norm1(x))); h = conv2(swish(norm2(h))); out = shortcut(x) + h (in place without a shortcut). */
+function resBlock(g: Builder, prefix: string, map: FeatureMap, maxWords: number): FeatureMap {
+  const { x, channels, size } = map;
+  const outChannels = g.weights.matrix(`${prefix}.conv1.weight`).rows;
+  const t1 = g.buf("vq_t1", maxWords);
+  const t2 = g.buf("vq_t2", maxWords);
+  groupNorm(g, `${prefix}.norm1`, x, t1, channels, size, true);
+  g.conv(`${prefix}.conv1`, t1, channels, size, nchw(t2, size));
+  groupNorm(g, `${prefix}.norm2`, t2, t1, outChannels, size, true);
+  let out = x;
+  if (g.weights.has(`${prefix}.shortcut.weight`)) {
+    out = other(g, x, maxWords);
+    g.conv(`${prefix}.shortcut`, x, channels, size, nchw(out, size));
+  } else if (outChannels !== channels) {
+    throw new Error(`'${prefix}' changes ${channels} to ${outChannels} channels but the file has no shortcut`);
+  }
+  g.conv(`${prefix}.conv2`, t1, outChannels, size, nchwAdd(out, size));
+  return { x: out, channels: outChannels, size };
+}
+
+/** AttnBlock: x + proj(softmax(q k^T / sqrt(C)) v) over the size^2 positions, q, k, v 1x1 convs of norm(x). */
+function attnBlock(g: Builder, prefix: string, map: FeatureMap, maxWords: number): void {
+  const { x, channels, size } = map;
+  const rows = g.batch * size * size;
+  const h = g.buf("vq_t1", maxWords);
+  groupNorm(g, `${prefix}.norm`, x, h, channels, size, false);
+  const tokenRows = (name: string): BufferRef => {
+    const buffer = g.buf(`vq_${name}`, rows * channels);
+    g.conv(`${prefix}.${name}`, h, channels, size, { layout: "rows", buffer }); // (B, hw, C): one head of C
+    return buffer;
+  };
+  const [q, k, v] = [tokenRows("q"), tokenRows("k"), tokenRows("v")];
+  const attended = g.buf("vq_attended", rows * channels);
+  g.push(ops.attention(`${prefix}.attn`, q, k, v, attended, g.batch, size * size, 1, channels));
+  g.linear(`${prefix}.proj`, rows, channels, { layout: "rows", buffer: attended }, nchwAdd(x, size));
+}
+
+/** The blocks of one level: ResBlocks `blocks.{j}`, each followed by `attns.{j}` when the file has it. */
+function levelBlocks(g: Builder, prefix: string, map: FeatureMap, maxWords: number): FeatureMap {
+  for (let j = 0; g.weights.has(`${prefix}.blocks.${j}.conv1.weight`); j++) {
+    map = resBlock(g, `${prefix}.blocks.${j}`, map, maxWords);
+    if (g.weights.has(`${prefix}.attns.${j}.q.weight`)) attnBlock(g, `${prefix}.attns.${j}`, map, maxWords);
+  }
+  return map;
+}
+
+/** mid.block_1, mid.attn_1 (when present), mid.block_2. */
+function middle(g: Builder, prefix: string, map: FeatureMap, maxWords: number): FeatureMap {
+  map = resBlock(g, `${prefix}.mid.block_1`, map, maxWords);
+  if (g.weights.has(`${prefix}.mid.attn_1.q.weight`)) attnBlock(g, `${prefix}.mid.attn_1`, map, maxWords);
+  return resBlock(g, `${prefix}.mid.block_2`, map, maxWords);
+}
+
+/** norm_out, swish, conv_out (3x3) into `output`. */
+function outputHead(g: Builder, prefix: string, map: FeatureMap, output: ops.GemmOutput, maxWords: number): void {
+  const normed = other(g, map.x, maxWords);
+  groupNorm(g, `${prefix}.norm_out`, map.x, normed, map.channels, map.size, true);
+  g.conv(`${prefix}.conv_out`, normed, map.channels, map.size, output);
+}
+
+/** Words of the largest feature map (or attention rows) of the network at this batch size. */
+function maxMapWords(g: Builder): number {
+  const cfg = g.cfg;
+  let most = Math.max(cfg.in_channels * cfg.image_size ** 2, Math.max(cfg.z_channels, cfg.codebook_dim) * vqvaeGrid(cfg) ** 2);
+  cfg.channel_mults.forEach((mult, i) => (most = Math.max(most, cfg.width * mult * (cfg.image_size / 2 ** i) ** 2)));
+  return g.batch * most;
+}
+
+/** Encoder, quant_conv, nearest code: images (B, C, S, S) in [-1, 1] -> token indices (B, h, w) as f32. */
+function encoderGraph(g: Builder, io: GraphIO, codebook: GPUBuffer): void {
+  const cfg = g.cfg;
+  const maxWords = maxMapWords(g);
+  let input: Binding = io.input;
+  if (cfg.input_range === "zero_one") {
+    input = g.buf("vq_input", g.batch * cfg.in_channels * cfg.image_size ** 2);
+    g.push(ops.scaleShift("encoder.input_range", io.input, input, g.batch * cfg.in_channels * cfg.image_size ** 2, 0.5, 0.5, false));
+  }
+  let map: FeatureMap = { x: g.buf("vq_a", maxWords), channels: cfg.width, size: cfg.image_size };
+  g.conv("encoder.conv_in", input, cfg.in_channels, cfg.image_size, nchw(map.x, map.size));
+  for (let i = 0; i < cfg.channel_mults.length; i++) {
+    map = levelBlocks(g, `encoder.levels.${i}`, map, maxWords);
+    const down = `encoder.levels.${i}.downsample.conv`;
+    if (!g.weights.has(`${down}.weight`)) continue;
+    const next = other(g, map.x, maxWords);
+    const size = g.conv(down, map.x, map.channels, map.size, nchw(next, map.size / 2), { stride: 2, pad: 0, padEnd: 1 });
+    map = { x: next, channels: map.channels, size };
+  }
+  map = middle(g, "encoder", map, maxWords);
+  const z = other(g, map.x, maxWords);
+  outputHead(g, "encoder", map, nchw(z, map.size), maxWords);
+  const latent = g.buf("vq_latent", g.batch * cfg.codebook_dim * map.size ** 2);
+  g.conv("quant_conv", z, cfg.z_channels, map.size, nchw(latent, map.size));
+  const hw = map.size ** 2;
+  g.push(ops.nearestCode("quantizer", latent, codebook, io.output, g.batch, cfg.codebook_dim, hw, cfg.codebook_size, cfg.l2_norm));
+}
+
+/** Code lookup, post_quant_conv, decoder: token indices (B, h, w) -> images (B, C, S, S) clamped to [-1, 1]. */
+function decoderGraph(g: Builder, io: GraphIO, codebook: GPUBuffer): void {
+  const cfg = g.cfg;
+  const maxWords = maxMapWords(g);
+  const grid = vqvaeGrid(cfg);
+  const codes = g.buf("vq_codes", g.batch * cfg.codebook_dim * grid * grid);
+  g.push(ops.gatherCodes("quantizer.codes", io.input, codebook, codes, g.batch, cfg.codebook_dim, grid * grid, cfg.codebook_size));
+  const z = g.buf("vq_t2", maxWords);
+  g.conv("post_quant_conv", codes, cfg.codebook_dim, grid, nchw(z, grid));
+  const top = cfg.width * cfg.channel_mults[cfg.channel_mults.length - 1];
+  let map: FeatureMap = { x: g.buf("vq_a", maxWords), channels: top, size: grid };
+  g.conv("decoder.conv_in", z, cfg.z_channels, grid, nchw(map.x, grid));
+  map = middle(g, "decoder", map, maxWords);
+  for (let i = 0; i < cfg.channel_mults.length; i++) {
+    map = levelBlocks(g, `decoder.levels.${i}`, map, maxWords);
+    const up = `decoder.levels.${i}.upsample.conv`;
+    if (!g.weights.has(`${up}.weight`)) continue;
+    const next = other(g, map.x, maxWords);
+    const size = g.conv(up, map.x, map.channels, map.size, nchw(next, 2 * map.size), { upsample: 2 });
+    map = { x: next, channels: map.channels, size };
+  }
+  const raw = g.buf("vq_raw", g.batch * cfg.in_channels * cfg.image_size ** 2);
+  outputHead(g, "decoder", map, nchw(raw, map.size), maxWords);
+  const [scale, shift] = cfg.input_range === "zero_one" ? [2, -1] : [1, 0];
+  g.push(ops.scaleShift("decoder.clamp", raw, io.output, g.batch * cfg.in_channels * cfg.image_size ** 2, scale, shift, true));
+}
+
+/** Encoder (images -> tokens) and decoder (tokens -> images) steps of a vqvae for one batch size. */
+export function buildVqvaeGraphs(
+  cfg: VQVAEConfig,
+  weights: GpuWeights,
+  ws: Workspace,
+  batch: number,
+  encoderIO: GraphIO,
+  decoderIO: GraphIO,
+  codebook: GPUBuffer,
+): { encoder: Step[]; decoder: Step[] } {
+  const traits: NetworkTraits = { numClasses: 0, condDim: 0, norm: "group" };
+  const encoder = new GraphBuilder(cfg, weights, ws, batch, traits);
+  const decoder = new GraphBuilder(cfg, weights, ws, batch, traits);
+  encoderGraph(encoder, encoderIO, codebook);
+  decoderGraph(decoder, decoderIO, codebook);
+  return { encoder: encoder.steps, decoder: decoder.steps };
+}
