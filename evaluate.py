@@ -1,5 +1,6 @@
 """Evaluate a checkpoint: FID, KID, Inception Score, precision/recall of samples (models that can sample); rFID,
-PSNR, SSIM, LPIPS of reconstructions. Models of 1-D signals: MSE and PSNR of reconstructions in the data's units.
+PSNR, SSIM, LPIPS of reconstructions (tokenizers: also codebook usage and perplexity of the held-out tokens).
+Models of 1-D signals: MSE and PSNR of reconstructions in the data's units.
 
 python evaluate.py --steps 1 2 4 --num_samples 50000                 # latest run, paper-comparable FID
 python evaluate.py --checkpoint results/<run> --cfg 1.0 1.5                 # a run folder: its latest checkpoint
@@ -61,7 +62,7 @@ from losses.perceptual import VGG_ENV
 CFG_MODES = ["combo", "both", "latent", "pixel"]  # combo: sqrt(w) after E and sqrt(w) after D (DESIGN §3)
 at_least_two = int_in_range(2)  # FID and precision/recall need two images or more
 GENERATION_METRICS = ("fid", "kid", "kid_std", "is", "is_std", "precision", "recall")
-RECONSTRUCTION_METRICS = ("rfid", "psnr", "ssim", "lpips")
+RECONSTRUCTION_METRICS = ("rfid", "psnr", "ssim", "lpips", "usage", "perplexity")  # the last two: tokenizers
 SIGNAL_METRICS = ("mse", "psnr")  # reconstructions of 1-D signals, in the data's units
 
 
@@ -295,9 +296,31 @@ def reconstruction_scores(extractor, lpips_model, originals_uint8: torch.Tensor,
     }
 
 
+def codebook_size_of(model) -> int | None:
+    """K for a tokenizer (a model whose encode gives code indices and whose quantizer has K codes), else None."""
+    size = getattr(getattr(model, "quantizer", None), "codebook_size", None)
+    return int(size) if size and callable(getattr(model, "encode", None)) else None
+
+
+@torch.no_grad()
+def code_counts(model, images: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """How often each of the K codes is assigned over a batch's token grids (K,) on the CPU."""
+    return torch.bincount(model.encode(images).reshape(-1).cpu(), minlength=codebook_size).double()
+
+
+def codebook_metrics(counts: torch.Tensor) -> dict[str, Metric]:
+    """usage (fraction of codes assigned at least once) and perplexity exp(H(p)) of the held-out assignments."""
+    p = counts / counts.sum().clamp_min(1)
+    entropy = -(p * torch.log(p.clamp_min(1e-300))).sum()
+    return {"usage": Metric((counts > 0).double().mean().item()), "perplexity": Metric(entropy.exp().item())}
+
+
 def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_config: dict, context: dict) -> list[dict]:
-    """rFID (vs the originals), PSNR, SSIM and LPIPS after 1 step (no noise) and each of --steps."""
+    """rFID (vs the originals), PSNR, SSIM and LPIPS after 1 step (no noise) and each of --steps; for a tokenizer
+    also codebook usage and perplexity of the held-out images' tokens (in the 1-step row)."""
     steps = sorted({1, *args.steps})
+    codebook_size = codebook_size_of(model)
+    counts = torch.zeros(codebook_size or 0, dtype=torch.float64)
     dataset = of_kind(run_dataset(args, run_config, train=args.recon_split == "train"), "image")
     count = min(len(dataset), args.num_recon)
     lpips_model = build_lpips(lpips_weights(args, run_config)).to(args.device)
@@ -306,6 +329,8 @@ def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_confi
         for start, originals, recons in reconstruction_batches(model, dataset, args, steps):
             originals_uint8 = images_to_uint8(originals)
             real_features.append(extractor(originals_uint8)[0].cpu())
+            if codebook_size:
+                counts += code_counts(model, originals, codebook_size)
             for t, recon in recons.items():
                 scores[t].append(reconstruction_scores(extractor, lpips_model, originals_uint8, recon))
                 if args.save_images:
@@ -318,6 +343,8 @@ def evaluate_reconstruction(model, extractor: InceptionFeatures, args, run_confi
         merged = {key: torch.cat([batch[key] for batch in batches]) for key in batches[0]}
         results = {"rfid": Metric(fid_from_features(merged.pop("features"), real))}
         results.update({key: Metric(values.mean().item()) for key, values in merged.items()})
+        if codebook_size and t == steps[0]:
+            results.update(codebook_metrics(counts))
         records += make_records(results, "reconstruction", t, None, context)
     return records
 

@@ -8,6 +8,7 @@ python sampling.py --input photo.jpg                 # strip: input | 1 step | 2
 python sampling.py --cfg 2.0 --class 3               # class-conditional model with guidance
 python sampling.py --atlas                           # z_dim 3: globe atlas + map of held-out items on the globe
 python sampling.py --input a.png b.png --interpolate 8   # great-circle strip a | 8 decoded points | b
+python sampling.py --input big.jpg --tile_size 256 --overlap 32 --scales 0.5 2   # vqvae: tiled, multi-scale
 
 Outputs go to <dest_folder>/<run>/<checkpoint stem>/ (for --weights: <dest_folder>/<model folder>/<file stem>/);
 an existing file is never replaced without --overwrite.
@@ -37,7 +38,7 @@ from engine.cli import (
     seed_int,
     source_folder_name,
 )
-from engine.data import DatasetError, build_dataset, load_image
+from engine.data import DatasetError, build_dataset, load_image, read_rgb
 from engine.families import cannot_sample_reason, takes_signals
 from engine.globe import (
     ATLAS_COLS,
@@ -51,7 +52,14 @@ from engine.globe import (
     save_atlas,
     save_maps,
 )
-from engine.images import first_items, per_image_generators, reconstruct_at_steps, sample_at_steps, save_grid
+from engine.images import (
+    first_items,
+    per_image_generators,
+    reconstruct_at_steps,
+    sample_at_steps,
+    save_grid,
+    save_token_grid,
+)
 from engine.runs import dataset_options
 from engine.webformat import WebFormatError, load_model_from_web_weights, web_source
 
@@ -79,6 +87,31 @@ def add_globe_flags(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="great-circle (slerp) strips of N decoded points between encoded inputs: the --input files in turn "
         "(a to b, b to c...), else --num_samples // 2 pairs of held-out items of --dataset",
+    )
+
+
+def add_tokenizer_flags(parser: argparse.ArgumentParser) -> None:
+    """Tiled and multi-scale reconstruction and colour alignment (vqvae models; refused for models without them)."""
+    tokens = parser.add_argument_group("tokenizers (vqvae): large images, other scales, colour alignment")
+    tokens.add_argument(
+        "--tile_size",
+        type=positive_int,
+        default=None,
+        help="reconstruct each --input image at its own size in tiles of this many pixels (blended overlaps)",
+    )
+    tokens.add_argument("--overlap", type=int_in_range(0), default=0, help="pixels shared by neighbouring tiles")
+    tokens.add_argument(
+        "--scales",
+        type=float,
+        nargs="+",
+        default=None,
+        help="also decode each --input image's latent grid resized by these factors (2 = twice the size)",
+    )
+    tokens.add_argument(
+        "--align",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="map each image's colour statistics onto the training images' before encoding, and back after",
     )
 
 
@@ -128,6 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="class index for conditional models (default: cycle through all classes)",
     )
     add_globe_flags(parser)
+    add_tokenizer_flags(parser)
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="--no-ema: raw weights")
     parser.add_argument(
         "--individual",
@@ -193,6 +227,19 @@ def held_out_path(out_dir: Path, seed: int) -> Path:
     return out_dir / f"recon_heldout_seed{seed}.png"
 
 
+def tokens_path(out_dir: Path, name: str) -> Path:
+    """The token map picture of an --input file's stem or of the held-out grid ('heldout_seed0')."""
+    return out_dir / f"tokens_{name}.png"
+
+
+def scale_path(out_dir: Path, file: str, scale: float) -> Path:
+    return out_dir / f"recon_{Path(file).stem}_scale{scale:g}.png"
+
+
+def has_tokens(model) -> bool:
+    return callable(getattr(model, "token_map", None))
+
+
 def atlas_path(out_dir: Path, args) -> Path:
     return out_dir / f"atlas_{args.atlas_rows}x{args.atlas_cols}.png"
 
@@ -212,17 +259,19 @@ def globe_outputs(args, out_dir: Path) -> list[Path]:
     return paths + ([interpolation_path(out_dir, args)] if args.interpolate else [])
 
 
-def planned_outputs(args, out_dir: Path, can_sample: bool) -> list[Path]:
-    """Every file this run will write, known before any work so that nothing is overwritten by surprise."""
+def planned_outputs(args, out_dir: Path, can_sample: bool, tokens: bool = False) -> list[Path]:
+    """Every file this run will write, known before any work so that nothing is overwritten by surprise (`tokens`:
+    the model writes token maps too)."""
     if args.atlas or args.interpolate:
         return globe_outputs(args, out_dir)
     if args.input:
         paths = [recon_path(out_dir, file) for file in args.input]
         if len(set(paths)) < len(paths):
             raise InputError("two --input files share a name (stem); their strips would overwrite each other")
-        return paths
+        paths += [scale_path(out_dir, file, scale) for file in args.input for scale in args.scales or []]
+        return paths + [tokens_path(out_dir, Path(file).stem) for file in args.input if tokens]
     if not can_sample:
-        return [held_out_path(out_dir, args.seed)]
+        return [held_out_path(out_dir, args.seed)] + ([tokens_path(out_dir, f"heldout_seed{args.seed}")] * tokens)
     paths = [grid_path(out_dir, steps, args.seed) for steps in args.steps]
     if args.individual:
         paths += [individual_path(out_dir, t, args.seed, i) for t in args.steps for i in range(args.num_samples)]
@@ -282,25 +331,62 @@ def save_samples(grids: list[torch.Tensor], args, out_dir: Path) -> list[Path]:
 
 
 def recon_options(model, args) -> dict:
-    return model_options(model, "reconstruct", {"--recon_noise_angle": ("noise_angle", args.recon_noise_angle or None)})
+    given = {"--recon_noise_angle": ("noise_angle", args.recon_noise_angle or None)}
+    given["--align"] = ("align", True if args.align else None)
+    return model_options(model, "reconstruct", given)
 
 
+def load_full_image(path: str) -> torch.Tensor:
+    """One image file at its own size -> (1, 3, H, W) in [-1, 1] (for tiled reconstruction)."""
+    if Path(path).is_dir():
+        raise DatasetError(f"'{path}' is a folder; pass image files (jpg/png/webp/bmp)")
+    try:
+        image = read_rgb(Path(path))
+    except (OSError, ValueError) as error:
+        raise DatasetError(f"cannot read image '{path}' ({error}); pass a jpg/png/webp/bmp file") from error
+    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 3)
+    return pixels.permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def input_images(model, args) -> list[torch.Tensor]:
+    """The --input files (all read before any work): at their own size with --tile_size, else center-cropped and
+    resized to the model's image size."""
+    if args.tile_size:
+        return [load_full_image(file) for file in args.input]
+    return [load_image(file, model.config.image_size) for file in args.input]
+
+
+def reconstruction_strip(model, args, image: torch.Tensor, options: dict) -> torch.Tensor:
+    """input | reconstructions after 1..max(steps) rounds; with --tile_size: input | the tiled reconstruction."""
+    if args.tile_size:
+        tiled = model.reconstruct_tiled(image, args.tile_size, args.overlap, **options)
+        return torch.cat([image, tiled])
+    generators = lambda: per_image_generators(args.seed, 0, 1, args.device)  # noqa: E731
+    steps = reconstruct_at_steps(model, image, range(1, max(args.steps) + 1), generators, **options)
+    return torch.cat([image, *steps.values()])
+
+
+@torch.no_grad()
 def reconstruct_inputs(model, args, out_dir: Path) -> list[Path]:
-    """Per input: center-crop, encode without noise, decode with 1..max(steps) rounds; save the strip."""
-    paths, images = [], [load_image(file, model.config.image_size) for file in args.input]  # all readable first
-    options = recon_options(model, args)
+    """Per input: encode without noise, decode with 1..max(steps) rounds (or tiled at its own size); save the strip,
+    each --scales decoding and, for a tokenizer, the token map."""
+    paths, images, options = [], input_images(model, args), recon_options(model, args)
     for file, image in zip(args.input, images):
         image = image.to(args.device)
-        generators = lambda: per_image_generators(args.seed, 0, 1, args.device)  # noqa: E731
-        steps = reconstruct_at_steps(model, image, range(1, max(args.steps) + 1), generators, **options)
-        strip = torch.cat([image, *steps.values()])
+        strip = reconstruction_strip(model, args, image, options)
         paths.append(save_grid(strip, recon_path(out_dir, file), nrow=strip.shape[0]))
+        for scale in args.scales or []:
+            scaled = model.decode_multiscale(image, scale, tile_size=args.tile_size, overlap=args.overlap)
+            paths.append(save_grid(scaled, scale_path(out_dir, file, scale), nrow=1))
+        if has_tokens(model):
+            paths.append(save_token_grid(model, image, tokens_path(out_dir, Path(file).stem)))
     return paths
 
 
+@torch.no_grad()
 def reconstruct_held_out(model, args, data: TrainingData, out_dir: Path) -> list[Path]:
     """For a model that cannot sample: its first --num_samples held-out images (first row) and their
-    reconstructions after each of --steps (one row each)."""
+    reconstructions after each of --steps (one row each); a tokenizer's token maps in a second file."""
     why = f"{cannot_sample_reason(model)}; pass --input FILE to reconstruct instead"
     dataset = held_out_dataset(model, args, data, why)
     count = min(args.num_samples, len(dataset))
@@ -309,7 +395,10 @@ def reconstruct_held_out(model, args, data: TrainingData, out_dir: Path) -> list
     generators = lambda: per_image_generators(args.seed, 0, count, args.device)  # noqa: E731
     recons = reconstruct_at_steps(model, images, args.steps, generators, labels=labels, **recon_options(model, args))
     grid = torch.cat([images, *recons.values()])
-    return [save_grid(grid, held_out_path(out_dir, args.seed), nrow=count)]
+    paths = [save_grid(grid, held_out_path(out_dir, args.seed), nrow=count)]
+    if has_tokens(model):
+        paths.append(save_token_grid(model, images, tokens_path(out_dir, f"heldout_seed{args.seed}")))
+    return paths
 
 
 def write_atlas(model, args, data: TrainingData, out_dir: Path) -> list[Path]:
@@ -373,6 +462,25 @@ def check_inputs(model, args) -> None:
         )
     if args.interpolate and args.input and len(args.input) < 2:
         raise InputError("--interpolate between --input files needs two or more of them")
+    check_tokenizer_flags(model, args)
+
+
+def check_tokenizer_flags(model, args) -> None:
+    """--tile_size / --scales need --input and a model with the method; --align a reconstruct that takes it."""
+    wanted = {"--tile_size": ("reconstruct_tiled", args.tile_size), "--scales": ("decode_multiscale", args.scales)}
+    for flag, (method, value) in wanted.items():
+        if value is None:
+            continue
+        if not callable(getattr(model, method, None)):
+            name = type(model).__name__
+            raise InputError(f"{flag} needs a model with {method}() (vqvae); {name} has none: drop {flag}")
+        if not args.input:
+            raise InputError(f"{flag} applies to --input images; pass --input FILE")
+    if args.scales and any(not 0 < scale < float("inf") for scale in args.scales):
+        raise InputError(f"--scales must all be > 0, got {args.scales}")
+    if args.overlap and args.tile_size and args.overlap >= args.tile_size:
+        raise InputError(f"--overlap {args.overlap} must be smaller than --tile_size {args.tile_size}")
+    recon_options(model, args)  # --align on a model whose reconstruct takes no align: one line
 
 
 def main(args: argparse.Namespace) -> list[Path]:
@@ -382,7 +490,7 @@ def main(args: argparse.Namespace) -> list[Path]:
         out_dir = check_output_dir(output_folder(args, path), "--dest_folder")
         model, data = load_model(args, path)
         check_inputs(model, args)
-        refuse_overwrite(planned_outputs(args, out_dir, model.can_sample), args.overwrite)
+        refuse_overwrite(planned_outputs(args, out_dir, model.can_sample, has_tokens(model)), args.overwrite)
         check_class_flags(model, args)
         paths = write_outputs(model, args, data, out_dir)
     except (CheckpointError, DatasetError, GlobeError, InputError, WebFormatError) as error:

@@ -123,19 +123,16 @@ def loss_state(loss_fn) -> dict | None:
     return state_dict() if callable(state_dict) else None
 
 
-def epoch_stats(model: nn.Module, info: DistInfo) -> dict[str, float]:
+def epoch_stats(model: nn.Module) -> dict[str, float]:
     """Statistics a model gathers over an epoch, then resets: its `epoch_stats()` ({name: float}) when it has one,
-    else its quantizer's usage_stats() as codebook_usage / codebook_perplexity (the counts summed over ranks first);
-    {} for a model with neither."""
+    else its quantizer's usage_stats() as codebook_usage / codebook_perplexity; {} for a model with neither. The
+    model keeps them identical on every rank (the quantizer sums its counts over ranks as it counts)."""
     hook = getattr(model, "epoch_stats", None)
     if callable(hook):
         return {name: float(value) for name, value in hook().items()}
     quantizer = getattr(model, "quantizer", None)
     if not callable(getattr(quantizer, "usage_stats", None)):
         return {}
-    counts = getattr(quantizer, "counts", None)
-    if info.enabled and isinstance(counts, torch.Tensor):
-        torch.distributed.all_reduce(counts)  # every rank then holds the epoch's assignments of all ranks
     stats = quantizer.usage_stats(reset=True)
     return {"codebook_usage": float(stats["usage"]), "codebook_perplexity": float(stats["perplexity"])}
 
@@ -422,7 +419,7 @@ class Trainer:
         epoch, settings = self.state.epoch, self.settings
         last = epoch == settings.epochs
         summary, self.history = epoch_summary(self.history), {}
-        stats = epoch_stats(self.model, self.info)
+        stats = epoch_stats(self.model)
         summary = " | ".join([part for part in (summary, *(f"{k} {v:.4g}" for k, v in stats.items())) if part])
         done = f"epoch {epoch}/{settings.epochs} done (step {self.state.step})"
         self.logger.info(done + (summary and f": {summary}"))
