@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 import torch
@@ -574,3 +575,87 @@ def _builder(size: dict):
 
 VQVAE_MODELS = {f"vqvae_{name}": _builder(size) for name, size in _SIZES.items()}
 VQVAE_MODELS["vqvae"] = VQVAE_MODELS["vqvae_base"]  # the family name alone means the base size
+
+
+# ---------------------------------------------------------------------------------------------------------
+# SVQVAE (LlamaGen layout) weights -> our config and state dict
+
+SVQVAE_COLOR_MEAN = (0.5351199507713318, 0.5217390656471252, 0.4665282666683197)  # SVQVAE's align statistics, [0, 1]
+SVQVAE_COLOR_STD = (0.28029370307922363, 0.27318093180656433, 0.28354412317276)
+SVQVAE_USAGE_GRACE = 100.0  # loaded codes start at this many times the dead-code threshold: no mass restart
+SVQVAE_DEFAULTS = dict(  # SVQVAE's ModelArgs + LlamaGen Encoder/Decoder arguments SVQVAE leaves at their default
+    codebook_size=16384, codebook_embed_dim=8, codebook_l2_norm=True, codebook_show_usage=True, commit_loss_beta=0.25,
+    entropy_loss_ratio=0.0, encoder_ch_mult=[1, 1, 2, 2, 4], decoder_ch_mult=[1, 1, 2, 2, 4], z_channels=256,
+    dropout_p=0.0, ch=128, num_res_blocks=2, norm_groups=32, image_size=256, in_channels=3,
+)  # fmt: skip
+_SVQVAE_RENAMES = (  # (pattern, replacement) applied in order to every key
+    (r"^quantize\.", "quantizer."),
+    (r"\.conv_blocks\.(\d+)\.res\.(\d+)\.", r".levels.\1.blocks.\2."),
+    (r"\.conv_blocks\.(\d+)\.attn\.(\d+)\.", r".levels.\1.attns.\2."),
+    (r"\.conv_blocks\.(\d+)\.(downsample|upsample)\.", r".levels.\1.\2."),
+    (r"\.mid\.0\.", ".mid.block_1."),
+    (r"\.mid\.1\.", ".mid.attn_1."),
+    (r"\.mid\.2\.", ".mid.block_2."),
+    (r"\.nin_shortcut\.", ".shortcut."),
+    (r"\.proj_out\.", ".proj."),
+)
+
+
+def svqvae_config(settings: dict) -> VQVAEConfig:
+    """Our config of an SVQVAE ModelArgs mapping (plus ch, num_res_blocks, norm_groups, image_size, in_channels)."""
+    unknown = sorted(set(settings) - set(SVQVAE_DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown SVQVAE settings {unknown}; known: {', '.join(sorted(SVQVAE_DEFAULTS))}")
+    args = {**SVQVAE_DEFAULTS, **settings}
+    if list(args["encoder_ch_mult"]) != list(args["decoder_ch_mult"]):
+        raise ValueError("encoder_ch_mult and decoder_ch_mult differ; this vqvae needs one channel_mults for both")
+    return VQVAEConfig(
+        image_size=args["image_size"], in_channels=args["in_channels"], width=args["ch"],
+        channel_mults=tuple(args["encoder_ch_mult"]), num_res_blocks=args["num_res_blocks"],
+        z_channels=args["z_channels"], codebook_size=args["codebook_size"], codebook_dim=args["codebook_embed_dim"],
+        l2_norm=bool(args["codebook_l2_norm"]), commit_beta=args["commit_loss_beta"],
+        entropy_ratio=args["entropy_loss_ratio"], norm_groups=args["norm_groups"], dropout=args["dropout_p"],
+        kmeans_init=False, input_range="zero_one",
+    )  # fmt: skip
+
+
+def svqvae_key(key: str) -> str | None:
+    """Our name of an SVQVAE state-dict key; None for entries we do not keep (the usage window)."""
+    if key == "quantize.codebook_used":
+        return None
+    if ".conv_shortcut." in key:
+        raise ValueError(f"SVQVAE key '{key}' is a 3x3 conv shortcut; only 1x1 (nin_shortcut) weights are supported")
+    for pattern, replacement in _SVQVAE_RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def svqvae_state_dict(state: dict, settings: dict) -> tuple[VQVAEConfig, dict]:
+    """(our config, our full state dict) from an SVQVAE/LlamaGen state dict and its ModelArgs settings; unknown,
+    missing or mis-shaped keys are a one-line ValueError naming them."""
+    config = svqvae_config(settings)
+    with torch.device("meta"):
+        reference = VQVAE(config).state_dict()
+    mapped = {new: value for key, value in state.items() if (new := svqvae_key(key)) is not None}
+    ours = _svqvae_buffers(config, {k: v for k, v in reference.items() if k not in mapped})
+    unknown, missing = sorted(set(mapped) - set(reference)), sorted(set(reference) - set(mapped) - set(ours))
+    if unknown or missing:
+        raise ValueError(f"SVQVAE weights do not fit the settings: unknown keys {unknown[:4]}, missing {missing[:4]}")
+    wrong = [k for k, v in mapped.items() if tuple(v.shape) != tuple(reference[k].shape)]
+    if wrong:
+        raise ValueError(f"SVQVAE weights have other shapes than the settings give for {wrong[:4]}; check the settings")
+    return config, {**ours, **{k: v.float() for k, v in mapped.items()}}
+
+
+def _svqvae_buffers(config: VQVAEConfig, absent: dict) -> dict:
+    """Our buffers SVQVAE files lack: colour statistics (SVQVAE's constants), a codebook marked initialised with
+    every code given a grace period before dead-code restarts, zero counts."""
+    buffers = {
+        "color_mean": 2 * torch.tensor(SVQVAE_COLOR_MEAN) - 1,  # [0, 1] -> [-1, 1] units
+        "color_std": 2 * torch.tensor(SVQVAE_COLOR_STD),
+        "color_images": torch.zeros(()),
+        "quantizer.counts": torch.zeros(config.codebook_size),
+        "quantizer.initialized": torch.ones((), dtype=torch.bool),
+        "quantizer.usage_ema": torch.full((config.codebook_size,), SVQVAE_USAGE_GRACE * config.dead_code_threshold),
+    }
+    return {key: value for key, value in buffers.items() if key in absent}
