@@ -8,6 +8,8 @@ import math
 
 import torch
 
+from .family import WebExport
+
 VQVAE_WEB_KEYS = ("channel_mults", "codebook_size", "codebook_dim", "l2_norm", "quantizer", "norm_groups", "width")
 
 
@@ -65,3 +67,12 @@ def vqvae_export_state(state: dict) -> dict:
         elif name == "quantizer.initialized":
             out[name] = torch.ones_like(tensor)
     return out
+
+
+VQVAE_WEB = WebExport(
+    VQVAE_WEB_KEYS,
+    vqvae_edge_layers,
+    vqvae_index_fields,
+    unsupported=vqvae_web_unsupported,
+    export_state=vqvae_export_state,
+)

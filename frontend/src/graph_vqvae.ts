@@ -103,12 +103,12 @@ function outputHead(g: Builder, prefix: string, map: FeatureMap, output: ops.Gem
   g.conv(`${prefix}.conv_out`, normed, map.channels, map.size, output);
 }
 
-/** Words of the largest feature map (or attention rows) of the network at this batch size. */
+/** Words of the largest feature map at this batch size: the decoder's upsampling conv keeps a level's (wider)
+ * channels at twice its side, so bound every map by the widest channels at the image size. */
 function maxMapWords(g: Builder): number {
   const cfg = g.cfg;
-  let most = Math.max(cfg.in_channels * cfg.image_size ** 2, Math.max(cfg.z_channels, cfg.codebook_dim) * vqvaeGrid(cfg) ** 2);
-  cfg.channel_mults.forEach((mult, i) => (most = Math.max(most, cfg.width * mult * (cfg.image_size / 2 ** i) ** 2)));
-  return g.batch * most;
+  const channels = Math.max(cfg.in_channels, cfg.width * Math.max(...cfg.channel_mults));
+  return g.batch * Math.max(channels * cfg.image_size ** 2, Math.max(cfg.z_channels, cfg.codebook_dim) * vqvaeGrid(cfg) ** 2);
 }
 
 /** Encoder, quant_conv, nearest code: images (B, C, S, S) in [-1, 1] -> token indices (B, h, w) as f32. */
@@ -131,7 +131,7 @@ function encoderGraph(g: Builder, io: GraphIO, codebook: GPUBuffer): void {
     map = { x: next, channels: map.channels, size };
   }
   map = middle(g, "encoder", map, maxWords);
-  const z = other(g, map.x, maxWords);
+  const z = g.buf("vq_t2", maxWords); // outputHead normalises into the other ping-pong buffer
   outputHead(g, "encoder", map, nchw(z, map.size), maxWords);
   const latent = g.buf("vq_latent", g.batch * cfg.codebook_dim * map.size ** 2);
   g.conv("quant_conv", z, cfg.z_channels, map.size, nchw(latent, map.size));
