@@ -286,6 +286,36 @@ try {
   check(true, `roam on the unit sphere: ${await page.textContent("#roam-status")}`);
   await page.click("#roam");
 
+  // a VQ-VAE tokenizer: no sampling panels (one line says why); it reconstructs a sample through its tokens at
+  // load and shows the token map; another sample reconstructs again
+  const tokenMaps = () => page.evaluate(() => Number(document.body.dataset.tokens ?? 0));
+  await pickModel("vqvae_tiny16");
+  check((await waitState("ready")) === "ready", "loads vqvae_tiny16");
+  check(/tokens 8×8 from 64 codes/.test(await page.textContent("#model-status")), `status: ${await page.textContent("#model-status")}`);
+  const hidden = await Promise.all(["#generate-panel", "#interpolate-panel", "#roam-panel"].map((s) => page.isHidden(s)));
+  check(hidden.every(Boolean), "Generate, Loop, the pad and roam are hidden for a tokenizer");
+  check(
+    /no prior over its tokens/.test(await page.textContent("#sampling-note")),
+    `the reason is shown: ${await page.textContent("#sampling-note")}`,
+  );
+  check((await tokenMaps()) > 0, "the page reconstructs a sample through its tokens at load");
+  const vqOutput = await pixels("#recon-output");
+  const vqTokens = await pixels("#recon-tokens");
+  check(vqOutput.width === 16 && range(vqOutput.rgb) > 20, `the reconstruction is not blank (range ${range(vqOutput.rgb)})`);
+  check(
+    vqTokens.width === 8 && range(vqTokens.rgb) > 20,
+    `the token map is 8×8 and not blank: ${await page.textContent("#recon-tokens-caption")}`,
+  );
+  const tokensBefore = await tokenMaps();
+  await page.click("#samples img[alt=horse]");
+  await page.waitForFunction((n) => Number(document.body.dataset.tokens ?? 0) > n, tokensBefore, { timeout: 60_000 });
+  check(
+    /encode [\d.]+ ms · decode [\d.]+ ms/.test(await page.textContent("#recon-status")),
+    `tokenizer times: ${await page.textContent("#recon-status")}`,
+  );
+  await page.locator("#reconstruct-panel").screenshot({ path: path.join(root, "test-results", "e2e-vqvae.png") });
+  check(errors.length === 0, `no page errors after the vqvae checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
+
   // refused in one line, without downloading: a 1-D signal model, a family the page does not know
   for (const [name, pattern] of [
     ["psvae_signal32", /psvae_signal32.*1-D signal models \(psvae conv1d\) are not shown in this page/],
