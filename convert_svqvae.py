@@ -6,7 +6,7 @@
 encoder_ch_mult, decoder_ch_mult, z_channels, ...; SVQVAE's load() uses ch_mult [1, 2, 2, 4] and z_channels 32) plus
 optional ch, num_res_blocks, norm_groups, image_size, in_channels (LlamaGen's defaults otherwise). The weights take
 images in [0, 1]: the converted model maps our [-1, 1] images onto that range (input_range "zero_one"). The output
-is a plain checkpoint (`model`, `ema` = the same weights, `config`) that sampling.py, evaluate.py and
+is a plain checkpoint (`model`, `ema` = the same weights, `config`, `step`/`epoch` 0) that sampling.py, evaluate.py and
 export_weights.py read like a trained run's.
 """
 
@@ -61,12 +61,15 @@ def read_weights(path: str) -> dict:
 
 
 def checkpoint_for(model: VQVAE, source: str) -> dict:
-    """The plain checkpoint dict: weights twice (raw and EMA) and a run config without training flags."""
+    """The plain checkpoint dict: weights twice (raw and EMA), a run config without training flags, step and epoch
+    0 (the checkpoint loader requires them; without optimizer state it cannot be resumed, only --init_from)."""
     state = model.state_dict()
     config = model.config
     return {
         "model": state,
         "ema": state,
+        "step": 0,
+        "epoch": 0,
         "config": {
             "dataset_name": None,
             "dataset": None,
