@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 USAGE_DECAY = 0.99  # decay of the per-code usage average that finds dead codes when the codebook has no EMA
 LAPLACE_EPS = 1e-5  # Laplace smoothing of the EMA cluster sizes, so a code with no assignment never divides by 0
-KMEANS_MAX_POINTS = 65536  # k-means on at most this many vectors of the first batch (bounds its cost)
+KMEANS_MAX_POINTS = 16384  # k-means on at most this many first-batch vectors: (N, K) distances stay <= 1 GB at K 16384
 
 
 def _distributed() -> bool:
