@@ -506,9 +506,12 @@ def code_colors(codebook: torch.Tensor) -> torch.Tensor:
     by its largest magnitude (missing components, D < 3, are 0)."""
     centred = codebook.float() - codebook.float().mean(0)
     _, _, vh = torch.linalg.svd(centred, full_matrices=False)  # rows of vh: principal directions
-    coords = centred @ vh[:3].t()  # (K, <=3)
-    signs = torch.sign(coords.sum(0) + 1e-12)  # a fixed orientation: SVD's sign is arbitrary
-    coords = coords * signs / coords.abs().amax(0).clamp_min(1e-12)
+    directions = vh[:3]  # (<=3, D)
+    # SVD's signs are arbitrary: orient each direction so that its largest loading is positive (the page's rule,
+    # frontend/src/tokenmap.ts), so Python and the browser colour a codebook alike
+    largest = directions.gather(1, directions.abs().argmax(1, keepdim=True))
+    coords = centred @ (directions * torch.sign(largest)).t()  # (K, <=3)
+    coords = coords / coords.abs().amax(0).clamp_min(1e-12)
     return F.pad(coords, (0, 3 - coords.shape[1]))
 
 
