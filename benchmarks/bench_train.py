@@ -1,6 +1,6 @@
 """Training and sampling throughput of registered models of any family on the current device (prints a table).
 
-python benchmarks/bench_train.py                                   # sphere + psvae, tiny and base, CPU or GPU
+python benchmarks/bench_train.py                                   # sphere, psvae, vqvae: tiny and base
 python benchmarks/bench_train.py --models vit_small psvae_small --batch_size 256 --iters 50 --compile
 python benchmarks/bench_train.py --models psvae_tiny --train_flags="--recon l1 --perceptual_weight 0.1"
 
@@ -29,7 +29,8 @@ from engine.trainer import peak_memory_mb  # noqa: E402
 from losses import PerceptualWeightsError  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
-DEFAULT_MODELS = ["vit_tiny", "convnet_tiny", "psvae_tiny", "vit_base", "convnet_base", "psvae_base"]
+DEFAULT_MODELS = ["vit_tiny", "convnet_tiny", "psvae_tiny", "vqvae_tiny", "vit_base", "convnet_base", "psvae_base"]
+DEFAULT_MODELS += ["vqvae_base"]
 # every family's perceptual weights: --no-perceptual sets those of the model's family to 0
 PERCEPTUAL_FLAGS = ("recon_perc_weight", "con_perc_weight", "perceptual_weight")
 
