@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_model_state, restore_rank_rng_state
+from .curves import write_usage_chart
 from .distributed import DistInfo, any_rank, barrier, broadcast_object, gather_objects
 from .globe import end_of_training_globe
 from .images import render_eval_images
@@ -425,6 +426,7 @@ class Trainer:
         self.logger.info(done + (summary and f": {summary}"))
         if stats:
             self.metrics.write({"step": self.state.step, "epoch": epoch, **stats})
+            self.chart_usage()
         if self.info.is_main and (epoch % settings.eval_every_epochs == 0 or last):
             self.render(epoch)
         if self.info.is_main and last:
@@ -432,6 +434,13 @@ class Trainer:
         if settings.fid_every_epochs and (epoch % settings.fid_every_epochs == 0 or last):
             self.quick_fid(epoch)
         self.save(epoch_file=epoch % settings.ckpt_every_epochs == 0 or last)
+
+    def chart_usage(self) -> None:
+        """images/codebook_usage.png, redrawn from metrics.jsonl at each epoch end of a run that logs codebook usage."""
+        if self.info.is_main and self.metrics.path is not None:
+            images = self.run_dir / "images"
+            images.mkdir(exist_ok=True)
+            write_usage_chart(self.metrics.path, images / "codebook_usage.png")
 
     def render(self, epoch: int) -> None:
         """Sample grids and reconstructions of the EMA model; the reconstructions' PSNR goes to the log."""

@@ -308,8 +308,8 @@ class VQVAE(nn.Module):
     steps_are_prefix = True  # further steps are deterministic re-encode cycles
     default_eval_steps = (1,)
     cannot_sample_reason = (
-        "a VQ-VAE is a tokenizer with no prior over its tokens; train a prior on them (somar family, issue "
-        "'Model families IV')"
+        "a VQ-VAE is a tokenizer with no prior over its tokens (a prior that samples them, the somar family, is "
+        "not in this codebase yet)"
     )
 
     def __init__(self, config: VQVAEConfig):

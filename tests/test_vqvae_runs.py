@@ -59,7 +59,8 @@ def test_a_tiny_vqvae_learns_with_a_living_codebook(learning_run):
     for term in ("rec", "vq", "commit", "entropy", "usage", "perplexity", "codebook_usage", "codebook_perplexity"):
         assert f"| {term} " in lines[-1], lines[-1]
     names = sorted(path.name for path in (learning_run / "images").iterdir())
-    assert names == [f"epoch_000{e}_{kind}.png" for e in (1, 2) for kind in ("recon", "tokens")]
+    renders = [f"epoch_000{e}_{kind}.png" for e in (1, 2) for kind in ("recon", "tokens")]
+    assert names == ["codebook_usage.png", *renders]
 
 
 # ---------------------------------------------------------------------------------------------------------
