@@ -132,7 +132,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--overwrite", action=argparse.BooleanOptionalAction, default=False, help="replace existing output files"
     )
     parser.add_argument("--num_samples", type=positive_int, default=16)
-    parser.add_argument("--steps", type=positive_int, nargs="+", default=[1, 2, 4], help="step counts to render")
+    parser.add_argument(
+        "--steps",
+        type=positive_int,
+        nargs="+",
+        default=None,
+        help="step counts to render (default: the model's, e.g. 1 2 4 for a sphere model, 1 for psvae and vqvae)",
+    )
     parser.add_argument("--seed", type=seed_int, default=0, help="image i uses its own generator seeded by (seed, i)")
     parser.add_argument("--batch_size", type=positive_int, default=64)
     parser.add_argument("--input", nargs="+", default=None, help="image file(s) to reconstruct")
@@ -171,7 +177,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
-    args.steps = list(dict.fromkeys(args.steps))  # a repeated count would write the same file twice
+    if args.steps is not None:
+        args.steps = list(dict.fromkeys(args.steps))  # a repeated count would write the same file twice
     return args
 
 
@@ -489,6 +496,7 @@ def main(args: argparse.Namespace) -> list[Path]:
         path = weights_file(args)
         out_dir = check_output_dir(output_folder(args, path), "--dest_folder")
         model, data = load_model(args, path)
+        args.steps = args.steps or list(getattr(model, "default_eval_steps", (1, 2, 4)))
         check_inputs(model, args)
         refuse_overwrite(planned_outputs(args, out_dir, model.can_sample, has_tokens(model)), args.overwrite)
         check_class_flags(model, args)

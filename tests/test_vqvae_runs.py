@@ -110,6 +110,10 @@ def test_sampling_a_vqvae_says_why_and_writes_held_out_reconstructions_and_token
     assert "cannot draw samples: a VQ-VAE is a tokenizer with no prior" in capsys.readouterr().out
     assert sorted(path.name for path in paths) == ["recon_heldout_seed0.png", "tokens_heldout_seed0.png"]
     assert all(path.is_file() for path in paths)
+    # --steps defaults to the model's (1 for a tokenizer): the strip is the originals over one reconstruction row
+    # (16 px cells with 2 px borders), not rows for the sphere's 1, 2 and 4 steps
+    strip = next(path for path in paths if path.name.startswith("recon"))
+    assert Image.open(strip).height == 2 * (16 + 2) + 2
 
 
 def test_sampling_tiles_and_rescales_a_large_input(short_run, tmp_path):
