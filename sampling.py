@@ -38,7 +38,7 @@ from engine.cli import (
     seed_int,
     source_folder_name,
 )
-from engine.data import DatasetError, build_dataset, load_image, read_rgb
+from engine.data import DatasetError, build_dataset, load_image
 from engine.families import cannot_sample_reason, takes_signals
 from engine.globe import (
     ATLAS_COLS,
@@ -343,23 +343,11 @@ def recon_options(model, args) -> dict:
     return model_options(model, "reconstruct", given)
 
 
-def load_full_image(path: str) -> torch.Tensor:
-    """One image file at its own size -> (1, 3, H, W) in [-1, 1] (for tiled reconstruction)."""
-    if Path(path).is_dir():
-        raise DatasetError(f"'{path}' is a folder; pass image files (jpg/png/webp/bmp)")
-    try:
-        image = read_rgb(Path(path))
-    except (OSError, ValueError) as error:
-        raise DatasetError(f"cannot read image '{path}' ({error}); pass a jpg/png/webp/bmp file") from error
-    pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 3)
-    return pixels.permute(2, 0, 1)[None].float() / 127.5 - 1
-
-
 def input_images(model, args) -> list[torch.Tensor]:
     """The --input files (all read before any work): at their own size with --tile_size, else center-cropped and
     resized to the model's image size."""
     if args.tile_size:
-        return [load_full_image(file) for file in args.input]
+        return [load_image(file, None) for file in args.input]
     return [load_image(file, model.config.image_size) for file in args.input]
 
 

@@ -114,14 +114,14 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         with autocast:
             model.sample(args.batch_size, steps=1)
 
-    sample_s = timed(sample, args.iters, args.warmup, device) if model.can_sample else float("inf")
+    sample_s = timed(sample, args.iters, args.warmup, device) if model.can_sample else None  # a tokenizer
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return dict(
         model=name,
         params_m=params,
         train_img_s=args.batch_size / train_s,
         peak_gib=peak,
-        sample_img_s=args.batch_size / sample_s,
+        sample_img_s=None if sample_s is None else args.batch_size / sample_s,
     )
 
 
@@ -149,7 +149,7 @@ def main(args: argparse.Namespace) -> list[dict]:
 def print_row(row: dict) -> None:
     print(
         f"{row['model']:<14}{row['params_m']:>11.1f}{row['train_img_s']:>13.1f}{row['peak_gib']:>10.2f}"
-        f"{row['sample_img_s']:>21.1f}",
+        f"{'n/a (cannot sample)' if row['sample_img_s'] is None else format(row['sample_img_s'], '.1f'):>21}",
         flush=True,
     )
 

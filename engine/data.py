@@ -876,13 +876,17 @@ def build_dataset(
     return path_dataset(name, options, columns)
 
 
-def load_image(path: str, image_size: int) -> torch.Tensor:
-    """One image file -> (1, 3, S, S) in [-1, 1], shorter side resized to S, then center-cropped."""
+def load_image(path: str, image_size: int | None) -> torch.Tensor:
+    """One image file -> (1, 3, S, S) in [-1, 1], shorter side resized to S, then center-cropped; image_size None:
+    (1, 3, H, W) at the file's own size (tiled reconstruction of large images)."""
     if Path(path).is_dir():
         raise DatasetError(f"'{path}' is a folder; pass image files (jpg/png/webp/bmp)")
     try:
         image = read_rgb(Path(path))
     except (OSError, ValueError) as error:
         raise DatasetError(f"cannot read image '{path}' ({error}); pass a jpg/png/webp/bmp file") from error
+    if image_size is None:
+        pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8).view(image.height, image.width, 3)
+        return pixels.permute(2, 0, 1)[None].float() / 127.5 - 1
     transform = build_transform(min(image.size), image_size, hflip=False)
     return transform(image).as_subclass(torch.Tensor).unsqueeze(0)

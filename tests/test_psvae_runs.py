@@ -245,11 +245,15 @@ def benchmark(name: str):
 
 def test_the_training_benchmark_runs_models_of_every_family(capsys):
     bench_train = benchmark("bench_train")
-    argv = ["--models", "psvae_tiny", "convnet_tiny", "--image_size", "16", "--batch_size", "2", "--iters", "1"]
+    models = ["psvae_tiny", "convnet_tiny", "vqvae_tiny"]
+    argv = ["--models", *models, "--image_size", "16", "--batch_size", "2", "--iters", "1"]
     rows = bench_train.main(bench_train.parse_args([*argv, "--warmup", "0", "--no-perceptual", "--device", "cpu"]))
-    assert [row["model"] for row in rows] == ["psvae_tiny", "convnet_tiny"]
-    assert all(row["train_img_s"] > 0 and row["sample_img_s"] > 0 for row in rows)
-    assert "psvae_tiny" in capsys.readouterr().out
+    assert [row["model"] for row in rows] == models
+    assert all(row["train_img_s"] > 0 for row in rows)
+    assert rows[0]["sample_img_s"] > 0 and rows[1]["sample_img_s"] > 0
+    assert rows[2]["sample_img_s"] is None  # a tokenizer cannot sample: its row says n/a, not 0
+    out = capsys.readouterr().out
+    assert "psvae_tiny" in out and "n/a (cannot sample)" in out
 
 
 def test_the_export_benchmark_measures_psvae_files():
