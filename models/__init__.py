@@ -5,11 +5,12 @@ Rebuilding a model from a saved config dispatches on its `family` key: engine/fa
 
 from __future__ import annotations
 
+from .ldm import LDM_MODELS, LDMConfig
 from .psvae import PSVAE, PSVAE_MODELS, PSVAEConfig
 from .sphere import CFG_MODES, SPHERE_MODELS, SphereConfig, SphereEncoder
 from .vqvae import VQVAE, VQVAE_MODELS, VQVAEConfig
 
-_FAMILIES = [SPHERE_MODELS, PSVAE_MODELS, VQVAE_MODELS]
+_FAMILIES = [SPHERE_MODELS, PSVAE_MODELS, VQVAE_MODELS, LDM_MODELS]
 
 
 def _merge(families: list[dict]) -> dict:
@@ -34,6 +35,7 @@ def build_model(name: str, **overrides):
 
 __all__ = [
     "CFG_MODES",
+    "LDMConfig",
     "MODELS",
     "PSVAE",
     "PSVAEConfig",
