@@ -1,0 +1,83 @@
+"""The ldm family's web export (docs/web_format.md): which layers stay fp16 in q8/q4, the index.json fields and
+which ldm models the format cannot hold. Three kinds share it: an `autoencoder` file holds the KL autoencoder
+(`encoder.*`, `decoder.*`); a `latent` file holds the UNet (`unet.*`), the frozen autoencoder (`autoencoder.*`) and
+the buffer `latent_scale`; a `pixel` file holds the UNet alone. The diffusion settings travel in the config."""
+
+from __future__ import annotations
+
+from .family import WebExport
+
+LDM_WEB_KEYS = (
+    "kind",
+    "latent_channels",
+    "ae_width",
+    "ae_mults",
+    "ae_groups",
+    "unet_width",
+    "unet_mults",
+    "unet_groups",
+    "unet_heads",
+    "timesteps",
+    "beta_schedule",
+    "prediction",
+)
+KINDS = ("autoencoder", "latent", "pixel")
+# the AE's edges: first and last layers, and both sides of the latent (its error lands on every pixel)
+AE_EDGES = ("encoder.conv_in", "encoder.conv_out", "decoder.conv_in", "decoder.conv_out")
+# the UNet's edges and its time-embedding MLP (every ResBlock's scale and shift goes through it)
+UNET_EDGES = ("conv_in", "conv_out", "time_embed.0", "time_embed.2")
+
+
+def ldm_web_unsupported(config: dict) -> str | None:
+    """Why the web format cannot hold this ldm model (None when it can): an unknown kind."""
+    kind = config.get("kind")
+    if kind not in KINDS:
+        return f"ldm models of kind '{kind}' have no web export; kinds: {', '.join(KINDS)}"
+    return None
+
+
+def ldm_edge_layers(config: dict) -> set[str]:
+    """Layers kept fp16 in q8/q4 (web_format.md §4): the AE's first, last and latent-side convs, the UNet's first
+    and last convs and its time-embedding MLP."""
+    kind = config["kind"]
+    if kind == "autoencoder":
+        return set(AE_EDGES)
+    unet = {f"unet.{name}" for name in UNET_EDGES}
+    return unet | {f"autoencoder.{name}" for name in AE_EDGES} if kind == "latent" else unet
+
+
+def _autoencoder(config: dict) -> dict:
+    """The AE config of a file: its own (autoencoder), the saved stage-1 one or the ae_* fields (latent)."""
+    return (config.get("autoencoder") or config) if config["kind"] == "latent" else config
+
+
+def ldm_downsample_factor(config: dict) -> int:
+    """Image side / latent side: 2^(len(ae_mults) - 1) for an autoencoder or a latent model, 1 on pixels."""
+    return 1 if config["kind"] == "pixel" else 2 ** (len(_autoencoder(config)["ae_mults"]) - 1)
+
+
+def ldm_latent_shape(config: dict) -> list[int]:
+    """[channels, h, w] of what the UNet denoises (latent, pixel) or the AE encodes (autoencoder)."""
+    side = config["image_size"] // ldm_downsample_factor(config)
+    channels = config["in_channels"] if config["kind"] == "pixel" else _autoencoder(config)["latent_channels"]
+    return [channels, side, side]
+
+
+def ldm_index_fields(config: dict) -> dict:
+    """Kind, latent shape, downsample factor, latent scale and the diffusion settings of an index entry."""
+    reason = ldm_web_unsupported(config)
+    if reason:
+        raise ValueError(reason)
+    fields = {
+        "kind": config["kind"],
+        "latent_shape": ldm_latent_shape(config),
+        "downsample_factor": ldm_downsample_factor(config),
+    }
+    if config["kind"] != "autoencoder":
+        fields |= {key: config.get(key) for key in ("timesteps", "beta_schedule", "prediction")}
+    if config["kind"] == "latent":
+        fields["latent_scale"] = config.get("latent_scale") or 1.0  # None: not computed yet, the model uses 1
+    return fields
+
+
+LDM_WEB = WebExport(LDM_WEB_KEYS, ldm_edge_layers, ldm_index_fields, unsupported=ldm_web_unsupported)
