@@ -29,7 +29,7 @@ from .diffusion import (
 )
 from .layers import Upsample
 from .sphere import CFG_MODES
-from .vqvae import AttnBlock, Decoder, Downsample, Encoder, MidBlock, ResBlock, group_norm
+from .vqvae import AttnBlock, Decoder, Downsample, Encoder, ResBlock, group_norm
 
 KINDS = ("autoencoder", "latent", "pixel")
 LOGVAR_RANGE = (-30.0, 20.0)  # CompVis clamp: σ in [3e-7, 2e4] keeps exp() finite in fp32
@@ -124,7 +124,7 @@ class LDMConfig:
         if self.kind == "pixel" and self.autoencoder is not None:
             raise ValueError("a pixel ldm model has no autoencoder; use kind 'latent' or drop autoencoder")
         if self.kind == "latent":
-            self.autoencoder_config()._validate_autoencoder()
+            self.autoencoder_config()  # builds (so validates) the stage-1 config
         widths = _check_levels("unet_mults", self.unet_mults, self.unet_width, self.unet_groups)
         bad = [i for i in self.unet_attn_levels if not 0 <= i < len(self.unet_mults)]
         if bad:
@@ -345,11 +345,11 @@ class UNetLevel(nn.Module):
         return self.attns[index](h) if self.attns else h
 
 
-class TimeMidBlock(MidBlock):
-    """block_1 -> attn_1 -> block_2 at the lowest resolution, the blocks time-conditioned."""
+class TimeMidBlock(nn.Module):
+    """block_1 -> attn_1 -> block_2 at the lowest resolution (the vqvae's MidBlock names), time-conditioned."""
 
     def __init__(self, channels: int, cfg: LDMConfig):
-        nn.Module.__init__(self)
+        super().__init__()
         emb_dim = 4 * cfg.unet_width
         self.block_1 = TimeResBlock(channels, channels, cfg.unet_groups, cfg.dropout, emb_dim)
         self.attn_1 = MultiHeadAttnBlock(channels, cfg.unet_groups, cfg.unet_heads)
@@ -365,31 +365,39 @@ class UNet(nn.Module):
 
     def __init__(self, config: LDMConfig, channels: int):
         super().__init__()
-        cfg, self.width = config, config.unet_width
-        widths, last = [cfg.unet_width * m for m in cfg.unet_mults], len(cfg.unet_mults) - 1
+        self.width, self.num_classes = config.unet_width, config.num_classes
+        widths = [config.unet_width * mult for mult in config.unet_mults]
         self.time_embed = nn.Sequential(
-            nn.Linear(self.width, 4 * self.width), nn.SiLU(), nn.Linear(*[4 * self.width] * 2)
+            nn.Linear(self.width, 4 * self.width), nn.SiLU(), nn.Linear(4 * self.width, 4 * self.width)
         )
-        self.num_classes = cfg.num_classes
-        if cfg.num_classes > 0:
-            self.label_embed = nn.Embedding(cfg.num_classes + 1, 4 * self.width)  # last row: the null class
+        if config.num_classes > 0:
+            self.label_embed = nn.Embedding(config.num_classes + 1, 4 * self.width)  # last row: the null class
         self.conv_in = nn.Conv2d(channels, self.width, 3, padding=1)
-        skips, self.down = [self.width], nn.ModuleList()
-        for i, out in enumerate(widths):
-            inputs = [skips[-1]] + [out] * (cfg.unet_res_blocks - 1)
-            attend, resample = i in cfg.unet_attn_levels, "down" if i < last else None
-            self.down.append(UNetLevel(inputs, out, cfg, attend, resample))
-            skips += [out] * (cfg.unet_res_blocks + (i < last))  # each block's output, then the downsampled map
-        self.mid = TimeMidBlock(widths[-1], cfg)
-        self.up, current = nn.ModuleList(), widths[-1]
-        for i in reversed(range(len(widths))):  # up.{i} works at level i's resolution
-            inputs = [(current if j == 0 else widths[i]) + skips.pop() for j in range(cfg.unet_res_blocks + 1)]
-            self.up.insert(0, UNetLevel(inputs, widths[i], cfg, i in cfg.unet_attn_levels, "up" if i else None))
-            current = widths[i]
-        self.norm_out = group_norm(self.width, cfg.unet_groups)
+        self.down, skips = self._down_levels(config, widths)
+        self.mid = TimeMidBlock(widths[-1], config)
+        self.up = self._up_levels(config, widths, skips)
+        self.norm_out = group_norm(self.width, config.unet_groups)
         self.conv_out = nn.Conv2d(self.width, channels, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+
+    def _down_levels(self, cfg: LDMConfig, widths: list[int]) -> tuple[nn.ModuleList, list[int]]:
+        """down.{i}, and the channels of every map kept for the up path (conv_in's, each block's, each downsample's)."""
+        levels, skips, last = nn.ModuleList(), [self.width], len(widths) - 1
+        for i, out in enumerate(widths):
+            inputs = [skips[-1]] + [out] * (cfg.unet_res_blocks - 1)
+            levels.append(UNetLevel(inputs, out, cfg, i in cfg.unet_attn_levels, "down" if i < last else None))
+            skips += [out] * (cfg.unet_res_blocks + (i < last))
+        return levels, skips
+
+    def _up_levels(self, cfg: LDMConfig, widths: list[int], skips: list[int]) -> nn.ModuleList:
+        """up.{i} at level i's resolution: res_blocks + 1 blocks, each taking one kept map (concatenated)."""
+        levels, current = [], widths[-1]
+        for i in reversed(range(len(widths))):
+            inputs = [(current if j == 0 else widths[i]) + skips.pop() for j in range(cfg.unet_res_blocks + 1)]
+            levels.insert(0, UNetLevel(inputs, widths[i], cfg, i in cfg.unet_attn_levels, "up" if i else None))
+            current = widths[i]
+        return nn.ModuleList(levels)
 
     def embed(self, t: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """temb (B, 4·width) = MLP(sinusoid(t)) (+ the label's row; None on a conditional net = the null class)."""
@@ -405,7 +413,17 @@ class UNet(nn.Module):
     def forward(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Network output (ε or v) (B, C, h, w) for x_t (B, C, h, w) at timesteps t (B,)."""
         temb = self.embed(t.to(x.device), labels)
-        h = self.conv_in(x)
+        h, kept = self._down(self.conv_in(x), temb)
+        h = self.mid(h, temb)
+        for level in reversed(self.up):
+            for index in range(len(level.blocks)):
+                h = level.block(index, torch.cat([h, kept.pop()], dim=1), temb)
+            if hasattr(level, "upsample"):
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+    def _down(self, h: torch.Tensor, temb: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The down path: its output and every kept map, in order (the up path pops them)."""
         kept = [h]
         for level in self.down:
             for index in range(len(level.blocks)):
@@ -414,13 +432,7 @@ class UNet(nn.Module):
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
                 kept.append(h)
-        h = self.mid(h, temb)
-        for level in reversed(self.up):
-            for index in range(len(level.blocks)):
-                h = level.block(index, torch.cat([h, kept.pop()], dim=1), temb)
-            if hasattr(level, "upsample"):
-                h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return h, kept
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -431,6 +443,7 @@ class DiffusionModel(nn.Module):
     """What latent and pixel diffusion share: the UNet, the schedule, labels and sampling."""
 
     can_sample = True
+    clip_x0: float | None = None  # bound of x̂_0 while sampling: pixels [-1, 1]; latents are not clipped
     steps_are_prefix = False  # DDIM's n-step run is not a prefix of a longer one: each count is its own run
     default_eval_steps = (10, 50)
 
@@ -491,7 +504,7 @@ class DiffusionModel(nn.Module):
         denoise = guided_denoiser(self.unet, labels, self.config.num_classes, cfg)
         x_T = per_image_noise(n, self.diffusion_shape, generator, device)
         common = dict(prediction=self.config.prediction, generator=generator, return_all=return_all)
-        common["clip_x0"] = 1.0 if isinstance(self, PixelDiffusion) else None  # pixels live in [-1, 1]
+        common["clip_x0"] = self.clip_x0
         if sampler == "ddim":
             out = ddim_sample(denoise, self.schedule, x_T, steps, eta=eta, **common)
         else:
@@ -562,6 +575,7 @@ class PixelDiffusion(DiffusionModel):
     """The UNet and samplers directly on images (x̂_0 clipped to [-1, 1] while sampling)."""
 
     can_reconstruct = False
+    clip_x0 = 1.0
 
     def __init__(self, config: LDMConfig):
         if config.kind != "pixel":
