@@ -15,10 +15,12 @@ from models.ldm import (
     KLAutoencoder,
     LatentDiffusion,
     LDMConfig,
+    MultiHeadAttnBlock,
     PixelDiffusion,
     UNet,
     build_ldm,
     diagonal_gaussian_kl,
+    timestep_embedding,
 )
 from tests.helpers import perturb
 
@@ -294,3 +296,34 @@ def test_diffusion_capabilities_and_pixel_reconstruction_refused():
     with pytest.raises(ValueError, match="cannot reconstruct"):
         pixel.reconstruct(images())
     assert set(pixel.parameter_groups()) == {"unet"}
+
+
+# ---- UNet pieces ----------------------------------------------------------------------------------------
+
+
+def test_multi_head_attention_matches_a_direct_computation():
+    torch.manual_seed(3)
+    block = perturb(MultiHeadAttnBlock(8, groups=4, heads=2), scale=0.3)
+    x = torch.randn(2, 8, 3, 3)
+    h = block.norm(x)
+    q, k, v = (conv(h).view(2, 2, 4, 9) for conv in (block.q, block.k, block.v))  # (B, heads, C/heads, N)
+    weights = torch.softmax(torch.einsum("bhcn,bhcm->bhnm", q, k) / 2.0, dim=-1)  # 1/sqrt(C/heads)
+    expected = x + block.proj(torch.einsum("bhnm,bhcm->bhcn", weights, v).reshape(2, 8, 3, 3))
+    torch.testing.assert_close(block(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_timestep_embedding_is_cos_then_sin_of_geometric_frequencies():
+    features = timestep_embedding(torch.tensor([0, 7]), 8)
+    omega = 10000.0 ** (-torch.arange(4) / 4)
+    torch.testing.assert_close(features[1], torch.cat([(7 * omega).cos(), (7 * omega).sin()]))
+    assert torch.equal(features[0], torch.tensor([1.0] * 4 + [0.0] * 4))
+
+
+def test_the_unet_uses_time_and_labels_and_every_parameter_learns():
+    model = micro(num_classes=3).train()
+    x, labels = torch.randn(2, *model.diffusion_shape), torch.tensor([0, 3])
+    out = model(x, torch.tensor([5, 5]), labels)
+    assert not torch.allclose(out, model(x, torch.tensor([90, 90]), labels))
+    assert not torch.allclose(out, model(x, torch.tensor([5, 5]), torch.tensor([1, 2])))
+    out.square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.unet.parameters())
