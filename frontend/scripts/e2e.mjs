@@ -3,7 +3,8 @@
 // that the canvases are not blank; also reconstruct a bundled sample, loop, roam and the interpolation pad.
 // Then the psvae family: a z_dim-3 model generates, reconstructs and decodes what its globe shows as it is
 // dragged and hovered; a decoder-only file says why it cannot reconstruct; a 1-D model and an unknown family
-// are refused in one line. Saves test-results/e2e.png (sphere), e2e-psvae.png and e2e-globe.png.
+// are refused in one line. A latent-diffusion model generates by DDIM showing each step's x̂_0; its autoencoder
+// reconstructs. Saves test-results/e2e.png (sphere), e2e-psvae.png, e2e-globe.png and e2e-ldm.png.
 // Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8]
 import fs from "node:fs";
 import path from "node:path";
@@ -37,7 +38,7 @@ for (const [name, data] of [
   fs.writeFileSync(path.join(extraModels, name, "model_q8.safetensors"), data);
   index.push({ ...good, name: `zz_${name}`, modes: { q8: { file: `${name}/model_q8.safetensors`, bytes: data.length } } });
 }
-index.push({ ...good, name: "zz_ldm", family: "ldm", modes: { q8: { file: "corrupt/model_q8.safetensors", bytes: corrupt.length } } }); // never fetched
+index.push({ ...good, name: "zz_gan", family: "gan", modes: { q8: { file: "corrupt/model_q8.safetensors", bytes: corrupt.length } } }); // never fetched
 fs.writeFileSync(path.join(extraModels, "index.json"), JSON.stringify(index));
 
 await build({ root, logLevel: "warn", build: { outDir, emptyOutDir: true, copyPublicDir: false } });
@@ -316,10 +317,39 @@ try {
   await page.locator("#reconstruct-panel").screenshot({ path: path.join(root, "test-results", "e2e-vqvae.png") });
   check(errors.length === 0, `no page errors after the vqvae checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
 
+  // latent diffusion: ldm_tiny16 generates by DDIM at load (10 steps), drawing each step's x̂_0 into the grid; no
+  // interpolation or roaming; its autoencoder reconstructs. ldm_ae16 cannot sample (one line says why) and reconstructs.
+  const previews = () => page.evaluate(() => Number(document.body.dataset.previews ?? 0));
+  const previewsBefore = await previews();
+  await pickModel("ldm_tiny16");
+  check((await waitState("ready")) === "ready", "loads ldm_tiny16");
+  const stepOptions = await page.evaluate(() => [...document.querySelectorAll("#steps option")].map((o) => o.value).join(","));
+  check(stepOptions === "10,25,50", `DDIM step counts offered: ${stepOptions}`);
+  check((await previews()) - previewsBefore === 10, `10 intermediate x̂₀ images shown (${(await previews()) - previewsBefore})`);
+  check(/10 steps/.test(await page.textContent("#generate-status")), `status: ${await page.textContent("#generate-status")}`);
+  const ldmHidden = await Promise.all(["#interpolate-panel", "#roam-panel"].map((s) => page.isHidden(s)));
+  check(ldmHidden.every(Boolean) && (await page.isVisible("#generate-panel")), "Generate shown, the pad and roam hidden");
+  const ldmImages = await Promise.all([1, 2].map((i) => pixels(`#grid canvas:nth-child(${i})`)));
+  check(
+    ldmImages.every((img) => img.width === 16 && range(img.rgb) > 20),
+    `the DDIM samples are not blank (ranges ${ldmImages.map((img) => range(img.rgb)).join(", ")})`,
+  );
+  await page.locator("#generate-panel").screenshot({ path: path.join(root, "test-results", "e2e-ldm.png") });
+  await pickModel("ldm_ae16");
+  check((await waitState("ready")) === "ready", "loads ldm_ae16");
+  check(
+    /stage-1 autoencoder/.test(await page.textContent("#sampling-note")) && (await page.isHidden("#generate-panel")),
+    `an autoencoder does not sample: ${await page.textContent("#sampling-note")}`,
+  );
+  await page.waitForFunction(() => /encode [\d.]+ ms/.test(document.querySelector("#recon-status").textContent), null, { timeout: 60_000 });
+  const aeOutput = await pixels("#recon-output");
+  check(aeOutput.width === 16 && range(aeOutput.rgb) > 20, `the autoencoder reconstructs (range ${range(aeOutput.rgb)})`);
+  check(errors.length === 0, `no page errors after the ldm checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
+
   // refused in one line, without downloading: a 1-D signal model, a family the page does not know
   for (const [name, pattern] of [
     ["psvae_signal32", /psvae_signal32.*1-D signal models \(psvae conv1d\) are not shown in this page/],
-    ["zz_ldm", /'zz_ldm' holds a 'ldm' model, a family this page does not know/],
+    ["zz_gan", /'zz_gan' holds a 'gan' model, a family this page does not know/],
   ]) {
     await pickModel(name);
     check((await waitState("unsupported")) === "unsupported", `${name} is not loaded`);

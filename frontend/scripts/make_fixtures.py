@@ -45,7 +45,9 @@ from engine.webformat import (  # noqa: E402
     write_index,
 )
 from models import build_model  # noqa: E402
+from models.diffusion import ddim_sample, ddim_timesteps  # noqa: E402
 from models.layers import apply_rope, rope_angles_2d, sincos_pos_embed_2d, sphere_project  # noqa: E402
+from models.ldm import timestep_embedding  # noqa: E402
 
 MODES = ("fp32", "fp16", "q8", "q4")
 BATCH = 2
@@ -127,9 +129,38 @@ VQVAE = {
     ),
 }
 MODELS.update(VQVAE)
+# latent diffusion (models/ldm.py): a 16 px KL autoencoder (f2, 4 latent channels), a stage-2 UNet on its 8x8
+# latents (width 16, attention with 2 heads at the 4x4 level) and a pixel UNet (v-prediction, cosine schedule)
+LDM_AE = dict(image_size=16, ae_width=16, ae_mults=(1, 2), ae_res_blocks=1, latent_channels=4, ae_groups=8)
+LDM_UNET = dict(unet_width=16, unet_mults=(1, 2), unet_res_blocks=1, unet_attn_levels=(1,), unet_groups=8, unet_heads=2)
+LDM = {
+    "ldm_ae16": ("ldm_ae_tiny", LDM_AE, MODES),
+    "ldm_tiny16": ("ldm_tiny", dict(**LDM_AE, **LDM_UNET, latent_scale=0.8), MODES),
+    "ddpm16": ("ddpm_tiny", dict(image_size=16, **LDM_UNET, prediction="v", beta_schedule="cosine"), ("fp32", "q4")),
+}
+MODELS.update(LDM)
+LDM_TIME = 600  # the timestep of the one-pass UNet references
+LDM_STEPS = 3  # DDIM steps of the whole-loop references
 DECODER_ONLY = {"psvae_decoder16"}  # models whose files keep only the decoder.* tensors
 GUIDANCE = 2.0
 RECON_ANGLE = 30.0  # degrees of re-noising between reconstruction rounds
+
+
+def ensure_ldm_web() -> None:
+    """The ldm row exports with engine/web_ldm.py even where the family table does not name it (yet)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from engine import families
+    from engine.web_ldm import LDM_WEB
+    from models.ldm import LDM_MODELS, LDMConfig, build_ldm
+
+    row = families.FAMILIES.get("ldm")
+    if row is None:
+        fields = dict(config_class=LDMConfig, model_class=build_ldm, registry=LDM_MODELS, web=LDM_WEB)
+        families.FAMILIES["ldm"] = SimpleNamespace(name="ldm", **fields)
+    elif row.web is None:
+        families.FAMILIES["ldm"] = dataclasses.replace(row, web=LDM_WEB)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -142,6 +173,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def inputs_digest() -> str:
     digest = hashlib.sha256()
     engine = [REPO / "engine" / "webformat.py", *sorted((REPO / "engine").glob("famil*.py"))]
+    engine += sorted((REPO / "engine").glob("web_*.py"))
     for path in [Path(__file__), *engine, *sorted((REPO / "models").glob("*.py"))]:
         digest.update(path.read_bytes())
     return digest.hexdigest()
@@ -254,13 +286,44 @@ def vqvae_references(model, images: torch.Tensor, labels: torch.Tensor | None, s
     return {k: v.float().contiguous() for k, v in out.items()}
 
 
+@torch.no_grad()
+def ldm_references(model, images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor]:
+    """Autoencoder: the posterior mean, decode of random latents (clamped), reconstruction. Stage 2 and pixel: one UNet
+    pass at LDM_TIME with its time features, one DDIM step (T -> the next time of a 10-step run), a LDM_STEPS-step
+    DDIM run from a given x_T with the decoded x̂_0 of each step; stage 2 also the autoencoder's round trip."""
+    gen = torch.Generator().manual_seed(seed)
+    if model.config.kind == "autoencoder":
+        latents = torch.randn((images.shape[0], model.config.latent_channels, 8, 8), generator=gen)
+        out = {"images": images, "encode": model.encode(images)[0], "latents": latents}
+        out |= {"decode": model.decode(latents).clamp(-1, 1), "reconstruct": model.reconstruct(images)}
+        return {k: v.float().contiguous() for k, v in out.items()}
+    x = torch.randn((images.shape[0], *model.diffusion_shape), generator=gen)
+    t = torch.full((len(x),), LDM_TIME)
+    out = {"x": x, "t": t.float(), "time_features": timestep_embedding(t, model.config.unet_width), "unet": model(x, t)}
+    first, second = ddim_timesteps(model.config.timesteps, 10)[:2]
+    t = torch.full((len(x),), first)
+    x0, eps = model.schedule.predict_x0_eps(x, t, model(x, t), model.config.prediction)
+    if model.config.kind == "pixel":
+        x0 = x0.clamp(-1, 1)
+        eps = (x - model.schedule.alphas_bar[first].sqrt() * x0) / (1 - model.schedule.alphas_bar[first]).sqrt()
+    prev = model.schedule.alphas_bar[second]
+    out["ddim_step"] = prev.sqrt() * x0 + (1 - prev).sqrt() * eps
+    clip = 1.0 if model.config.kind == "pixel" else None
+    predictions = ddim_sample(model.unet, model.schedule, x, LDM_STEPS, prediction=model.config.prediction,
+                              return_all=True, clip_x0=clip)  # fmt: skip
+    out["sample_steps"] = torch.stack([model._to_images(p) for p in predictions])
+    if model.config.kind == "latent":
+        out |= {"images": images, "reconstruct": model.reconstruct(images)}
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
 def model_references(model, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor] | None:
     """The references of a model's family (None for 1-D signal models: the page does not show them)."""
     if getattr(model, "is_signal", False):
         return None
     images = demo_images(BATCH, model.config.image_size, model.config.in_channels)
-    make = {"psvae": psvae_references, "vqvae": vqvae_references}.get(model.config.family, references)
-    return make(model, images, labels, seed)
+    make = {"psvae": psvae_references, "vqvae": vqvae_references, "ldm": ldm_references}
+    return make.get(model.config.family, references)(model, images, labels, seed)
 
 
 def drop_config_key(path: Path, key: str) -> None:
@@ -444,6 +507,7 @@ def main(args: argparse.Namespace) -> None:
         if json.loads(manifest_path.read_text()).get("digest") == digest:
             print(f"fixtures in {out_dir} are up to date")
             return
+    ensure_ldm_web()
     torch.set_num_threads(1)  # tiny ops: threading only adds overhead (x100 on small CI machines)
     torch.manual_seed(0)
     out_dir.mkdir(parents=True, exist_ok=True)

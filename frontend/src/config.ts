@@ -87,7 +87,53 @@ export function vqvaeGrid(cfg: VQVAEConfig): number {
   return cfg.image_size / 2 ** (cfg.channel_mults.length - 1);
 }
 
-export type ModelConfig = SphereConfig | PSVAEConfig | VQVAEConfig;
+/**
+ * The latent-diffusion family's config (models/ldm.py `LDMConfig`): `kind` "autoencoder" (the stage-1 KL
+ * autoencoder), "latent" (a UNet on the frozen autoencoder's latents, scaled by `latent_scale`; `autoencoder` is
+ * that autoencoder's config) or "pixel" (the same UNet on pixels).
+ */
+export interface LDMConfig {
+  family: "ldm";
+  kind: "autoencoder" | "latent" | "pixel";
+  image_size: number;
+  in_channels: number;
+  num_classes: number;
+  ae_width: number;
+  ae_mults: number[];
+  ae_res_blocks: number;
+  latent_channels: number;
+  ae_groups: number;
+  unet_width: number;
+  unet_mults: number[];
+  unet_res_blocks: number;
+  unet_attn_levels: number[];
+  unet_groups: number;
+  unet_heads: number;
+  timesteps: number;
+  beta_schedule: "linear" | "cosine";
+  beta_start: number;
+  beta_end: number;
+  prediction: "eps" | "v";
+  autoencoder: LDMConfig | null;
+  latent_scale: number | null;
+}
+
+/**
+ * The config of the autoencoder a file holds: its own (autoencoder), the frozen stage 1's saved config or the ae_*
+ * fields (latent, LDMConfig.autoencoder_config), none (pixel).
+ */
+export function ldmAutoencoder(cfg: LDMConfig): LDMConfig | null {
+  if (cfg.kind === "autoencoder") return cfg;
+  if (cfg.kind !== "latent") return null;
+  return cfg.autoencoder ?? { ...cfg, kind: "autoencoder", autoencoder: null, latent_scale: null };
+}
+
+/** Side of the AE's latent map: image side / 2^(levels - 1). */
+export function ldmLatentSide(ae: LDMConfig): number {
+  return ae.image_size / 2 ** (ae.ae_mults.length - 1);
+}
+
+export type ModelConfig = SphereConfig | PSVAEConfig | VQVAEConfig | LDMConfig;
 export type FamilyName = ModelConfig["family"];
 
 /** Side of the conv encoder's last map (PSVAEConfig.conv_map_size): the decoder's first map, flattened into the heads. */

@@ -8,12 +8,14 @@ import { DEFAULT_FAMILY, FAMILY_CONFIG_KEYS, parseWeightFile, type WeightFile } 
 import type { Gpu } from "./gpu";
 import { SphereModel, type WebModel } from "./model";
 import { PSVAEModel, psvaeUnsupported } from "./psvae";
+import { LDMModel } from "./ldm";
 import { VQVAEModel, vqvaeUnsupported } from "./vqvae";
 
 const MODEL_CLASSES: Record<FamilyName, (gpu: Gpu, file: WeightFile, source: string) => WebModel> = {
   sphere: (gpu, file, source) => SphereModel.fromFile(gpu, file, source),
   psvae: (gpu, file, source) => PSVAEModel.fromFile(gpu, file, source),
   vqvae: (gpu, file, source) => VQVAEModel.fromFile(gpu, file, source),
+  ldm: (gpu, file, source) => LDMModel.fromFile(gpu, file, source),
 };
 
 /** Parse and verify a weight file of any family the page reads, and build its model. */

@@ -17,6 +17,20 @@ export const FAMILY_CONFIG_KEYS: Record<FamilyName, string[]> = {
   sphere: ["backbone", "latent_dim"],
   psvae: ["backbone", "decoder", "z_dim"],
   vqvae: ["channel_mults", "codebook_size", "codebook_dim", "l2_norm", "quantizer", "norm_groups", "width"],
+  ldm: [
+    "kind",
+    "latent_channels",
+    "ae_width",
+    "ae_mults",
+    "ae_groups",
+    "unet_width",
+    "unet_mults",
+    "unet_groups",
+    "unet_heads",
+    "timesteps",
+    "beta_schedule",
+    "prediction",
+  ],
 };
 export const DEFAULT_FAMILY: FamilyName = "sphere";
 export const MODES = ["fp32", "fp16", "q8", "q4"] as const;

@@ -193,6 +193,8 @@ export interface Copy {
   src: Binding;
   dst: Binding;
   bytes: number;
+  srcOffset?: number; // bytes (default 0)
+  dstOffset?: number;
 }
 
 export type Step = Dispatch | Copy;
@@ -271,7 +273,7 @@ export function encodeSteps(encoder: GPUCommandEncoder, steps: Step[]): void {
     if (step.kind === "copy") {
       pass?.end();
       pass = null;
-      encoder.copyBufferToBuffer(resolve(step.src), 0, resolve(step.dst), 0, step.bytes);
+      encoder.copyBufferToBuffer(resolve(step.src), step.srcOffset ?? 0, resolve(step.dst), step.dstOffset ?? 0, step.bytes);
       continue;
     }
     pass ??= encoder.beginComputePass();

@@ -14,8 +14,14 @@ import type { GpuWeights } from "./weights";
 
 type Builder = GraphBuilder<VQVAEConfig>;
 
+/** What the shared blocks read of a config: the GroupNorm group count (graph_ldm.ts passes its own). */
+export interface NormGroups {
+  norm_groups: number;
+}
+type BlockBuilder = GraphBuilder<NormGroups>;
+
 /** A feature map (B, channels, size, size) in a workspace buffer. */
-interface FeatureMap {
+export interface FeatureMap {
   x: BufferRef;
   channels: number;
   size: number;
@@ -24,7 +30,16 @@ interface FeatureMap {
 const GROUPNORM_EPS = 1e-6;
 
 /** GroupNorm(norm_groups, eps 1e-6) of `layer`, optionally followed by swish, from x into y. */
-function groupNorm(g: Builder, layer: string, x: Binding, y: Binding, channels: number, size: number, silu: boolean): void {
+export function groupNorm(
+  g: BlockBuilder,
+  layer: string,
+  x: Binding,
+  y: Binding,
+  channels: number,
+  size: number,
+  silu: boolean,
+  film?: Binding,
+): void {
   const norm: ops.ChannelNorm = {
     kind: "group",
     groups: g.cfg.norm_groups,
@@ -32,26 +47,31 @@ function groupNorm(g: Builder, layer: string, x: Binding, y: Binding, channels: 
     bias: g.weights.vector(`${layer}.bias`),
     eps: GROUPNORM_EPS,
   };
-  g.push(ops.channelNorm(layer, x, y, g.batch, channels, size * size, norm, { silu }));
+  const tail: ops.ChannelNormTail = { silu, film: film && { buffer: film, channels } };
+  g.push(ops.channelNorm(layer, x, y, g.batch, channels, size * size, norm, tail));
 }
 
-const nchw = (buffer: Binding, size: number): ops.GemmOutput => ({ layout: "nchw", buffer, height: size, width: size });
-const nchwAdd = (buffer: Binding, size: number): ops.GemmOutput => ({ layout: "nchw_residual", buffer, height: size, width: size });
+export const nchw = (buffer: Binding, size: number): ops.GemmOutput => ({ layout: "nchw", buffer, height: size, width: size });
+export const nchwAdd = (buffer: Binding, size: number): ops.GemmOutput => ({ layout: "nchw_residual", buffer, height: size, width: size });
 
 /** The other buffer of the ping-pong pair. */
-function other(g: Builder, x: BufferRef, maxWords: number): BufferRef {
+export function other(g: BlockBuilder, x: BufferRef, maxWords: number): BufferRef {
   return g.buf(x.role === "vq_a" ? "vq_b" : "vq_a", maxWords);
 }
 
-/** ResBlock: h = conv1(swish(norm1(x))); h = conv2(swish(norm2(h))); out = shortcut(x) + h (in place without a shortcut). */
-function resBlock(g: Builder, prefix: string, map: FeatureMap, maxWords: number): FeatureMap {
+/**
+ * ResBlock: h = conv1(swish(norm1(x))); h = conv2(swish(norm2(h))); out = shortcut(x) + h (in place without a
+ * shortcut). With `film` (a UNet's (B, 2 * out) scale and shift of the time embedding) norm2(h) becomes
+ * norm2(h) * (1 + scale) + shift.
+ */
+export function resBlock(g: BlockBuilder, prefix: string, map: FeatureMap, maxWords: number, film?: Binding): FeatureMap {
   const { x, channels, size } = map;
   const outChannels = g.weights.matrix(`${prefix}.conv1.weight`).rows;
   const t1 = g.buf("vq_t1", maxWords);
   const t2 = g.buf("vq_t2", maxWords);
   groupNorm(g, `${prefix}.norm1`, x, t1, channels, size, true);
   g.conv(`${prefix}.conv1`, t1, channels, size, nchw(t2, size));
-  groupNorm(g, `${prefix}.norm2`, t2, t1, outChannels, size, true);
+  groupNorm(g, `${prefix}.norm2`, t2, t1, outChannels, size, true, film);
   let out = x;
   if (g.weights.has(`${prefix}.shortcut.weight`)) {
     out = other(g, x, maxWords);
@@ -64,7 +84,7 @@ function resBlock(g: Builder, prefix: string, map: FeatureMap, maxWords: number)
 }
 
 /** AttnBlock: x + proj(softmax(q k^T / sqrt(C)) v) over the size^2 positions, q, k, v 1x1 convs of norm(x). */
-function attnBlock(g: Builder, prefix: string, map: FeatureMap, maxWords: number): void {
+export function attnBlock(g: BlockBuilder, prefix: string, map: FeatureMap, maxWords: number, heads = 1): void {
   const { x, channels, size } = map;
   const rows = g.batch * size * size;
   const h = g.buf("vq_t1", maxWords);
@@ -76,12 +96,12 @@ function attnBlock(g: Builder, prefix: string, map: FeatureMap, maxWords: number
   };
   const [q, k, v] = [tokenRows("q"), tokenRows("k"), tokenRows("v")];
   const attended = g.buf("vq_attended", rows * channels);
-  g.push(ops.attention(`${prefix}.attn`, q, k, v, attended, g.batch, size * size, 1, channels));
+  g.push(ops.attention(`${prefix}.attn`, q, k, v, attended, g.batch, size * size, heads, channels / heads, true));
   g.linear(`${prefix}.proj`, rows, channels, { layout: "rows", buffer: attended }, nchwAdd(x, size));
 }
 
 /** The blocks of one level: ResBlocks `blocks.{j}`, each followed by `attns.{j}` when the file has it. */
-function levelBlocks(g: Builder, prefix: string, map: FeatureMap, maxWords: number): FeatureMap {
+export function levelBlocks(g: BlockBuilder, prefix: string, map: FeatureMap, maxWords: number): FeatureMap {
   for (let j = 0; g.weights.has(`${prefix}.blocks.${j}.conv1.weight`); j++) {
     map = resBlock(g, `${prefix}.blocks.${j}`, map, maxWords);
     if (g.weights.has(`${prefix}.attns.${j}.q.weight`)) attnBlock(g, `${prefix}.attns.${j}`, map, maxWords);
@@ -90,14 +110,14 @@ function levelBlocks(g: Builder, prefix: string, map: FeatureMap, maxWords: numb
 }
 
 /** mid.block_1, mid.attn_1 (when present), mid.block_2. */
-function middle(g: Builder, prefix: string, map: FeatureMap, maxWords: number): FeatureMap {
+export function middle(g: BlockBuilder, prefix: string, map: FeatureMap, maxWords: number): FeatureMap {
   map = resBlock(g, `${prefix}.mid.block_1`, map, maxWords);
   if (g.weights.has(`${prefix}.mid.attn_1.q.weight`)) attnBlock(g, `${prefix}.mid.attn_1`, map, maxWords);
   return resBlock(g, `${prefix}.mid.block_2`, map, maxWords);
 }
 
 /** norm_out, swish, conv_out (3x3) into `output`. */
-function outputHead(g: Builder, prefix: string, map: FeatureMap, output: ops.GemmOutput, maxWords: number): void {
+export function outputHead(g: BlockBuilder, prefix: string, map: FeatureMap, output: ops.GemmOutput, maxWords: number): void {
   const normed = other(g, map.x, maxWords);
   groupNorm(g, `${prefix}.norm_out`, map.x, normed, map.channels, map.size, true);
   g.conv(`${prefix}.conv_out`, normed, map.channels, map.size, output);

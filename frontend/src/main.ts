@@ -1,6 +1,7 @@
 /**
  * The demo page: pick a model (of any family the page reads) and precision, generate, loop, reconstruct,
- * interpolate and roam; a psvae with a 3-D latent also gets a globe to turn.
+ * interpolate and roam; a psvae with a 3-D latent also gets a globe to turn. A diffusion model (ldm family)
+ * generates by DDIM in the page, showing each step's x̂_0, and has no interpolation or roaming.
  */
 
 import {
@@ -22,6 +23,7 @@ import { Gpu, GpuUnavailableError } from "./gpu";
 import type { WebModel } from "./model";
 import { UnsupportedModelError } from "./psvae";
 import { CANNOT_SAMPLE, VQVAEModel } from "./vqvae";
+import { AE_CANNOT_SAMPLE, LDMModel, PIXEL_CANNOT_RECONSTRUCT } from "./ldm";
 import { Random } from "./rng";
 import { GreatCircleWalk, randomPoint, slerp2d } from "./sphere";
 
@@ -188,13 +190,26 @@ function describe(entry: CatalogEntry): string {
         ? `psvae ${entry.backbone}/${entry.decoder}, z ${entry.z_dim}`
         : family === "vqvae"
           ? `vqvae tokenizer, ${entry.codebook_size} codes, f${entry.downsample_factor}`
-          : `${family} (not readable here)`;
+          : family === "ldm"
+            ? describeLdm(entry)
+            : `${family} (not readable here)`;
   return `${entry.name} — ${kind}, ${entry.image_size}px, ${formatCount(entry.param_count)} params${classes}`;
+}
+
+/** An ldm entry's kind: the autoencoder, latent diffusion on its latents, or pixel diffusion. */
+function describeLdm(entry: CatalogEntry): string {
+  const shape = (entry.latent_shape ?? []).join("×");
+  if (entry.kind === "autoencoder") return `ldm autoencoder, f${entry.downsample_factor}, latent ${shape}`;
+  return entry.kind === "pixel" ? "pixel diffusion (DDIM)" : `latent diffusion (DDIM) on ${shape} latents`;
 }
 
 /** The status line's account of a loaded model's latent. */
 function describeLatent(model: WebModel): string {
   if (model.family === "sphere") return `latent ${model.latentShape.join("×")} (L = ${model.latentSize})`;
+  if (model instanceof LDMModel) {
+    const what = model.config.kind === "autoencoder" ? "latent (posterior mean)" : "denoises";
+    return `${what} ${model.latentShape.join("×")}`;
+  }
   if (model instanceof VQVAEModel) {
     const { codebook_size: K, codebook_dim: d, l2_norm } = model.config;
     return `tokens ${model.latentShape.join("×")} from ${K} codes of ${d} values${l2_norm ? " (cosine)" : ""}`;
@@ -291,7 +306,7 @@ async function loadSelected(): Promise<void> {
     void refreshCacheStatus();
     if (model.canSample) {
       await generate();
-      await newCorners();
+      if (!(model instanceof LDMModel)) await newCorners();
     } else await reconstructFrom(SAMPLE_IMAGES[0].url);
     state.globe?.reset();
     setPageState("ready");
@@ -329,6 +344,7 @@ function clearOutputs(): void {
 const FAMILY_NOTES: Record<string, string> = {
   sphere: "",
   vqvae: "A VQ-VAE tokenizer: Reconstruct encodes a picture to a grid of codebook indices (tokens) and decodes them.",
+  ldm: "A latent-diffusion family model: an autoencoder reconstructs; a diffusion model generates by DDIM, showing each step's estimate of the final image.",
   psvae:
     "A Power-Spherical VAE: samples decode uniform points of its unit sphere; each further step is an encode → decode cycle, without noise.",
 };
@@ -341,18 +357,36 @@ function configurePanels(model: WebModel): void {
   setStatus("family-note", FAMILY_NOTES[model.family] ?? "");
   $("recon-body").hidden = !model.canEncode;
   $("recon-note").hidden = model.canEncode;
+  $("recon-note").textContent = model instanceof LDMModel ? `${PIXEL_CANNOT_RECONSTRUCT}.` : DECODER_ONLY_NOTE;
+  const diffusion = model instanceof LDMModel && model.canSample;
+  configureSteps(diffusion);
   const steps = $<HTMLSelectElement>("steps");
-  for (const option of steps.options) option.disabled = !model.canEncode && option.value !== "1";
-  if (!model.canEncode) steps.value = "1";
-  for (const id of ["generate-panel", "interpolate-panel", "roam-panel"]) $(id).hidden = !model.canSample;
+  for (const option of steps.options) option.disabled = !diffusion && !model.canEncode && option.value !== "1";
+  if (!diffusion && !model.canEncode) steps.value = "1";
+  $("generate-panel").hidden = !model.canSample;
+  for (const id of ["interpolate-panel", "roam-panel"]) $(id).hidden = !model.canSample || diffusion;
   $("sampling-note").hidden = model.canSample;
-  setStatus("sampling-note", model.canSample ? "" : `Generate, Loop, the pad and roam are hidden: ${CANNOT_SAMPLE}.`);
+  const reason = model instanceof LDMModel ? AE_CANNOT_SAMPLE : CANNOT_SAMPLE;
+  setStatus("sampling-note", model.canSample ? "" : `Generate, Loop, the pad and roam are hidden: ${reason}.`);
   $("recon-steps").closest("label")!.hidden = !model.canSample; // one round: re-encoding a tokenizer's output is not a refinement
   if (!model.canSample) $<HTMLSelectElement>("recon-steps").value = "1";
   $("recon-tokens-figure").hidden = !(model instanceof VQVAEModel);
   const globe = model.family === "psvae" && model.latentSize === 3;
   $("globe-panel").hidden = !globe;
   state.globe = globe ? (state.globe ?? new Globe($<HTMLCanvasElement>("globe"), requestGlobe)) : null;
+}
+
+const DECODER_ONLY_NOTE = $("recon-note").textContent ?? "";
+const REFINE_STEPS = $<HTMLSelectElement>("steps").innerHTML; // 1..4 rounds of the sphere families
+const DDIM_STEPS = [10, 25, 50];
+
+/** The steps selector: DDIM step counts for a diffusion model, refinement rounds otherwise. */
+function configureSteps(diffusion: boolean): void {
+  const steps = $<HTMLSelectElement>("steps");
+  if ((steps.dataset.kind === "ddim") === diffusion) return;
+  steps.dataset.kind = diffusion ? "ddim" : "refine";
+  if (diffusion) steps.replaceChildren(...DDIM_STEPS.map((n, i) => new Option(String(n), String(n), i === 0, i === 0)));
+  else steps.innerHTML = REFINE_STEPS;
 }
 
 function labels(count: number): number[] | undefined {
@@ -380,10 +414,20 @@ async function generate(seed?: number): Promise<number> {
   const typed = $<HTMLInputElement>("seed").value;
   const used = seed ?? (typed === "" ? state.random.nextUint32() : Number(typed) >>> 0);
   const start = performance.now();
-  const images = await model.sample(count, { steps, seed: used, labels: labels(count), guidance: guidance() });
-  const elapsed = performance.now() - start;
   const size = model.config.image_size;
-  canvasGrid($("grid"), count).forEach((canvas, i) => drawImage(canvas, images, i, model.config.in_channels, size));
+  const canvases = canvasGrid($("grid"), count);
+  const draw = (images: Float32Array): void =>
+    canvases.forEach((canvas, i) => drawImage(canvas, images, i, model.config.in_channels, size));
+  const onStep = (images: Float32Array, step: number, total: number): Promise<void> => {
+    draw(images);
+    document.body.dataset.previews = String(Number(document.body.dataset.previews ?? 0) + 1);
+    setStatus("generate-status", `DDIM step ${step}/${total}: the estimate of the final image (x̂₀)`);
+    return new Promise((resolve) => setTimeout(resolve, 0)); // let the page paint each step
+  };
+  const options = { steps, seed: used, labels: labels(count), guidance: guidance() };
+  const images = await (model instanceof LDMModel ? model.sample(count, { ...options, onStep }) : model.sample(count, options));
+  const elapsed = performance.now() - start;
+  draw(images);
   setStatus(
     "generate-status",
     `${count} image${count > 1 ? "s" : ""}, ${steps} step${steps > 1 ? "s" : ""}, seed ${used}: ${elapsed.toFixed(0)} ms`,

@@ -391,6 +391,7 @@ export type ChannelNorm =
 
 export interface ChannelNormTail {
   modulation?: { ada: Binding; channels: number }; // adaLN-Zero: gate * (v * (1 + scale) + shift), chunks (shift, scale, gate)
+  film?: { buffer: Binding; channels: number }; // UNet time FiLM: v * (1 + scale) + shift, chunks (scale, shift) of (B, 2C)
   residual?: Binding; // + residual[i]
   silu?: boolean;
 }
@@ -420,6 +421,11 @@ export function channelNorm(
     declared.push({ name: "ada", buffer: tail.modulation.ada, type: "f32" });
     params.ADA_C = u32(tail.modulation.channels);
     lines.push("let base = b * 3u * P.ADA_C;", "r = ada[base + 2u * P.ADA_C + c] * (r * (1.0 + ada[base + P.ADA_C + c]) + ada[base + c]);");
+  }
+  if (tail.film) {
+    declared.push({ name: "film", buffer: tail.film.buffer, type: "f32" });
+    params.FILM_C = u32(tail.film.channels);
+    lines.push("let fb = b * 2u * P.FILM_C;", "r = r * (1.0 + film[fb + c]) + film[fb + P.FILM_C + c];");
   }
   if (tail.residual) {
     declared.push({ name: "res", buffer: tail.residual, type: "f32" });
@@ -499,6 +505,7 @@ export function attention(
   tokens: number,
   heads: number,
   headDim: number,
+  tokenRows = false, // q, k, v as (B, T, H*D) token rows instead of (B, H, T, D)
 ): Dispatch {
   const keysPerTile = Math.max(1, Math.min(64, Math.floor(2048 / headDim)));
   const declared: Declared[] = [
@@ -507,7 +514,8 @@ export function attention(
     { name: "v", buffer: v, type: "f32" },
     { name: "out", buffer: out, type: "f32", write: true },
   ];
-  const values = { D: headDim, KT: keysPerTile, TILE: keysPerTile * headDim };
+  const index = tokenRows ? "((b * P.T + t) * P.H + h) * D + d" : "((b * P.H + h) * P.T + t) * D + d";
+  const values = { D: headDim, KT: keysPerTile, TILE: keysPerTile * headDim, QKV_INDEX: index };
   const params: Params = { T: u32(tokens), H: u32(heads), SCALE: ["f32", 1 / Math.sqrt(headDim)] };
   return dispatch(label, attentionWgsl, values, declared, [Math.ceil(tokens / 64), batch * heads, 1], params);
 }

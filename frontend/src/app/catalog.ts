@@ -20,6 +20,7 @@ export interface CatalogEntry {
   codebook_dim?: number; // vqvae
   downsample_factor?: number; // vqvae: image side / token grid side
   quantizer?: string; // vqvae: vq (shown) | fsq
+  kind?: string; // ldm: autoencoder | latent | pixel
   num_classes: number;
   param_count: number;
   modes: Partial<Record<"fp32" | "fp16" | "q8" | "q4", ModeEntry>>;

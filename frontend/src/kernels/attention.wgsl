@@ -1,5 +1,5 @@
 // Softmax attention out = softmax(q k^T * scale) v per (sample, head), as scaled_dot_product_attention.
-// q, k, v are (B, H, T, D); out is (B, T, H*D) token rows. A workgroup holds 64 queries (one per thread,
+// q, k, v are (B, H, T, D), or (B, T, H*D) token rows when generated with that index; out is (B, T, H*D) token rows. A workgroup holds 64 queries (one per thread,
 // online softmax in registers) and streams keys/values through workgroup memory in tiles of KT.
 // D (head dim) is a compile-time constant: it sizes the per-thread arrays.
 
@@ -7,6 +7,11 @@
 
 const D: u32 = {{D}}u;
 const KT: u32 = {{KT}}u;
+
+// flat index of (sample b, head h, token t, channel d) in q, k and v
+fn qkv_index(b: u32, h: u32, t: u32, d: u32) -> u32 {
+  return {{QKV_INDEX}};
+}
 
 var<workgroup> tile_k: array<f32, {{TILE}}>;
 var<workgroup> tile_v: array<f32, {{TILE}}>;
@@ -19,12 +24,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   let h = bh % P.H;
   let i = wg.x * 64u + lid.x;
   let valid = i < T;
-  let head = bh * T * D;
   var query: array<f32, D>;
   var acc: array<f32, D>;
   if (valid) {
     for (var d = 0u; d < D; d++) {
-      query[d] = q[head + i * D + d] * P.SCALE;
+      query[d] = q[qkv_index(b, h, i, d)] * P.SCALE;
     }
   }
   var best = -3.0e38;
@@ -35,8 +39,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
       var kv = 0.0;
       var vv = 0.0;
       if (j < T) {
-        kv = k[head + j0 * D + e];
-        vv = v[head + j0 * D + e];
+        kv = k[qkv_index(b, h, j, e % D)];
+        vv = v[qkv_index(b, h, j, e % D)];
       }
       tile_k[e] = kv;
       tile_v[e] = vv;

@@ -9,6 +9,7 @@ import { parseSafetensors, tensorToFloat32 } from "../../src/format";
 import * as ops from "../../src/ops";
 import { loadModel } from "../../src/family";
 import type { WebModel } from "../../src/model";
+import { LDMModel, timeFeatures } from "../../src/ldm";
 import { VQVAEModel } from "../../src/vqvae";
 
 interface Result {
@@ -329,6 +330,7 @@ async function modelTests(h: Harness, base: string, manifest: Manifest, only: st
       }
       const labels = ref.has("labels") ? Array.from(get(ref, "labels")) : undefined;
       if (model instanceof VQVAEModel) await vqvaeChecks(h, tag, model, ref);
+      else if (model instanceof LDMModel) await ldmChecks(h, tag, model, ref);
       else if (info.decoder_only) await decoderOnlyChecks(h, tag, model, ref, labels);
       else await modelChecks(h, tag, model, ref, labels, manifest);
       await model.dispose();
@@ -414,6 +416,69 @@ async function vqvaeChecks(h: Harness, tag: string, model: VQVAEModel, ref: Tens
   );
   h.record(`model/${tag}/sample_refused`, !model.canSample && /no prior over its tokens/.test(message), message);
   await reuseChecks(h, tag, model, () => model.decode(get(ref, "random_tokens")), first);
+}
+
+/** The message of a call that must fail, or "no error". */
+function refusal(call: () => Promise<unknown>): Promise<string> {
+  return call().then(
+    () => "no error",
+    (error) => String((error as Error)?.message ?? error),
+  );
+}
+
+/** An ldm autoencoder: the posterior mean, decode of latents, reconstruction; sampling refused. */
+async function ldmAutoencoderChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors) {
+  await h.check(`model/${tag}/encode_mean`, TOLERANCE.model, async () => [await model.encode(get(ref, "images")), get(ref, "encode")]);
+  let first: Float32Array = new Float32Array();
+  await h.check(`model/${tag}/decode`, TOLERANCE.model, async () => [
+    (first = await model.decode(get(ref, "latents"))),
+    get(ref, "decode"),
+  ]);
+  await h.check(`model/${tag}/reconstruct`, TOLERANCE.model, async () => [
+    (await model.reconstruct(get(ref, "images"))).images,
+    get(ref, "reconstruct"),
+  ]);
+  const message = await refusal(() => model.sample(1));
+  h.record(`model/${tag}/sample_refused`, !model.canSample && /stage-1 autoencoder/.test(message), message);
+  await reuseChecks(h, tag, model, () => model.decode(get(ref, "latents")), first);
+}
+
+/** A diffusion model: time features, one UNet pass, one DDIM step, a 3-step DDIM run with its x̂_0 images. */
+async function ldmDiffusionChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors) {
+  const x = get(ref, "x");
+  const t = get(ref, "t")[0];
+  const width = model.config.unet_width;
+  await h.check(`model/${tag}/time_features`, TOLERANCE.model, async () => [
+    timeFeatures(t, width),
+    get(ref, "time_features").slice(0, width),
+  ]);
+  let first: Float32Array = new Float32Array();
+  await h.check(`model/${tag}/unet`, TOLERANCE.model, async () => [(first = await model.denoise(x, t)), get(ref, "unet")]);
+  await h.check(`model/${tag}/ddim_step`, TOLERANCE.model, async () => [await model.ddimStep(x, 10, 0), get(ref, "ddim_step")]);
+  const steps: Float32Array[] = [];
+  const collect = (images: Float32Array): void => void steps.push(images);
+  await h.check(`model/${tag}/ddim_3_steps_previews`, TOLERANCE.chained, async () => {
+    const final = await model.sample(2, { steps: 3, noise: x, onStep: collect });
+    const all = new Float32Array(steps.reduce((n, s) => n + s.length, 0));
+    steps.forEach((s, i) => all.set(s, i * s.length));
+    if (maxAbsDiff(final, steps[steps.length - 1]) !== 0) throw new Error("the sample is not the last preview");
+    return [all, get(ref, "sample_steps")];
+  });
+  if (model.canEncode) {
+    await h.check(`model/${tag}/reconstruct`, TOLERANCE.model, async () => [
+      (await model.reconstruct(get(ref, "images"))).images,
+      get(ref, "reconstruct"),
+    ]);
+  } else {
+    const message = await refusal(() => model.reconstruct(new Float32Array(model.imageSize)));
+    h.record(`model/${tag}/reconstruct_refused`, /cannot reconstruct/.test(message), message);
+  }
+  await reuseChecks(h, tag, model, () => model.denoise(x, t), first);
+}
+
+async function ldmChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors) {
+  if (model.config.kind === "autoencoder") await ldmAutoencoderChecks(h, tag, model, ref);
+  else await ldmDiffusionChecks(h, tag, model, ref);
 }
 
 /** A file with the decoder alone: decode and 1-step samples match; encoding calls fail saying why. */

@@ -44,8 +44,8 @@ describe("the family of a weight file", () => {
 
   it("names a family this reader does not know, in one line", async () => {
     await expectError(
-      editConfig("psvae_globe16/model_fp32.safetensors", (config) => (config.family = "ldm")),
-      /^'bad.safetensors' holds a 'ldm' model, a family this reader does not know$/,
+      editConfig("psvae_globe16/model_fp32.safetensors", (config) => (config.family = "gan")),
+      /^'bad.safetensors' holds a 'gan' model, a family this reader does not know$/,
     );
     await expectError(
       editConfig("vit_tiny16/model_fp32.safetensors", (config) => (config.family = 3)),
@@ -128,7 +128,7 @@ describe("index.json entries the page will not load (no download)", () => {
     expect(entryProblem({ name: "p", family: "psvae", backbone: "vit" })).toBeNull();
   });
   it("names an unknown family and a 1-D psvae", () => {
-    expect(entryProblem({ name: "m", family: "ldm" })).toBe("'m' holds a 'ldm' model, a family this page does not know");
+    expect(entryProblem({ name: "m", family: "gan" })).toBe("'m' holds a 'gan' model, a family this page does not know");
     expect(entryProblem({ name: "sig", family: "psvae", backbone: "conv1d" })).toMatch(
       /^'sig': 1-D signal models .* not shown in this page/,
     );
