@@ -427,7 +427,9 @@ def evaluate_images(model, args, run_config: dict, context: dict) -> list[dict]:
         reference, source = load_generation_reference(args, run_config, extractor)
         gen_context = {**context, "num_samples": args.num_samples, "reference": source}
         records += evaluate_generation(model, extractor, reference, args, gen_context)
-    if args.reconstruction:
+    if args.reconstruction and not getattr(model, "can_reconstruct", True):
+        print(f"note: reconstruction metrics skipped: a {type(model).__name__} has no encoder to reconstruct with")
+    elif args.reconstruction:
         records += evaluate_reconstruction(model, extractor, args, run_config, context)
     return records
 

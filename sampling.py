@@ -137,7 +137,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=positive_int,
         nargs="+",
         default=None,
-        help="step counts to render (default: the model's, e.g. 1 2 4 for a sphere model, 1 for psvae and vqvae)",
+        help="step counts to render, each its own run where steps are not prefixes (default: the model's, e.g. 1 2 4 "
+        "for a sphere model, 1 for psvae and vqvae, 10 50 sampler steps for a diffusion model)",
     )
     parser.add_argument("--seed", type=seed_int, default=0, help="image i uses its own generator seeded by (seed, i)")
     parser.add_argument("--batch_size", type=positive_int, default=64)
@@ -156,6 +157,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--noise_angle", type=angle_degrees, default=None, help="sampling re-noise angle (default: model's)"
+    )
+    parser.add_argument(
+        "--sampler", choices=("ddim", "ddpm"), default=None, help="diffusion models: the sampler (default: model's)"
+    )
+    parser.add_argument(
+        "--eta", type=non_negative_float, default=None, help="diffusion models: DDIM eta (0 = deterministic)"
     )
     parser.add_argument("--cfg", type=non_negative_float, default=1.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--cfg_mode", choices=CFG_MODES, default="combo", help="where guidance applies")
@@ -307,7 +314,9 @@ def class_labels(model, args, start: int, count: int) -> torch.Tensor | None:
 def generate(model, args) -> list[torch.Tensor]:
     """Images for each requested step count (one max(steps) run gives every count where steps are prefixes)."""
     device = args.device
-    options = model_options(model, "sample", {"--noise_angle": ("noise_angle", args.noise_angle)})
+    given = {"--noise_angle": ("noise_angle", args.noise_angle), "--eta": ("eta", args.eta)}
+    given["--sampler"] = ("sampler", args.sampler)
+    options = model_options(model, "sample", given)
     outputs: dict[int, list[torch.Tensor]] = {steps: [] for steps in args.steps}
     for start in tqdm(range(0, args.num_samples, args.batch_size), desc="sampling", leave=False):
         count = min(args.batch_size, args.num_samples - start)

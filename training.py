@@ -46,7 +46,7 @@ from engine.checkpoint import (  # noqa: E402
 from engine.cli import positive_int  # noqa: E402
 from engine.data import AUTO, DATA_KINDS, SIGNAL_NORMS, DatasetError, build_dataset  # noqa: E402
 from engine.distributed import DeviceError, DistInfo, distributed  # noqa: E402
-from engine.families import DEFAULT_FAMILY  # noqa: E402
+from engine.families import DEFAULT_FAMILY, family_of_model  # noqa: E402
 from engine.flags import ConfigError  # noqa: E402
 from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr  # noqa: E402
 from engine.runs import LATEST_CHECKPOINT, MetricsWriter, dataset_options, setup_logger  # noqa: E402
@@ -281,6 +281,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_training(args, dataset, info: DistInfo) -> tuple:
     """Model (on device), the model used for the forward (DDP / compiled), EMA, optimizer, schedule."""
     model = build_model(args.model_type, **model_overrides(args, dataset)).to(info.device)
+    family_of_model(args.model_type).prepare_model(args, model, dataset)  # e.g. a frozen autoencoder's weights
     trainable = any(p.requires_grad for p in model.parameters())  # DDP refuses a model with nothing to train
     train_model = (
         DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)

@@ -1,9 +1,11 @@
-"""Line charts of a run's metrics.jsonl, drawn with Pillow alone: the codebook usage picture of a tokenizer run
-(images/codebook_usage.png, refreshed at every epoch end)."""
+"""Line charts of a run's metrics.jsonl, drawn with Pillow alone, refreshed at every epoch end: the codebook usage
+picture of a tokenizer run (images/codebook_usage.png) and a diffusion run's loss per timestep bin by epoch
+(images/timestep_loss.png)."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -41,9 +43,11 @@ def plot_position(x: float, y: float, x_range: tuple[float, float], y_range: tup
     return left + (x - x0) / max(x1 - x0, 1e-12) * width, top + (1 - (y - y0) / max(y1 - y0, 1e-12)) * height
 
 
-def line_chart(series: dict[str, Series], caption: str, y_range=(0.0, 1.0), size=(480, 180)) -> Image.Image:
-    """Each named series as a line with dots on a white chart with a y grid every quarter, step labels and a
-    legend; x runs from 0 to the last step of any series."""
+def line_chart(
+    series: dict[str, Series], caption: str, y_range=(0.0, 1.0), size=(480, 180), x_label: str = "step"
+) -> Image.Image:
+    """Each named series as a line with dots on a white chart with a y grid every quarter, x labels and a
+    legend; x runs from 0 to the last x of any series."""
     left, top, right, bottom = MARGIN
     width, height = size
     canvas = Image.new("RGB", (left + width + right, top + height + bottom), "white")
@@ -56,7 +60,8 @@ def line_chart(series: dict[str, Series], caption: str, y_range=(0.0, 1.0), size
         draw.line([(left, y), (left + width, y)], fill=AXIS_COLOUR if quarter == 0 else GRID_COLOUR)
         draw.text((left - 3, y), f"{value:g}", fill=TEXT_COLOUR, font=font(), anchor="rm")
     draw.text((left, top + height + 2), "0", fill=TEXT_COLOUR, font=font())
-    draw.text((left + width, top + height + 2), f"step {x_range[1]:.0f}", fill=TEXT_COLOUR, font=font(), anchor="ra")
+    end_label = f"{x_label} {x_range[1]:.0f}"
+    draw.text((left + width, top + height + 2), end_label, fill=TEXT_COLOUR, font=font(), anchor="ra")
     legend_x = left + 40
     for colour, (name, (xs, ys)) in zip(COLOURS, series.items()):
         points = [plot_position(x, y, x_range, y_range, size) for x, y in zip(xs, ys)]
@@ -78,4 +83,38 @@ def write_usage_chart(metrics_path: Path, out_path: Path) -> Path | None:
     if not series:
         return None
     line_chart(series, "codebook usage (fraction of the codes)").save(out_path)
+    return out_path
+
+
+def epoch_bin_means(path: Path) -> dict[int, list[float | None]]:
+    """{epoch: [mean of t_bin_k over that epoch's logged steps, None where never logged]} of a metrics.jsonl."""
+    sums: dict[int, dict[int, list[float]]] = {}
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        for key, value in record.items():
+            if key.startswith("t_bin_") and "epoch" in record:
+                sums.setdefault(int(record["epoch"]), {}).setdefault(int(key[6:]), []).append(float(value))
+    bins = 1 + max((k for per_epoch in sums.values() for k in per_epoch), default=-1)
+    return {e: [sum(v) / len(v) if (v := b.get(k)) else None for k in range(bins)] for e, b in sorted(sums.items())}
+
+
+def write_timestep_chart(metrics_path: Path, out_path: Path) -> Path | None:
+    """images/timestep_loss.png: the diffusion loss per timestep bin (x: bin k covers t in (k T/n, (k+1) T/n])
+    for the first, middle and last epochs; None (nothing written) when the run logs no t_bin_k."""
+    means = epoch_bin_means(metrics_path)
+    if not means:
+        return None
+    epochs = list(means)
+    shown = sorted({epochs[round(i * (len(epochs) - 1) / (len(COLOURS) - 1))] for i in range(len(COLOURS))})
+    series = {}
+    for epoch in shown:
+        points = [(k + 1.0, v) for k, v in enumerate(means[epoch]) if v is not None]
+        series[f"epoch {epoch}"] = ([x for x, _ in points], [y for _, y in points])
+    top = max(y for _, ys in series.values() for y in ys)
+    y_max = max(0.4, math.ceil(top / 0.4) * 0.4)  # grid quarters on multiples of 0.1
+    chart = line_chart(series, "diffusion loss per timestep bin (1 = smallest t)", (0.0, y_max), x_label="bin")
+    chart.save(out_path)
     return out_path

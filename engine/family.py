@@ -53,3 +53,5 @@ class Family:
     web: WebExport | None = None  # None: no web exporter
     latent: LatentSphere | None = None  # None: no points of a sphere to interpolate or map
     summary: str = ""  # the description of its --help group
+    prepare_model: Callable[[argparse.Namespace, nn.Module, object], None] = lambda args, model, dataset: None
+    # (flags, built model, dataset): fill what the model takes from elsewhere (a frozen stage-1 network)

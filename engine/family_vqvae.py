@@ -12,11 +12,12 @@ import torch
 import torch.nn as nn
 
 from losses import VQVAELoss, VQVAELossConfig, build_lpips
-from losses.vqvae import RECON_TERMS, patch_grid
+from losses.vqvae import RECON_TERMS
 from models.vqvae import VQVAE, VQVAE_MODELS, VQVAEConfig
 
 from .family import Family
 from .flags import ConfigError, Rule, weight_rule
+from .gan_flags import GAN_RULES, check_patch_grid, gan_values
 from .web_vqvae import VQVAE_WEB
 
 QUANTIZERS = ("vq", "fsq")
@@ -52,25 +53,9 @@ def add_vqvae_model_flags(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--z_channels", type=int, default=None, help="encoder output channels before quant_conv")
 
 
-def add_vqvae_loss_flags(group: argparse._ArgumentGroup) -> None:
-    """The patch-GAN (off by default); --recon and --perceptual_weight are common flags."""
-    group.add_argument("--disc_weight", type=float, default=0.0, help="patch-GAN weight (times lambda); 0 = no GAN")
-    group.add_argument("--disc_start", type=int, default=0, help="step from which the GAN is on")
-    group.add_argument("--disc_lr", type=float, default=1e-4, help="discriminator Adam rate")
-    group.add_argument("--disc_layers", type=int, default=3, help="stride-2 layers of the PatchGAN")
-    group.add_argument("--disc_width", type=int, default=64, help="channels of its first layer")
-    group.add_argument(
-        "--adaptive_weight",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="lambda = |grad rec| / |grad g_loss| at the decoder's last layer (else 1)",
-    )
-
-
 def add_vqvae_flags(group: argparse._ArgumentGroup) -> None:
-    """Quantiser, architecture and patch-GAN flags."""
+    """Quantiser and architecture flags (the patch-GAN's are the shared group of engine/gan_flags.py)."""
     add_vqvae_model_flags(group)
-    add_vqvae_loss_flags(group)
 
 
 def size_channel_mults(model_type: str) -> tuple[int, ...]:
@@ -111,8 +96,7 @@ def vqvae_overrides(args: argparse.Namespace, dataset) -> dict:
 
 def vqvae_loss_config(args: argparse.Namespace) -> VQVAELossConfig:
     """The loss settings of the flags (the shared --recon / --perceptual_weight with vqvae defaults)."""
-    names = ("disc_weight", "disc_start", "disc_lr", "disc_layers", "disc_width", "adaptive_weight")
-    values = {name: getattr(args, name) for name in names}
+    values = gan_values(args, weight=0.0, start=0)  # vqvae: no GAN unless asked, on from step 0
     recon = args.recon if args.recon is not None else DEFAULT_RECON
     weight = args.perceptual_weight if args.perceptual_weight is not None else DEFAULT_PERCEPTUAL_WEIGHT
     try:
@@ -137,17 +121,12 @@ def check_vqvae_dataset(args: argparse.Namespace, dataset) -> None:
         raise ConfigError(
             f"vqvae models take RGB images, but dataset '{dataset.name}' holds {channels}-channel {kind}s"
         )
-    size = args.image_size or dataset.image_size
-    if args.disc_weight > 0 and patch_grid(size, args.disc_layers) < 1:
-        raise ConfigError(
-            f"--disc_layers {args.disc_layers} leaves no patch at {size} px; pass a smaller --disc_layers"
-        )
+    check_patch_grid(args, args.image_size or dataset.image_size, args.disc_weight or 0.0)
 
 
 VQVAE_RULES: tuple[Rule, ...] = (
     ("--recon", lambda v: v in RECON_TERMS, f"is no vqvae term: use one of {', '.join(RECON_TERMS)}"),
     weight_rule("--perceptual_weight"),
-    weight_rule("--disc_weight"),
     weight_rule("--commit_beta"),
     weight_rule("--entropy_weight"),
     ("--codebook_size", lambda v: v >= 2, "must be >= 2 codes (LlamaGen uses 16384)"),
@@ -157,10 +136,7 @@ VQVAE_RULES: tuple[Rule, ...] = (
     ("--dead_code_threshold", lambda v: 0 <= v < math.inf, "must be >= 0 (0 = no restarts)"),
     ("--channel_mults", lambda v: all(m >= 1 for m in v), "must all be >= 1 (e.g. 1 2 2 4)"),
     *((f"--{name}", lambda v: v >= 1, "must be >= 1") for name in ("width", "num_res_blocks", "z_channels")),
-    ("--disc_start", lambda v: v >= 0, "must be >= 0 (a step)"),
-    ("--disc_lr", lambda v: 0 < v <= 1, "must be in (0, 1]; LlamaGen uses 1e-4"),
-    ("--disc_layers", lambda v: 1 <= v <= 6, "must be in [1, 6] (pix2pix uses 3)"),
-    ("--disc_width", lambda v: v >= 1, "must be >= 1 (pix2pix uses 64)"),
+    *GAN_RULES,
 )
 
 
@@ -178,5 +154,5 @@ VQVAE_FAMILY = Family(
     presets={"quickstart": "vqvae_fashion.yaml"},
     web=VQVAE_WEB,
     latent=None,  # discrete tokens: no points of a sphere to interpolate or map
-    summary="VQ-VAE tokenizers (vqvae*): quantiser, codebook, architecture and the optional patch-GAN",
+    summary="VQ-VAE tokenizers (vqvae*): quantiser, codebook and architecture (the patch-GAN: its own group)",
 )

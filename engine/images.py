@@ -151,22 +151,26 @@ def save_token_grid(model, images: torch.Tensor, path: Path) -> Path | None:
 
 
 @torch.no_grad()
-def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, device, seed: int = 0) -> float:
+def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, device, seed: int = 0) -> float | None:
     """epoch_N_recon.png (originals above 1-step reconstructions; signals: each drawn under its reconstruction),
     for a tokenizer epoch_N_tokens.png (originals above their token maps) and, for a model that can sample,
     epoch_N_samples_{T}step.png for T in model.default_eval_steps; returns the mean PSNR (dB) of those
-    reconstructions. Pass the held-out split as `dataset` where there is one."""
+    reconstructions (None, and no epoch_N_recon.png, for a model with can_reconstruct False). Pass the held-out
+    split as `dataset` where there is one."""
     was_training = model.training
     model.eval()
     try:
         count = min(count, len(dataset))
         images, labels = first_items(dataset, count, device)
         labels = labels if model.config.num_classes > 0 else None
-        recon = model.reconstruct(images, steps=1, labels=labels)
-        save_recon_grid(images, recon, out_dir / f"epoch_{epoch:04d}_recon.png")
-        save_token_grid(model, images, out_dir / f"epoch_{epoch:04d}_tokens.png")  # tokenizers only
+        psnr = None
+        if getattr(model, "can_reconstruct", True):  # a pixel diffusion model has no encoder
+            recon = model.reconstruct(images, steps=1, labels=labels)
+            save_recon_grid(images, recon, out_dir / f"epoch_{epoch:04d}_recon.png")
+            save_token_grid(model, images, out_dir / f"epoch_{epoch:04d}_tokens.png")  # tokenizers only
+            psnr = mean_psnr(recon, images)
         if model.can_sample:
             render_samples(model, count, labels, out_dir, epoch, seed, device)
     finally:
         model.train(was_training)
-    return mean_psnr(recon, images)
+    return psnr

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_model_state, restore_rank_rng_state
-from .curves import write_usage_chart
+from .curves import write_timestep_chart, write_usage_chart
 from .distributed import DistInfo, any_rank, barrier, broadcast_object, gather_objects
 from .globe import end_of_training_globe
 from .images import render_eval_images
@@ -436,17 +436,22 @@ class Trainer:
         self.save(epoch_file=epoch % settings.ckpt_every_epochs == 0 or last)
 
     def chart_usage(self) -> None:
-        """images/codebook_usage.png, redrawn from metrics.jsonl at each epoch end of a run that logs codebook usage."""
+        """images/codebook_usage.png and timestep_loss.png, redrawn from metrics.jsonl at each epoch end of a run that
+        logs codebook usage or per-timestep-bin losses."""
         if self.info.is_main and self.metrics.path is not None:
             images = self.run_dir / "images"
             images.mkdir(exist_ok=True)
             write_usage_chart(self.metrics.path, images / "codebook_usage.png")
+            write_timestep_chart(self.metrics.path, images / "timestep_loss.png")
 
     def render(self, epoch: int) -> None:
         """Sample grids and reconstructions of the EMA model; the reconstructions' PSNR goes to the log."""
         dataset, count = self.eval_dataset, self.settings.eval_samples
         value = render_eval_images(self.ema.model, dataset, self.run_dir / "images", epoch, count, self.info.device)
         split = getattr(dataset, "split", "all")
+        if value is None:
+            self.logger.info(f"epoch {epoch}: samples rendered (EMA; this model cannot reconstruct)")
+            return
         images = f"{min(count, len(dataset))} {'held-out' if split == 'test' else 'training'} images"
         self.logger.info(f"epoch {epoch}: reconstruction PSNR {value:.2f} dB on {images} (EMA, 1 step)")
         self.metrics.write({"step": self.state.step, "epoch": epoch, "recon_psnr": value, "recon_split": split})

@@ -11,6 +11,7 @@ import torch
 
 from .families import FAMILIES, Family, family_of_model
 from .flags import ConfigError, explicit_flags, flag_name, read_config_file, read_config_files
+from .gan_flags import GAN_FAMILIES, add_gan_flags
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # the shipped config files, presets among them
 PRESETS = sorted({name for family in FAMILIES.values() for name in family.presets})  # e.g. paper, quickstart
@@ -24,6 +25,11 @@ def add_family_flag_groups(parser: argparse.ArgumentParser) -> dict[str, set[str
         before = len(parser._actions)  # argument groups append to the parser's own action list
         family.add_flags(parser.add_argument_group(f"{family.name} family", family.summary))
         owned[family.name] = {action.dest for action in parser._actions[before:]}
+    before = len(parser._actions)
+    about = f"the autoencoders' discriminator ({', '.join(GAN_FAMILIES)} families)"
+    add_gan_flags(parser.add_argument_group("patch-GAN", about))
+    for name in GAN_FAMILIES:
+        owned.setdefault(name, set()).update(action.dest for action in parser._actions[before:])
     return owned
 
 
@@ -65,7 +71,7 @@ def check_family_flags(args, owned: dict[str, set[str]], typed: set[str], source
     family = family_of_model(args.model_type).name
     actions = {action.dest: action for action in parser._actions}
     for other, dests in sorted(owned.items()):
-        foreign = sorted(dests & (typed | set(sources))) if other != family else []
+        foreign = sorted((dests - owned.get(family, set())) & (typed | set(sources))) if other != family else []
         if foreign:
             key = foreign[0]
             where = flag_name(actions[key]) if key in typed else f"{key} (in config file '{sources[key]}')"
@@ -75,9 +81,9 @@ def check_family_flags(args, owned: dict[str, set[str]], typed: set[str], source
 def drop_foreign_flags(args: argparse.Namespace, owned: dict[str, set[str]]) -> None:
     """Remove the other families' flags: config.json then holds only the flags that shaped this run."""
     family = family_of_model(args.model_type).name
-    for other, dests in owned.items():
-        for dest in dests if other != family else ():
-            delattr(args, dest)
+    kept = owned.get(family, set())
+    for dest in {dest for other, dests in owned.items() if other != family for dest in dests} - kept:
+        delattr(args, dest)
 
 
 def parse_training_flags(

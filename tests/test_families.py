@@ -262,18 +262,18 @@ def test_configs_without_a_family_are_sphere_and_unknown_families_are_named(tmp_
     assert config["family"] == "sphere"
     legacy = {key: value for key, value in config.items() if key != "family"}
     assert model_from_config(legacy).config == model_from_config(config).config
-    with pytest.raises(FamilyError, match="unknown model family 'ldm'; this code knows psvae, sphere"):
-        model_from_config({**config, "family": "ldm"})
+    with pytest.raises(FamilyError, match="unknown model family 'flow'; this code knows ldm, psvae, sphere"):
+        model_from_config({**config, "family": "flow"})
     write_run(tmp_path, "demo_20250101_000000", "demo", build_model("convnet_tiny", image_size=16))
     path = tmp_path / "demo_20250101_000000" / "checkpoints" / "checkpoint_latest.pth"
     ckpt = load_checkpoint(path)
-    ckpt["config"]["model"]["family"] = "ldm"
+    ckpt["config"]["model"]["family"] = "flow"
     torch.save(ckpt, path)
     with pytest.raises(CheckpointError) as error:
         load_model_from_checkpoint(path)
-    assert "unknown model family 'ldm'" in str(error.value) and "\n" not in str(error.value)
+    assert "unknown model family 'flow'" in str(error.value) and "\n" not in str(error.value)
     message = run_exit(sampling, ["--checkpoint", str(path), "--dest_folder", str(tmp_path / "out")])
-    assert "unknown model family 'ldm'" in message
+    assert "unknown model family 'flow'" in message
 
 
 def test_a_config_of_one_family_is_refused_as_another(toy):
@@ -549,7 +549,7 @@ def test_web_files_carry_their_family_and_readers_name_unknown_ones(tmp_path):
     assert config["family"] == "sphere"
     (entry,) = write_index(tmp_path)
     assert entry["family"] == "sphere" and entry["backbone"] == "convnet" and entry["latent_shape"] == [32, 4, 4]
-    for family, words in [("ldm", "a family this reader does not know"), (None, None)]:
+    for family, words in [("flow", "a family this reader does not know"), (None, None)]:
         bad = tmp_path / f"{family}.safetensors"
         rewrite_header(path, bad, edit_config(family=family))
         if words is None:  # files written before families (no key) are sphere files
