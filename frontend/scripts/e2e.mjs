@@ -321,6 +321,7 @@ try {
   // interpolation or roaming; its autoencoder reconstructs. ldm_ae16 cannot sample (one line says why) and reconstructs.
   const previews = () => page.evaluate(() => Number(document.body.dataset.previews ?? 0));
   const previewsBefore = await previews();
+  await page.evaluate(() => (document.querySelector("#count").value = "1")); // hidden now; one image keeps SwiftShader short
   await pickModel("ldm_tiny16");
   check((await waitState("ready")) === "ready", "loads ldm_tiny16");
   const stepOptions = await page.evaluate(() => [...document.querySelectorAll("#steps option")].map((o) => o.value).join(","));
@@ -329,10 +330,10 @@ try {
   check(/10 steps/.test(await page.textContent("#generate-status")), `status: ${await page.textContent("#generate-status")}`);
   const ldmHidden = await Promise.all(["#interpolate-panel", "#roam-panel"].map((s) => page.isHidden(s)));
   check(ldmHidden.every(Boolean) && (await page.isVisible("#generate-panel")), "Generate shown, the pad and roam hidden");
-  const ldmImages = await Promise.all([1, 2].map((i) => pixels(`#grid canvas:nth-child(${i})`)));
+  const ldmImages = [await pixels("#grid canvas:nth-child(1)")];
   check(
     ldmImages.every((img) => img.width === 16 && range(img.rgb) > 20),
-    `the DDIM samples are not blank (ranges ${ldmImages.map((img) => range(img.rgb)).join(", ")})`,
+    `the DDIM sample is not blank (ranges ${ldmImages.map((img) => range(img.rgb)).join(", ")})`,
   );
   await page.locator("#generate-panel").screenshot({ path: path.join(root, "test-results", "e2e-ldm.png") });
   await pickModel("ldm_ae16");
