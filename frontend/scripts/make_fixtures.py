@@ -136,7 +136,17 @@ LDM_UNET = dict(unet_width=16, unet_mults=(1, 2), unet_res_blocks=1, unet_attn_l
 LDM = {
     "ldm_ae16": ("ldm_ae_tiny", LDM_AE, MODES),
     "ldm_tiny16": ("ldm_tiny", dict(**LDM_AE, **LDM_UNET, latent_scale=0.8), MODES),
-    "ddpm16": ("ddpm_tiny", dict(image_size=16, **LDM_UNET, prediction="v", beta_schedule="cosine"), ("fp32", "q4")),
+    # two blocks per level (three on the way up), attention at 8x8: the skip bookkeeping of the bigger UNets
+    "ddpm16": (
+        "ddpm_tiny",
+        dict(
+            image_size=16,
+            **{**LDM_UNET, "unet_res_blocks": 2},
+            prediction="v",
+            beta_schedule="cosine",
+        ),
+        ("fp32", "q4"),
+    ),
 }
 MODELS.update(LDM)
 LDM_TIME = 600  # the timestep of the one-pass UNet references

@@ -1,7 +1,7 @@
 /**
  * Reader for the `sphere-web` weight format (docs/web_format.md, version 2): a safetensors-compatible file
  * (u64 header length, JSON header, 4-byte aligned data) holding a model of a family this reader knows (its
- * config's `family`: "sphere", the default, "psvae" or "vqvae") in one of the modes fp32, fp16, q8 or q4, with a
+ * config's `family`: "sphere", the default, "psvae", "vqvae" or "ldm") in one of the modes fp32, fp16, q8 or q4, with a
  * SHA-256 of its data section. Mirrors engine/webformat.py: same checks, same messages' intent.
  */
 
