@@ -28,6 +28,7 @@ from models.ldm import LDM_MODELS, DiffusionModel, KLAutoencoder, LDMConfig, bui
 from .family import Family
 from .flags import ConfigError, Rule, probability_rule, weight_rule
 from .gan_flags import GAN_FLAGS, GAN_RULES, check_patch_grid, gan_values
+from .web_ldm import LDM_WEB
 
 DEFAULT_DISC_WEIGHT, DEFAULT_DISC_START = 0.5, 0  # CompVis: 0.5; their start (50001) is for 256 px, set it per run
 SCALE_IMAGES = 512  # latent_scale: the std of posterior samples of the first 512 training images (CompVis: a batch)
@@ -288,7 +289,7 @@ LDM_FAMILY = Family(
     check_dataset=check_ldm_dataset,
     flag_rules=LDM_RULES,
     presets={},  # three kinds, three recipes: configs/ldm_ae_fashion.yaml, ldm_fashion.yaml, ddpm_fashion.yaml
-    web=None,
+    web=LDM_WEB,
     latent=None,  # a Gaussian latent grid, not a sphere
     summary="latent diffusion (ldm_ae_* autoencoders, ldm_* latent and ddpm_* pixel UNets)",
     prepare_model=prepare_ldm_model,

@@ -3,34 +3,18 @@ back against the PyTorch model, the fp16 policy (norms, time embedding, edge lay
 
 from __future__ import annotations
 
-import dataclasses
 import json
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from engine import families
 from engine.web_ldm import LDM_WEB
 from engine.webformat import MODES, WebFormatError, export_model, load_model_from_web_weights, read_raw, write_index
-from models.ldm import LDM_MODELS, LDMConfig, build_ldm
+from models.ldm import LDM_MODELS
 
 REL_L2 = {"fp32": 1e-6, "fp16": 5e-3, "q8": 6e-2, "q4": 0.6}
 AE = dict(image_size=16, ae_width=16, ae_mults=(1, 2), ae_res_blocks=1, latent_channels=4, ae_groups=8)
 UNET = dict(unet_width=16, unet_mults=(1, 2), unet_res_blocks=1, unet_attn_levels=(1,), unet_groups=8, unet_heads=2)
-
-
-@pytest.fixture(autouse=True)
-def ldm_family(monkeypatch):
-    """The ldm row with this exporter (until engine/family_ldm.py names it, a minimal row)."""
-    row = families.FAMILIES.get("ldm")
-    if row is None:
-        row = SimpleNamespace(name="ldm", config_class=LDMConfig, model_class=build_ldm, registry=LDM_MODELS, web=None)
-    if dataclasses.is_dataclass(row):
-        row = dataclasses.replace(row, web=LDM_WEB)
-    else:
-        row = SimpleNamespace(**{**vars(row), "web": LDM_WEB})
-    monkeypatch.setitem(families.FAMILIES, "ldm", row)
 
 
 def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:

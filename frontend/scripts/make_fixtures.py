@@ -156,23 +156,6 @@ GUIDANCE = 2.0
 RECON_ANGLE = 30.0  # degrees of re-noising between reconstruction rounds
 
 
-def ensure_ldm_web() -> None:
-    """The ldm row exports with engine/web_ldm.py even where the family table does not name it (yet)."""
-    import dataclasses
-    from types import SimpleNamespace
-
-    from engine import families
-    from engine.web_ldm import LDM_WEB
-    from models.ldm import LDM_MODELS, LDMConfig, build_ldm
-
-    row = families.FAMILIES.get("ldm")
-    if row is None:
-        fields = dict(config_class=LDMConfig, model_class=build_ldm, registry=LDM_MODELS, web=LDM_WEB)
-        families.FAMILIES["ldm"] = SimpleNamespace(name="ldm", **fields)
-    elif row.web is None:
-        families.FAMILIES["ldm"] = dataclasses.replace(row, web=LDM_WEB)
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "frontend" / "test-fixtures"))
@@ -517,7 +500,6 @@ def main(args: argparse.Namespace) -> None:
         if json.loads(manifest_path.read_text()).get("digest") == digest:
             print(f"fixtures in {out_dir} are up to date")
             return
-    ensure_ldm_web()
     torch.set_num_threads(1)  # tiny ops: threading only adds overhead (x100 on small CI machines)
     torch.manual_seed(0)
     out_dir.mkdir(parents=True, exist_ok=True)
