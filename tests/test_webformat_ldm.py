@@ -106,3 +106,26 @@ def test_unknown_kind_is_refused_in_one_line():
 
         config = {**build("pixel").config.to_dict(), "kind": "video"}
         config_of({"config": json.dumps(config)}, "f")
+
+
+def test_a_stage2_checkpoint_exports_with_its_frozen_autoencoder(tmp_path):
+    import export_weights
+
+    model = build("latent")
+    model.config.autoencoder_sha256 = "ab" * 32
+    ckpt = {
+        "model": model.state_dict(),
+        "ema": None,
+        "config": {"model": model.config.to_dict()},
+        "step": 1,
+        "epoch": 0,
+    }
+    torch.save(ckpt, tmp_path / "checkpoint_latest.pth")
+    out = tmp_path / "web" / "ldm"
+    argv = ["--checkpoint", str(tmp_path / "checkpoint_latest.pth"), "--output_dir", str(out), "--mode", "q8"]
+    export_weights.main(export_weights.parse_args([*argv, "--no-ema", "--index_root", str(tmp_path / "web")]))
+    loaded = load_model_from_web_weights(out / "model_q8.safetensors")
+    assert loaded.config.autoencoder == model.config.autoencoder and loaded.config.autoencoder_sha256 == "ab" * 32
+    assert abs(float(loaded.latent_scale) - 0.8) < 1e-3  # the buffer is F16 outside fp32 files; the config is exact
+    assert loaded.config.latent_scale == 0.8 and not any(p.requires_grad for p in loaded.autoencoder.parameters())
+    assert relative_l2(outputs(loaded), outputs(model)) <= REL_L2["q8"]

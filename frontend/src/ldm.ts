@@ -8,7 +8,7 @@
 
 import { ldmAutoencoder, ldmLatentSide, type LDMConfig } from "./config";
 import { alphasBar, ddimStep, ddimTimesteps, predictX0Eps } from "./diffusion";
-import { parseWeightFile, WebFormatError, type WeightFile } from "./format";
+import { parseWeightFile, readParameter, WebFormatError, type WeightFile } from "./format";
 import { Workspace, encodeSteps, type BufferRef, type Gpu, type Step } from "./gpu";
 import type { GraphIO } from "./graph";
 import { buildAutoencoderGraphs, buildUnetGraph } from "./graph_ldm";
@@ -96,6 +96,7 @@ export class LDMModel extends WebModel<LDMConfig> {
   readonly canSample: boolean;
   readonly autoencoder: LDMConfig | null;
   readonly alphasBar: Float64Array | null;
+  readonly latentScale: number; // latent kind: the stored buffer (F16 outside fp32 files, as the Python reader), else 1
   private unets = new Map<number, UnetSession>();
 
   private constructor(gpu: Gpu, file: WeightFile) {
@@ -108,6 +109,8 @@ export class LDMModel extends WebModel<LDMConfig> {
     this.canEncode = ae !== null;
     this.canSample = cfg.kind !== "autoencoder";
     this.alphasBar = this.canSample ? alphasBar(cfg) : null;
+    const stored = cfg.kind === "latent" && file.tensors.has("latent_scale");
+    this.latentScale = stored ? readParameter(file, "latent_scale").data[0] : cfg.kind === "latent" ? (cfg.latent_scale ?? 1) : 1;
   }
 
   /** Parse and verify a sphere-web file holding an ldm model, and build the batch-1 graphs. */
@@ -164,7 +167,7 @@ export class LDMModel extends WebModel<LDMConfig> {
   /** Images of denoised values x̂_0: latents divided by latent_scale and decoded, or pixels clamped. */
   private async toImages(x0: Float32Array, n: number): Promise<Float32Array> {
     const session = this.session(n, false);
-    const scale = this.config.kind === "latent" ? (this.config.latent_scale ?? 1) : 1; // None: not computed yet, 1 (LatentDiffusion)
+    const scale = this.latentScale;
     session.write(session.sphere, scale === 1 ? x0 : x0.map((v) => v / scale));
     const out = await session.run(session.decoder, session.image, n * this.imageSize);
     return this.config.kind === "pixel" ? out.map((v) => Math.min(Math.max(v, -1), 1)) : out;
