@@ -419,13 +419,20 @@ async function generate(seed?: number): Promise<number> {
   const draw = (images: Float32Array): void =>
     canvases.forEach((canvas, i) => drawImage(canvas, images, i, model.config.in_channels, size));
   const onStep = (images: Float32Array, step: number, total: number): Promise<void> => {
+    if (state.model !== model) throw new Error("generation stopped: another model was picked"); // ends the DDIM loop
     draw(images);
     document.body.dataset.previews = String(Number(document.body.dataset.previews ?? 0) + 1);
     setStatus("generate-status", `DDIM step ${step}/${total}: the estimate of the final image (x̂₀)`);
     return new Promise((resolve) => setTimeout(resolve, 0)); // let the page paint each step
   };
   const options = { steps, seed: used, labels: labels(count), guidance: guidance() };
-  const images = await (model instanceof LDMModel ? model.sample(count, { ...options, onStep }) : model.sample(count, options));
+  let images: Float32Array;
+  try {
+    images = await (model instanceof LDMModel ? model.sample(count, { ...options, onStep }) : model.sample(count, options));
+  } catch (error) {
+    if (state.model !== model) return 0; // another model was picked meanwhile: nothing to show
+    throw error;
+  }
   const elapsed = performance.now() - start;
   draw(images);
   setStatus(
