@@ -1,11 +1,13 @@
 """Training and sampling throughput of registered models of any family on the current device (prints a table).
 
-python benchmarks/bench_train.py                                   # sphere, psvae, vqvae: tiny and base
+python benchmarks/bench_train.py                                   # sphere, psvae, vqvae, ldm: tiny and base
 python benchmarks/bench_train.py --models vit_small psvae_small --batch_size 256 --iters 50 --compile
 python benchmarks/bench_train.py --models psvae_tiny --train_flags="--recon l1 --perceptual_weight 0.1"
 
 Each model trains with its family's loss and optimizer groups as training.py builds them from its flag defaults
-(no preset), plus --train_flags; --no-perceptual turns every perceptual weight off (LPIPS, ConvNeXt).
+(no preset), plus --train_flags; --no-perceptual turns every perceptual weight off (LPIPS, ConvNeXt). A diffusion
+model (ldm_*, ddpm_*) also reports its sampler's img/s at each of its default step counts (DDIM 10 and 50 steps:
+steps are not prefixes, so each is its own run); a stage-2 ldm_* model runs on an untrained autoencoder of its size.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from losses import PerceptualWeightsError  # noqa: E402
 from models import MODELS, build_model  # noqa: E402
 
 DEFAULT_MODELS = ["vit_tiny", "convnet_tiny", "psvae_tiny", "vqvae_tiny", "vit_base", "convnet_base", "psvae_base"]
-DEFAULT_MODELS += ["vqvae_base"]
+DEFAULT_MODELS += ["vqvae_base", "ldm_ae_tiny", "ldm_tiny", "ddpm_tiny"]
 # every family's perceptual weights: --no-perceptual sets those of the model's family to 0
 PERCEPTUAL_FLAGS = ("recon_perc_weight", "con_perc_weight", "perceptual_weight")
 
@@ -115,6 +117,11 @@ def bench_model(name: str, args, device: torch.device) -> dict:
             model.sample(args.batch_size, steps=1)
 
     sample_s = timed(sample, args.iters, args.warmup, device) if model.can_sample else None  # a tokenizer
+    step_img_s = {}
+    if model.can_sample and not model.steps_are_prefix:  # diffusion: each step count is its own run
+        for steps in model.default_eval_steps:
+            seconds = timed(lambda: model.sample(args.batch_size, steps=steps), 1, 0, device)  # noqa: B023
+            step_img_s[steps] = args.batch_size / seconds
     params = sum(p.numel() for p in model.parameters()) / 1e6
     return dict(
         model=name,
@@ -122,6 +129,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         train_img_s=args.batch_size / train_s,
         peak_gib=peak,
         sample_img_s=None if sample_s is None else args.batch_size / sample_s,
+        sample_img_s_at_steps=step_img_s,
     )
 
 
@@ -152,6 +160,8 @@ def print_row(row: dict) -> None:
         f"{'n/a (cannot sample)' if row['sample_img_s'] is None else format(row['sample_img_s'], '.1f'):>21}",
         flush=True,
     )
+    for steps, rate in row.get("sample_img_s_at_steps", {}).items():
+        print(f"{'':<14}sampling at {steps} steps: {rate:.1f} img/s", flush=True)
 
 
 if __name__ == "__main__":

@@ -159,7 +159,7 @@ def stage2_overrides(args: argparse.Namespace, dataset) -> dict:
 def prepare_ldm_model(args: argparse.Namespace, model: nn.Module, dataset) -> None:
     """A latent model gets the frozen autoencoder's weights (before the EMA copies it); a resumable run or
     --init_from weights trained on another autoencoder are refused."""
-    if model.config.kind != "latent":
+    if model.config.kind != "latent" or not args.autoencoder:  # a benchmark's untrained autoencoder
         return
     autoencoder, _, _ = load_autoencoder(args.autoencoder)
     device = next(model.unet.parameters()).device
@@ -210,7 +210,7 @@ def ldm_overrides(args: argparse.Namespace, dataset) -> dict:
     overrides["beta_schedule"] = overrides.pop("noise_schedule")  # psvae's --beta_schedule is its KL weight's
     for name in ("ae_mults", "unet_mults", "unet_attn_levels"):
         overrides[name] = tuple(overrides[name]) if overrides[name] is not None else None
-    if ldm_kind(args.model_type) == "latent":
+    if ldm_kind(args.model_type) == "latent" and args.autoencoder:  # training requires it (check_ldm_dataset)
         overrides.update(stage2_overrides(args, dataset))
     return overrides
 
@@ -221,7 +221,7 @@ def check_kind_flags(args: argparse.Namespace, kind: str) -> None:
     for name in sorted(owned & set(getattr(args, "explicit", ())) - KIND_FLAGS[kind]):
         if getattr(args, name, None) is None:
             continue
-        kinds = " or ".join(KIND_WORDS[k] for k in KIND_FLAGS if name in KIND_FLAGS[k])
+        kinds = " or a ".join(KIND_WORDS[k] for k in KIND_FLAGS if name in KIND_FLAGS[k])
         raise ConfigError(f"--{name} is for a {kinds}; {args.model_type} is a {KIND_WORDS[kind]}: remove it")
 
 

@@ -426,7 +426,7 @@ class Trainer:
         self.logger.info(done + (summary and f": {summary}"))
         if stats:
             self.metrics.write({"step": self.state.step, "epoch": epoch, **stats})
-            self.chart_usage()
+        self.chart_usage()  # draws nothing for a run that logs neither usage nor timestep bins
         if self.info.is_main and (epoch % settings.eval_every_epochs == 0 or last):
             self.render(epoch)
         if self.info.is_main and last:
