@@ -438,7 +438,7 @@ class Trainer:
     def chart_usage(self) -> None:
         """images/codebook_usage.png and timestep_loss.png, redrawn from metrics.jsonl at each epoch end of a run that
         logs codebook usage or per-timestep-bin losses."""
-        if self.info.is_main and self.metrics.path is not None:
+        if self.info.is_main and self.metrics.path is not None and self.metrics.path.is_file():  # nothing logged yet
             images = self.run_dir / "images"
             images.mkdir(exist_ok=True)
             write_usage_chart(self.metrics.path, images / "codebook_usage.png")
