@@ -170,3 +170,59 @@ class PatchGAN:
 def build_gan(settings: GANSettings, in_channels: int, device: torch.device | str) -> PatchGAN | None:
     """A PatchGAN when its weight is > 0, else None."""
     return PatchGAN(settings, in_channels, device) if settings.weight > 0 else None
+
+
+class ImageGANLoss:
+    """What the tokenizer and autoencoder objectives share: an L1/L2 error on the [0, 1] scale, an optional LPIPS
+    term and an optional patch-GAN whose discriminator and Adam state are the loss's state (the trainer's
+    stateful-loss hook). `config` has recon, perceptual_weight and gan_settings(); `perceptual` is a frozen LPIPS on
+    [-1, 1] images (None only when perceptual_weight is 0)."""
+
+    def __init__(self, config, perceptual: nn.Module | None = None, in_channels: int = 3, device="cpu"):
+        if config.perceptual_weight > 0 and perceptual is None:
+            raise ValueError("perceptual_weight is > 0 but no LPIPS module was given")
+        self.config, self.perceptual = config, perceptual
+        self.gan = build_gan(config.gan_settings(), in_channels, device)
+
+    @property
+    def discriminator(self) -> nn.Module | None:
+        """The patch discriminator (None without a GAN)."""
+        return self.gan.discriminator if self.gan is not None else None
+
+    def state_dict(self) -> dict:
+        """The discriminator's weights and its Adam state (empty without a GAN)."""
+        return self.gan.state_dict() if self.gan is not None else {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what state_dict() saved; a GAN run needs its discriminator back."""
+        if self.gan is not None:
+            self.gan.load_state_dict(state)
+
+    def recon_term(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Per-value mean L1 or L2 error on the [0, 1] scale of images in [-1, 1]."""
+        difference = (x_hat.float() - x.float()) / 2
+        return difference.abs().mean() if self.config.recon == "l1" else difference.pow(2).mean()
+
+    def perceptual_term(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """Mean LPIPS of images in [-1, 1]; None when its weight is 0."""
+        if self.config.perceptual_weight == 0:
+            return None
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"LPIPS needs RGB images (B, 3, H, W), got {tuple(x.shape)}; set perceptual_weight 0")
+        return self.perceptual(x_hat.float(), x.float()).mean()
+
+    def image_terms(self, x_hat: torch.Tensor, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """({"rec", "perc" when on}, rec + perceptual_weight * perc): the reconstruction the GAN weight balances."""
+        terms = {"rec": self.recon_term(x_hat, x)}
+        rec_total = terms["rec"]
+        perceptual = self.perceptual_term(x_hat, x)
+        if perceptual is not None:
+            terms["perc"] = perceptual
+            rec_total = rec_total + self.config.perceptual_weight * perceptual
+        return terms, rec_total
+
+    def gan_terms(self, core: nn.Module, x: torch.Tensor, x_hat: torch.Tensor, rec_total: torch.Tensor, step: int):
+        """(generator loss term, logs): zero (and no logs) without a GAN."""
+        if self.gan is None:
+            return torch.zeros((), device=x.device), {}
+        return self.gan.terms(core, x, x_hat, rec_total, step)

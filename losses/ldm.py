@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
-from .gan import GANSettings, build_gan, check_gan_settings
+from .gan import GANSettings, ImageGANLoss, check_gan_settings
 
 RECON_TERMS = ("l1", "l2")
 PREDICTIONS = ("eps", "v")
@@ -82,64 +82,17 @@ def kl_divergence(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return kl.flatten(1).sum(1)
 
 
-def recon_error(x_hat: torch.Tensor, x: torch.Tensor, form: str) -> torch.Tensor:
-    """Per-value mean L1 or L2 error on the [0, 1] scale of images in [-1, 1]."""
-    difference = (x_hat.float() - x.float()) / 2
-    return difference.abs().mean() if form == "l1" else difference.pow(2).mean()
-
-
-class LDMAutoencoderLoss:
+class LDMAutoencoderLoss(ImageGANLoss):
     """loss(model, batch, step) -> (loss, logs) for a KLAutoencoder: forward(x) -> (raw x_hat, mean, logvar),
     last_layer(). `perceptual`: a frozen LPIPS on [-1, 1] images (None only when perceptual_weight is 0)."""
-
-    def __init__(
-        self,
-        config: LDMAELossConfig,
-        perceptual: nn.Module | None = None,
-        in_channels: int = 3,
-        device: torch.device | str = "cpu",
-    ):
-        if config.perceptual_weight > 0 and perceptual is None:
-            raise ValueError("perceptual_weight is > 0 but no LPIPS module was given")
-        self.config, self.perceptual = config, perceptual
-        self.gan = build_gan(config.gan_settings(), in_channels, device)
-
-    @property
-    def discriminator(self) -> nn.Module | None:
-        """The patch discriminator (None without a GAN)."""
-        return self.gan.discriminator if self.gan is not None else None
-
-    def state_dict(self) -> dict:
-        """The discriminator's weights and its Adam state (empty without a GAN)."""
-        return self.gan.state_dict() if self.gan is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict() saved; a GAN run needs its discriminator back."""
-        if self.gan is not None:
-            self.gan.load_state_dict(state)
-
-    def perceptual_term(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-        """Mean LPIPS of images in [-1, 1]; None when its weight is 0."""
-        if self.config.perceptual_weight == 0:
-            return None
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"LPIPS needs RGB images (B, 3, H, W), got {tuple(x.shape)}; set perceptual_weight 0")
-        return self.perceptual(x_hat.float(), x.float()).mean()
 
     def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch[0]
         core = getattr(model, "module", model)
         x_hat, mean, logvar = model(x)
-        terms = {"rec": recon_error(x_hat, x, self.config.recon)}
-        rec_total = terms["rec"]
-        perceptual = self.perceptual_term(x_hat, x)
-        if perceptual is not None:
-            terms["perc"] = perceptual
-            rec_total = rec_total + self.config.perceptual_weight * perceptual
+        terms, rec_total = self.image_terms(x_hat, x)
         terms["kl"] = kl_divergence(mean, logvar).mean() / x[0].numel()
-        gan, gan_logs = torch.zeros((), device=x.device), {}
-        if self.gan is not None:
-            gan, gan_logs = self.gan.terms(core, x, x_hat, rec_total, step)
+        gan, gan_logs = self.gan_terms(core, x, x_hat, rec_total, step)
         loss = rec_total + self.config.kl_weight * terms["kl"] + gan
         values = torch.stack([loss.detach(), *(t.detach().float() for t in terms.values())]).tolist()  # one sync
         return loss, {**dict(zip(["loss", *terms], values)), **gan_logs}

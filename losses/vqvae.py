@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .gan import (  # noqa: F401  (re-exported: the vqvae's tests and family import them from here)
     GANSettings,
+    ImageGANLoss,
     PatchDiscriminator,
     PatchGAN,
     adaptive_weight,
@@ -69,68 +70,16 @@ def batch_usage(indices: torch.Tensor, codebook_size: int) -> tuple[torch.Tensor
     return (counts > 0).float().mean(), entropy.exp()
 
 
-class VQVAELoss:
+class VQVAELoss(ImageGANLoss):
     """loss(model, batch, step) -> (loss, logs); the model's forward(x) returns (raw reconstruction, aux) with
     aux holding "vq", "commit", "entropy" and "indices". `perceptual`: a frozen LPIPS taking images in [-1, 1]
     (None only when perceptual_weight is 0). With disc_weight > 0 the loss owns a discriminator on `device`."""
-
-    def __init__(
-        self,
-        config: VQVAELossConfig,
-        perceptual: nn.Module | None = None,
-        in_channels: int = 3,
-        device: torch.device | str = "cpu",
-    ):
-        if config.perceptual_weight > 0 and perceptual is None:
-            raise ValueError("perceptual_weight is > 0 but no LPIPS module was given")
-        self.config, self.perceptual = config, perceptual
-        self.gan = build_gan(config.gan_settings(), in_channels, device)
-
-    @property
-    def discriminator(self) -> nn.Module | None:
-        """The patch discriminator (None without a GAN)."""
-        return self.gan.discriminator if self.gan is not None else None
-
-    # ---- state (the trainer's stateful-loss hook) -------------------------------------------------
-    def state_dict(self) -> dict:
-        """The discriminator's weights and its Adam state (empty without a GAN)."""
-        return self.gan.state_dict() if self.gan is not None else {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict() saved; a GAN run needs its discriminator back."""
-        if self.gan is not None:
-            self.gan.load_state_dict(state)
-
-    # ---- terms ------------------------------------------------------------------------------------
-    def recon_term(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Per-value mean L1 or L2 error on the [0, 1] scale."""
-        difference = (x_hat.float() - x.float()) / 2
-        return difference.abs().mean() if self.config.recon == "l1" else difference.pow(2).mean()
-
-    def perceptual_term(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-        """Mean LPIPS of images in [-1, 1]; None when its weight is 0."""
-        if self.config.perceptual_weight == 0:
-            return None
-        if x.ndim != 4 or x.shape[1] != 3:
-            raise ValueError(f"LPIPS needs RGB images (B, 3, H, W), got {tuple(x.shape)}; set perceptual_weight 0")
-        return self.perceptual(x_hat.float(), x.float()).mean()
-
-    def gan_terms(self, core: nn.Module, x: torch.Tensor, x_hat: torch.Tensor, rec_total: torch.Tensor, step: int):
-        """(generator loss term, logs): zero (and no logs) without a GAN; see losses/gan.py."""
-        if self.gan is None:
-            return torch.zeros((), device=x.device), {}
-        return self.gan.terms(core, x, x_hat, rec_total, step)
 
     def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch[0]
         core = getattr(model, "module", model)  # DDP / compiled wrappers keep the real model in .module
         x_hat, aux = model(x)
-        terms = {"rec": self.recon_term(x_hat, x)}
-        rec_total = terms["rec"]
-        perceptual = self.perceptual_term(x_hat, x)
-        if perceptual is not None:
-            terms["perc"] = perceptual
-            rec_total = rec_total + self.config.perceptual_weight * perceptual
+        terms, rec_total = self.image_terms(x_hat, x)
         terms.update({name: aux[name].float() for name in ("vq", "commit", "entropy")})
         gan, gan_logs = self.gan_terms(core, x, x_hat, rec_total, step)
         loss = rec_total + terms["vq"] + terms["commit"] + terms["entropy"] + gan
