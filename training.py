@@ -407,6 +407,7 @@ def main(args: argparse.Namespace) -> Path:
         run_config = run_config_for(args, dataset, model.config.to_dict())
         run_dir = open_run(plan, args.results_dir, run_config, int(resume["step"]) if resume else 0, info)
         logger = setup_logger(run_dir, info.is_main)
+        train_items = family_of_model(args.model_type).training_items(args, model, dataset, run_dir, info, logger)
         trainer = Trainer(
             model,
             train_model,
@@ -423,6 +424,7 @@ def main(args: argparse.Namespace) -> Path:
             MetricsWriter(run_dir / "metrics.jsonl" if info.is_main else None),
             args.num_workers,
             eval_dataset,
+            train_items,
         )
         start(trainer, resume, args, logger)
         params = sum(p.numel() for p in model.parameters())

@@ -55,3 +55,6 @@ class Family:
     summary: str = ""  # the description of its --help group
     prepare_model: Callable[[argparse.Namespace, nn.Module, object], None] = lambda args, model, dataset: None
     # (flags, built model, dataset): fill what the model takes from elsewhere (a frozen stage-1 network)
+    training_items: Callable[..., object] = lambda args, model, dataset, run_dir, info, logger: dataset
+    # what the training loader reads (e.g. cached latents of the dataset, kept in run_dir); renders and FID still
+    # use the dataset

@@ -37,7 +37,7 @@ UNET_FLAGS = ("unet_width", "unet_mults", "unet_res_blocks", "unet_attn_levels",
 DIFFUSION_FLAGS = ("timesteps", "noise_schedule", "prediction", "sampler", "eta", "dropout")
 KIND_FLAGS = {  # flags that only one or two kinds take
     "autoencoder": {*AE_FLAGS, "kl_weight", *GAN_FLAGS, "recon", "perceptual_weight"},
-    "latent": {*UNET_FLAGS, *DIFFUSION_FLAGS, "autoencoder", "timestep_bins", "label_dropout"},
+    "latent": {*UNET_FLAGS, *DIFFUSION_FLAGS, "autoencoder", "cache", "timestep_bins", "label_dropout"},
     "pixel": {*UNET_FLAGS, *DIFFUSION_FLAGS, "timestep_bins", "label_dropout"},
 }
 KIND_WORDS = {"autoencoder": "stage-1 autoencoder (ldm_ae_*)", "latent": "latent diffusion model (ldm_*)"}
@@ -67,6 +67,12 @@ def add_ldm_flags(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--sampler", choices=SAMPLERS, default=None, help="renders' sampler (default ddim)")
     group.add_argument("--eta", type=float, default=None, help="DDIM eta of the renders (0 = deterministic)")
     group.add_argument("--timestep_bins", type=int, default=10, help="loss logged per bin of t (t_bin_k)")
+    group.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ldm_*: encode the training images once into the run folder (--no-cache: every batch on the fly)",
+    )
 
 
 class LDMModel(abc.ABC):  # noqa: B024 (a virtual base: registered classes, no abstract methods)
@@ -259,7 +265,16 @@ def build_ldm_loss(args: argparse.Namespace, model: nn.Module, device: torch.dev
         perceptual = build_lpips(args.vgg_weights).to(device) if config.perceptual_weight > 0 else None
         return LDMAutoencoderLoss(config, perceptual, model.config.in_channels, device)
     settings = DiffusionLossConfig(label_dropout=args.label_dropout, timestep_bins=args.timestep_bins)
-    return DiffusionLoss(settings)
+    return DiffusionLoss(settings, model.config.timesteps)
+
+
+def ldm_training_items(args: argparse.Namespace, model: nn.Module, dataset, run_dir: Path, info, logger):
+    """A latent model trains on the run's latent cache (engine/latent_cache.py) unless --no-cache."""
+    from .latent_cache import cached_latents  # it imports engine.checkpoint, which imports the family table
+
+    if model.config.kind != "latent" or not args.cache:
+        return dataset
+    return cached_latents(model, dataset, args.hflip, run_dir, info, logger)
 
 
 LDM_RULES: tuple[Rule, ...] = (
@@ -293,4 +308,5 @@ LDM_FAMILY = Family(
     latent=None,  # a Gaussian latent grid, not a sphere
     summary="latent diffusion (ldm_ae_* autoencoders, ldm_* latent and ddpm_* pixel UNets)",
     prepare_model=prepare_ldm_model,
+    training_items=ldm_training_items,
 )

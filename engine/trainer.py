@@ -124,10 +124,18 @@ def loss_state(loss_fn) -> dict | None:
     return state_dict() if callable(state_dict) else None
 
 
-def epoch_stats(model: nn.Module) -> dict[str, float]:
-    """Statistics a model gathers over an epoch, then resets: its `epoch_stats()` ({name: float}) when it has one,
-    else its quantizer's usage_stats() as codebook_usage / codebook_perplexity; {} for a model with neither. The
-    model keeps them identical on every rank (the quantizer sums its counts over ranks as it counts)."""
+def epoch_stats(model: nn.Module, loss_fn=None) -> dict[str, float]:
+    """Statistics a model and its loss gather over an epoch, then reset: each one's `epoch_stats()`
+    ({name: float}) when it has one (the diffusion loss's per-timestep-bin means), else the model's quantizer's
+    usage_stats() as codebook_usage / codebook_perplexity; {} when there are none. They are identical on every rank
+    (the quantizer sums its counts over ranks as it counts; the loss sums over ranks when asked)."""
+    loss_hook = getattr(loss_fn, "epoch_stats", None)
+    stats = {name: float(value) for name, value in loss_hook().items()} if callable(loss_hook) else {}
+    return stats | model_epoch_stats(model)
+
+
+def model_epoch_stats(model: nn.Module) -> dict[str, float]:
+    """The model's own epoch statistics, or its quantizer's usage; {} for a model with neither."""
     hook = getattr(model, "epoch_stats", None)
     if callable(hook):
         return {name: float(value) for name, value in hook().items()}
@@ -199,6 +207,7 @@ class Trainer:
         metrics,
         num_workers: int = 0,
         eval_dataset=None,
+        train_items=None,
     ):
         self.model, self.train_model, self.loss_fn = model, train_model, loss_fn
         self.gradient_free = bool(getattr(loss_fn, "gradient_free", False))  # a stage fitted without gradients
@@ -219,7 +228,7 @@ class Trainer:
         )
         # its own generator: creating an iterator must not consume the global RNG (exact resume)
         self.loader = DataLoader(
-            dataset,
+            dataset if train_items is None else train_items,  # e.g. cached latents of the dataset's items
             batch_sampler=self.sampler,
             num_workers=num_workers,
             pin_memory=info.device.type == "cuda",
@@ -292,6 +301,8 @@ class Trainer:
         """The loss's own state (when it has one) as it was saved: a resumed GAN continues its discriminator."""
         if loss_state(self.loss_fn) is None:
             return
+        if ckpt.get("loss") is None and getattr(self.loss_fn, "state_optional", False):
+            return  # a loss whose state is bookkeeping (e.g. timestep bins) resumes an older checkpoint afresh
         if ckpt.get("loss") is None:
             raise CheckpointError(
                 f"checkpoint '{source}' has no loss state, which this loss keeps (e.g. a discriminator); "
@@ -420,7 +431,7 @@ class Trainer:
         epoch, settings = self.state.epoch, self.settings
         last = epoch == settings.epochs
         summary, self.history = epoch_summary(self.history), {}
-        stats = epoch_stats(self.model)
+        stats = epoch_stats(self.model, self.loss_fn)
         summary = " | ".join([part for part in (summary, *(f"{k} {v:.4g}" for k, v in stats.items())) if part])
         done = f"epoch {epoch}/{settings.epochs} done (step {self.state.step})"
         self.logger.info(done + (summary and f": {summary}"))

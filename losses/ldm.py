@@ -12,8 +12,8 @@ patch-GAN of losses/gan.py (hinge, adaptive weight at the decoder's last layer, 
 Diffusion (Ho et al. 2020; Salimans & Ho 2022 for v): t ~ U{1..T}, x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps,
 loss = mean (target - unet(x_t, t, y))^2 with target eps or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0. A
 conditional model's labels are replaced by the null class (index num_classes) with probability label_dropout, so
-classifier-free guidance has an unconditional branch. The per-sample losses are also logged by timestep bin
-(t_bin_k: bin k of `timestep_bins` equal bins of 1..T), for images/timestep_loss.png.
+classifier-free guidance has an unconditional branch. Every sample's loss is also summed into its timestep bin (bin k
+of `timestep_bins` equal bins of 1..T); each epoch's means (t_bin_k) draw images/timestep_loss.png.
 """
 
 from __future__ import annotations
@@ -98,25 +98,6 @@ class LDMAutoencoderLoss(ImageGANLoss):
         return loss, {**dict(zip(["loss", *terms], values)), **gan_logs}
 
 
-def sample_timesteps(batch: int, timesteps: int, device: torch.device) -> torch.Tensor:
-    """t ~ U{1..T} (index 0 is the clean image), (B,) long."""
-    return torch.randint(1, timesteps + 1, (batch,), device=device)
-
-
-def noised(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_bar: torch.Tensor) -> torch.Tensor:
-    """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps (Ho et al. 2020, eq. 4)."""
-    abar = alphas_bar.to(x0.device, torch.float32)[t].view(-1, *([1] * (x0.ndim - 1)))
-    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
-
-
-def target_of(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_bar, prediction: str) -> torch.Tensor:
-    """What the UNet predicts: eps, or v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0 (Salimans & Ho 2022)."""
-    if prediction == "eps":
-        return noise
-    abar = alphas_bar.to(x0.device, torch.float32)[t].view(-1, *([1] * (x0.ndim - 1)))
-    return abar.sqrt() * noise - (1 - abar).sqrt() * x0
-
-
 def drop_labels(labels: torch.Tensor | None, num_classes: int, probability: float) -> torch.Tensor | None:
     """Labels with each replaced by the null class (num_classes) with the given probability; None stays None."""
     if labels is None or num_classes == 0:
@@ -125,52 +106,94 @@ def drop_labels(labels: torch.Tensor | None, num_classes: int, probability: floa
     return torch.where(drop, torch.full_like(labels, num_classes), labels)
 
 
-def timestep_bin_logs(per_sample: torch.Tensor, t: torch.Tensor, timesteps: int, bins: int) -> dict[str, float]:
-    """{"t_bin_k": mean loss of the batch's samples whose t falls in bin k} for the bins present."""
-    index = ((t - 1) * bins // timesteps).clamp(0, bins - 1)
-    sums = torch.zeros(bins, device=t.device).index_add_(0, index, per_sample.detach().float())
-    counts = torch.bincount(index, minlength=bins)
-    means = (sums / counts.clamp_min(1)).tolist()
-    return {f"t_bin_{k}": means[k] for k, count in enumerate(counts.tolist()) if count > 0}
+class TimestepBins:
+    """The loss per timestep bin, summed over every sample of every step since the last `take()` (bin k holds
+    t in (k T / n, (k + 1) T / n]); saved with the loss so a resumed epoch's average still covers all its steps."""
+
+    def __init__(self, timesteps: int, bins: int):
+        self.timesteps, self.bins = timesteps, bins
+        self.sums, self.counts = torch.zeros(bins, dtype=torch.float64), torch.zeros(bins, dtype=torch.float64)
+
+    def add(self, per_sample: torch.Tensor, t: torch.Tensor) -> None:
+        index = ((t - 1) * self.bins // self.timesteps).clamp(0, self.bins - 1)
+        sums = torch.zeros(self.bins, device=t.device, dtype=torch.float64)
+        sums.index_add_(0, index, per_sample.detach().double())
+        counts = torch.bincount(index, minlength=self.bins).double()
+        if self.sums.device != t.device:  # follow the model's device: no host sync per step
+            self.sums, self.counts = self.sums.to(t.device), self.counts.to(t.device)
+        self.sums += sums
+        self.counts += counts
+
+    def take(self) -> dict[str, float]:
+        """{"t_bin_k": mean loss of bin k} for the bins that saw a sample (summed over ranks under DDP); resets."""
+        sums, counts = self.sums.clone(), self.counts.clone()
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(sums)
+            torch.distributed.all_reduce(counts)
+        self.sums.zero_(), self.counts.zero_()
+        means, counts = (sums / counts.clamp_min(1)).tolist(), counts.tolist()
+        return {f"t_bin_{k}": means[k] for k in range(self.bins) if counts[k] > 0}
+
+    def state_dict(self) -> dict:
+        return {"sums": self.sums.cpu(), "counts": self.counts.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["sums"].shape != (self.bins,):
+            raise ValueError(f"the saved loss has {len(state['sums'])} timestep bins, this run {self.bins}")
+        self.sums = state["sums"].to(self.sums.device, torch.float64)
+        self.counts = state["counts"].to(self.counts.device, torch.float64)
 
 
 class DiffusionLoss:
     """loss(model, batch, step) -> (loss, logs) for a LatentDiffusion or PixelDiffusion model: x0 from
-    `diffusion_input(model, batch)` (the scaled latents, or the pixels), the UNet as model.unet(x_t, t, labels),
-    the schedule's alphas_bar (T + 1 values, index 0 = 1) and config.prediction / timesteps / num_classes."""
+    `diffusion_input(core, batch)` (scaled latents of images or of cached posteriors, or the pixels), the UNet as
+    model.unet(x_t, t, labels), the model's schedule (training_timesteps, q_sample, training_target) and
+    config.prediction / timesteps / num_classes. The per-sample losses are gathered per timestep bin for the
+    epoch's t_bin_k (epoch_stats); the bins are the loss's saved state."""
 
-    def __init__(self, config: DiffusionLossConfig, input_fn=None):
+    state_optional = True  # checkpoints written before the bins were saved resume with empty bins
+
+    def __init__(self, config: DiffusionLossConfig, timesteps: int = 1000):
         self.config = config
-        self.input_fn = input_fn or default_input  # (core, batch) -> x0; the latent cache swaps in its own
+        self.bins = TimestepBins(timesteps, config.timestep_bins)
 
     def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         core = getattr(model, "module", model)
-        settings, alphas_bar = core.config, alphas_bar_of(core)
+        settings, schedule = core.config, core.schedule
         with torch.no_grad():
-            x0 = self.input_fn(core, batch).float()
-        t = sample_timesteps(x0.shape[0], settings.timesteps, x0.device)
+            x0 = diffusion_input(core, batch).float()
+        t = schedule.training_timesteps(x0.shape[0], device=x0.device)
         noise = torch.randn_like(x0)
         labels = batch[1] if len(batch) > 1 else None
         labels = drop_labels(labels, settings.num_classes, self.config.label_dropout)
-        prediction = core.unet(noised(x0, t, noise, alphas_bar), t, labels)
-        target = target_of(x0, t, noise, alphas_bar, settings.prediction)
+        prediction = core.unet(schedule.q_sample(x0, t, noise), t, labels)
+        target = schedule.training_target(x0, noise, t, settings.prediction)
         per_sample = (prediction.float() - target).pow(2).flatten(1).mean(1)  # (B,)
+        self.bins.add(per_sample, t)
         loss = per_sample.mean()
-        logs = {"loss": float(loss.detach()), "mse": float(loss.detach())}
-        logs.update(timestep_bin_logs(per_sample, t, settings.timesteps, self.config.timestep_bins))
-        return loss, logs
+        return loss, {"loss": float(loss.detach()), "mse": float(loss.detach())}
+
+    def epoch_stats(self) -> dict[str, float]:
+        """The epoch's mean loss per timestep bin, over every sample it trained (images/timestep_loss.png)."""
+        return self.bins.take()
+
+    def state_dict(self) -> dict:
+        return {"timestep_bins": self.bins.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.bins.load_state_dict(state["timestep_bins"])
 
 
-def alphas_bar_of(core: nn.Module) -> torch.Tensor:
-    """The model's schedule's alphas_bar (T + 1 values, index 0 = 1)."""
-    return core.schedule.alphas_bar
-
-
-def default_input(core: nn.Module, batch) -> torch.Tensor:
-    """x0 of a batch of images: a latent model's scaled latent z = mean + std eps (so the posterior is sampled),
-    a pixel model's images themselves."""
+def diffusion_input(core: nn.Module, batch) -> torch.Tensor:
+    """x0 of a batch: a latent model's scaled latent z = mean + std eps (a fresh posterior sample each step) of
+    images or of cached posteriors (B, F, 2, c, h, w), where one of the F encoded flips is picked per item with a
+    fair coin; a pixel model's images themselves."""
     x = batch[0]
     if getattr(core.config, "kind", "pixel") != "latent":
         return x
-    mean, std = core.latents(x)
+    if x.ndim == 6:  # the latent cache (engine/latent_cache.py)
+        flip = torch.randint(x.shape[1], (x.shape[0],), device=x.device) if x.shape[1] > 1 else 0
+        mean, std = x[torch.arange(x.shape[0], device=x.device), flip].unbind(1)
+    else:
+        mean, std = core.latents(x)
     return mean + std * torch.randn_like(mean)

@@ -17,13 +17,12 @@ from losses.ldm import (
     DiffusionLossConfig,
     LDMAELossConfig,
     LDMAutoencoderLoss,
+    TimestepBins,
+    diffusion_input,
     drop_labels,
     kl_divergence,
-    noised,
-    sample_timesteps,
-    target_of,
-    timestep_bin_logs,
 )
+from models.diffusion import Schedule
 
 
 def images(n: int = 4, size: int = 16, seed: int = 0) -> torch.Tensor:
@@ -130,11 +129,10 @@ class StandInUNet(nn.Module):
 
 
 def stand_in_diffusion(timesteps: int = 10, prediction: str = "eps", num_classes: int = 0):
-    """A pixel model's view: config, schedule.alphas_bar (T + 1, index 0 = 1), unet."""
+    """A pixel model's view: config, a schedule, unet."""
     model = nn.Module()
     model.unet = StandInUNet()
-    betas = torch.linspace(0.1, 0.5, timesteps)
-    model.schedule = SimpleNamespace(alphas_bar=torch.cat([torch.ones(1), torch.cumprod(1 - betas, 0)]))
+    model.schedule = Schedule(timesteps, "linear", 0.1, 0.5)
     model.config = SimpleNamespace(kind="pixel", timesteps=timesteps, prediction=prediction, num_classes=num_classes)
     return model
 
@@ -143,31 +141,72 @@ def test_the_eps_loss_of_a_zero_prediction_is_the_noise_power_and_x_t_is_the_for
     model = stand_in_diffusion()
     x0 = images(64)
     torch.manual_seed(0)
-    loss, logs = DiffusionLoss(DiffusionLossConfig())(model, (x0,), 0)
+    loss, logs = DiffusionLoss(DiffusionLossConfig(), 10)(model, (x0,), 0)
     torch.manual_seed(0)
-    t = sample_timesteps(64, 10, x0.device)
+    t = torch.randint(1, 11, (64,))
     noise = torch.randn_like(x0)
     x_t, seen_t, _ = model.unet.calls[0]
-    assert torch.equal(seen_t, t)
-    abar = model.schedule.alphas_bar[t].view(-1, 1, 1, 1)
+    assert torch.equal(seen_t, t) and t.min() >= 1
+    abar = model.schedule.alphas_bar[t].view(-1, 1, 1, 1).float()
     assert torch.allclose(x_t, abar.sqrt() * x0 + (1 - abar).sqrt() * noise, atol=1e-6)
     assert loss.item() == pytest.approx(noise.pow(2).mean().item(), rel=1e-5) and logs["mse"] == logs["loss"]
 
 
-def test_v_target_and_noised_endpoints():
-    x0, noise = torch.ones(2, 1, 2, 2), torch.full((2, 1, 2, 2), 3.0)
-    alphas_bar = torch.tensor([1.0, 0.25])
-    t = torch.tensor([0, 1])
-    assert noised(x0, t, noise, alphas_bar)[0].unique().item() == 1.0  # t = 0: the clean image
-    assert noised(x0, t, noise, alphas_bar)[1].unique().item() == pytest.approx(0.5 + math.sqrt(0.75) * 3)
-    v = target_of(x0, t, noise, alphas_bar, "v")
-    assert v[0].unique().item() == pytest.approx(3.0) and v[1].unique().item() == pytest.approx(1.5 - math.sqrt(0.75))
-    assert torch.equal(target_of(x0, t, noise, alphas_bar, "eps"), noise)
+def test_the_v_loss_regresses_v():
+    model = stand_in_diffusion(prediction="v")
+    x0 = images(64)
+    torch.manual_seed(0)
+    loss, _ = DiffusionLoss(DiffusionLossConfig(), 10)(model, (x0,), 0)
+    torch.manual_seed(0)
+    t = torch.randint(1, 11, (64,))
+    noise = torch.randn_like(x0)
+    abar = model.schedule.alphas_bar[t].view(-1, 1, 1, 1).float()
+    v = abar.sqrt() * noise - (1 - abar).sqrt() * x0
+    assert loss.item() == pytest.approx(v.pow(2).mean().item(), rel=1e-5)
 
 
-def test_training_timesteps_cover_1_to_T_and_never_0():
-    t = sample_timesteps(20_000, 50, torch.device("cpu"))
-    assert t.min().item() == 1 and t.max().item() == 50 and len(t.unique()) == 50
+class StandInLatent(nn.Module):
+    """A latent model's view for diffusion_input: config.kind, latents(x) -> (mean, std)."""
+
+    config = SimpleNamespace(kind="latent")
+
+    def latents(self, x):
+        return x[:, :1], x[:, 1:2].abs()
+
+
+def test_cached_posteriors_give_the_same_latents_as_encoding_and_pick_a_flip_per_item():
+    core, x = StandInLatent(), images(256, size=4)
+    torch.manual_seed(0)
+    fresh = diffusion_input(core, (x,))
+    mean, std = core.latents(x)
+    mirrored = torch.stack([mean.flip(-1) + 100, std], 1)  # an unmistakable "flipped" posterior
+    cached = torch.stack([torch.stack([mean, std], 1), mirrored], 1)  # (B, F=2, 2, c, h, w)
+    torch.manual_seed(0)
+    drawn = diffusion_input(core, (torch.stack([torch.stack([mean, std], 1)], 1),))  # F = 1
+    assert torch.allclose(drawn, fresh)  # one flip: exactly the on-the-fly draw
+    picked = diffusion_input(core, (cached,)).flatten(1).mean(1) > 50
+    assert 0.35 < picked.float().mean().item() < 0.65  # a fair coin per item
+
+
+def test_timestep_bins_average_every_sample_of_every_step_and_resume():
+    bins = TimestepBins(100, 10)
+    bins.add(torch.tensor([1.0, 3.0, 10.0]), torch.tensor([1, 10, 100]))
+    resumed = TimestepBins(100, 10)
+    resumed.load_state_dict(bins.state_dict())
+    resumed.add(torch.tensor([5.0, 4.0]), torch.tensor([51, 5]))
+    assert resumed.take() == {"t_bin_0": 8 / 3, "t_bin_5": 5.0, "t_bin_9": 10.0}
+    assert resumed.take() == {}  # taking resets
+    with pytest.raises(ValueError, match="timestep bins"):
+        TimestepBins(100, 5).load_state_dict(bins.state_dict())
+
+
+def test_the_diffusion_loss_gathers_its_bins_for_the_epoch():
+    model, loss_fn = stand_in_diffusion(), DiffusionLoss(DiffusionLossConfig(timestep_bins=2), 10)
+    for _ in range(3):
+        loss_fn(model, (images(8),), 0)
+    stats = loss_fn.epoch_stats()
+    assert set(stats) == {"t_bin_0", "t_bin_1"} and int(loss_fn.bins.counts.sum()) == 0
+    assert loss_fn.state_optional and set(loss_fn.state_dict()) == {"timestep_bins"}
 
 
 def test_label_dropout_uses_the_null_class():
@@ -180,13 +219,6 @@ def test_label_dropout_uses_the_null_class():
     model = stand_in_diffusion(num_classes=10)
     DiffusionLoss(DiffusionLossConfig(label_dropout=1.0))(model, (images(4), torch.tensor([1, 2, 3, 4])), 0)
     assert model.unet.calls[0][2].tolist() == [10, 10, 10, 10]
-
-
-def test_timestep_bins_average_the_samples_of_each_bin():
-    per_sample = torch.tensor([1.0, 3.0, 10.0, 5.0])
-    t = torch.tensor([1, 10, 100, 51])
-    logs = timestep_bin_logs(per_sample, t, 100, 10)
-    assert logs == {"t_bin_0": 2.0, "t_bin_5": 5.0, "t_bin_9": 10.0}
 
 
 def test_bad_settings_are_refused():

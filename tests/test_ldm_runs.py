@@ -10,12 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, safe_open
 
 import evaluate
 import sampling
 import training
-from engine.checkpoint import load_checkpoint
+from engine.checkpoint import load_checkpoint, load_model_from_checkpoint
+from engine.data import build_dataset
 from engine.family_ldm import load_autoencoder, state_sha256
+from engine.latent_cache import CACHE_FILE, write_cache
 
 AE = ("--model_type", "ldm_ae_tiny", "--ae_width", "16", "--perceptual_weight", "0", "--lr", "2e-2")
 AE_GAN = ("--disc_layers", "2", "--disc_width", "8", "--disc_start", "20")
@@ -94,9 +97,53 @@ def test_the_latent_unet_learns_and_its_checkpoint_holds_the_autoencoder(latent_
     assert 0.1 < model["latent_scale"] < 10 and torch.equal(ckpt["model"]["latent_scale"], ckpt["ema"]["latent_scale"])
     images = sorted(path.name for path in (latent_run / "images").iterdir())
     assert {"timestep_loss.png", "epoch_0002_samples_10step.png", "epoch_0002_samples_50step.png"} <= set(images)
-    assert any(
-        key.startswith("t_bin_") for key in json.loads((latent_run / "metrics.jsonl").read_text().split("\n")[0])
-    )
+    epochs = [record for record in map(json.loads, (latent_run / "metrics.jsonl").read_text().splitlines())]
+    bins = [record for record in epochs if "t_bin_0" in record]
+    assert [record["epoch"] for record in bins] == [1, 2] and all(f"t_bin_{k}" in bins[0] for k in range(10))
+    assert not any("t_bin_0" in record for record in epochs if "mse" in record)  # epoch means, not step samples
+
+
+def test_the_latent_cache_holds_each_image_and_its_mirror_image_posteriors(latent_run, ae_run):
+    tensors = load_file(str(latent_run / CACHE_FILE))
+    with safe_open(str(latent_run / CACHE_FILE), framework="pt") as file:
+        metadata = file.metadata()
+    model, _ = load_model_from_checkpoint(latent_run / "checkpoints" / "checkpoint_latest.pth")
+    dataset = build_dataset("demo", 16, train=True, hflip=False)
+    images = torch.stack([dataset[i][0] for i in range(8)])
+    mean, std = model.latents(images)
+    flipped_mean, _ = model.latents(images.flip(-1))
+    posteriors = tensors["posteriors"]
+    assert posteriors.shape == (len(dataset), 2, 2, 4, 4, 4) and metadata["flips"] == "2"
+    assert torch.allclose(posteriors[:8, 0, 0], mean, atol=1e-5) and torch.allclose(posteriors[:8, 0, 1], std)
+    assert torch.allclose(posteriors[:8, 1, 0], flipped_mean, atol=1e-5)
+    assert not torch.allclose(flipped_mean, mean.flip(-1), atol=1e-3)  # why the mirror images are encoded
+    assert metadata["autoencoder_sha256"] == load_autoencoder(str(ae_run))[2]
+    assert torch.equal(tensors["labels"], dataset.labels)
+
+
+def test_the_latent_cache_is_reused_on_resume_and_rebuilt_when_its_source_changes(ae_run, tmp_path):
+    run = train(*flags(tmp_path, *LATENT, "--autoencoder", str(ae_run), steps=2, epochs=1))
+    cache = run / CACHE_FILE
+    first = cache.stat().st_mtime_ns
+    assert train(*flags(tmp_path, *LATENT, "--autoencoder", str(ae_run), steps=2, epochs=2)) == run
+    assert cache.stat().st_mtime_ns == first and (run / "log.txt").read_text().count("encoding ") == 1
+    tensors = load_file(str(cache))
+    write_cache(cache, tensors["posteriors"] + 1, tensors["labels"], {"autoencoder_sha256": "another"})
+    train(*flags(tmp_path, *LATENT, "--autoencoder", str(ae_run), steps=2, epochs=3))
+    log = (run / "log.txt").read_text()
+    assert "(autoencoder, scale, data or flips changed" in log
+    assert torch.equal(load_file(str(cache))["posteriors"], tensors["posteriors"])
+    cache.write_bytes(cache.read_bytes()[:100])  # a truncated file is rebuilt too
+    train(*flags(tmp_path, *LATENT, "--autoencoder", str(ae_run), steps=2, epochs=4))
+    assert torch.equal(load_file(str(cache))["posteriors"], tensors["posteriors"])
+
+
+def test_training_on_the_cache_is_training_on_the_fly_without_flips(ae_run, tmp_path):
+    common = (*LATENT, "--autoencoder", str(ae_run), "--no-hflip")
+    cached = train(*flags(tmp_path / "cached", *common, steps=6, epochs=1))
+    fly = train(*flags(tmp_path / "fly", *common, "--no-cache", steps=6, epochs=1))
+    assert not (fly / CACHE_FILE).exists() and (cached / CACHE_FILE).is_file()
+    assert records_of(cached, "mse") == pytest.approx(records_of(fly, "mse"), rel=1e-4)
 
 
 def test_the_pixel_unet_learns_and_renders_samples_without_reconstructions(pixel_run):
