@@ -1,7 +1,9 @@
 """The ldm family's web export (docs/web_format.md): which layers stay fp16 in q8/q4, the index.json fields and
 which ldm models the format cannot hold. Three kinds share it: an `autoencoder` file holds the KL autoencoder
 (`encoder.*`, `decoder.*`); a `latent` file holds the UNet (`unet.*`), the frozen autoencoder (`autoencoder.*`) and
-the buffer `latent_scale`; a `pixel` file holds the UNet alone. The diffusion settings travel in the config."""
+the buffer `latent_scale`; a `pixel` file holds the UNet alone (a class-conditional UNet also `unet.label_embed`,
+whose last row is the null class). The diffusion settings travel in the config; the sampler defaults (`sampler`,
+`eta`) are optional keys, so files written before they existed still read (as DDIM, η = 0)."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ LDM_WEB_KEYS = (
     "prediction",
 )
 KINDS = ("autoencoder", "latent", "pixel")
+SAMPLER_DEFAULTS = {"sampler": "ddim", "eta": 0.0}  # what a file without these keys samples with (LDMConfig's defaults)
 # the AE's edges: first and last layers, and both sides of the latent (its error lands on every pixel)
 AE_EDGES = ("encoder.conv_in", "encoder.conv_out", "decoder.conv_in", "decoder.conv_out")
 # the UNet's edges and its time-embedding MLP (every ResBlock's scale and shift goes through it)
@@ -64,7 +67,8 @@ def ldm_latent_shape(config: dict) -> list[int]:
 
 
 def ldm_index_fields(config: dict) -> dict:
-    """Kind, latent shape, downsample factor, latent scale and the diffusion settings of an index entry."""
+    """Kind, latent shape, downsample factor, latent scale, the diffusion settings and sampler defaults of an index
+    entry (num_classes, which the page needs for its class picker, is common to every family's entry)."""
     reason = ldm_web_unsupported(config)
     if reason:
         raise ValueError(reason)
@@ -75,6 +79,7 @@ def ldm_index_fields(config: dict) -> dict:
     }
     if config["kind"] != "autoencoder":
         fields |= {key: config.get(key) for key in ("timesteps", "beta_schedule", "prediction")}
+        fields |= {key: config.get(key, default) for key, default in SAMPLER_DEFAULTS.items()}
     if config["kind"] == "latent":
         fields["latent_scale"] = config.get("latent_scale") or 1.0  # None: not computed yet, the model uses 1
     return fields

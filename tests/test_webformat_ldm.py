@@ -1,5 +1,6 @@
 """The ldm family in the sphere-web format: the three kinds (autoencoder, latent, pixel) written in every mode and read
-back against the PyTorch model, the fp16 policy (norms, time embedding, edge layers), index.json fields."""
+back against the PyTorch model, the fp16 policy (norms, time embedding, edge layers), index.json fields,
+class-conditional UNets (label table, sampler defaults) and files written before the sampler keys existed."""
 
 from __future__ import annotations
 
@@ -25,13 +26,14 @@ def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
     return model.eval()
 
 
-def build(kind: str, seed: int = 0) -> torch.nn.Module:
+def build(kind: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A perturbed tiny model of a kind; overrides go to a UNet kind's config (num_classes, sampler, eta...)."""
     if kind == "autoencoder":
         return perturbed(LDM_MODELS["ldm_ae_tiny"](**AE), seed)
     if kind == "pixel":
-        return perturbed(LDM_MODELS["ddpm_tiny"](image_size=16, **UNET), seed)
+        return perturbed(LDM_MODELS["ddpm_tiny"](image_size=16, **UNET, **overrides), seed)
     ae = build("autoencoder", seed + 1)
-    model = LDM_MODELS["ldm_tiny"](**AE, **UNET, autoencoder=ae.config.to_dict(), latent_scale=0.8)
+    model = LDM_MODELS["ldm_tiny"](**AE, **UNET, autoencoder=ae.config.to_dict(), latent_scale=0.8, **overrides)
     perturbed(model.unet, seed)
     model.autoencoder.load_state_dict(ae.state_dict())
     return model.eval()
@@ -42,7 +44,8 @@ def relative_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 def outputs(model: torch.nn.Module) -> torch.Tensor:
-    """What a file must reproduce: the AE round trip and decode, or one UNet pass (and the latents' decode)."""
+    """What a file must reproduce: the AE round trip and decode, or one UNet pass (and the latents' decode); a
+    conditional UNet's pass takes a class and the null class."""
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
         if model.config.kind == "autoencoder":
@@ -50,7 +53,8 @@ def outputs(model: torch.nn.Module) -> torch.Tensor:
             z = torch.randn(2, 4, 8, 8, generator=gen)
             return torch.cat([model.reconstruct(x).flatten(), model.decode(z).flatten()])
         x = torch.randn(2, *model.diffusion_shape, generator=gen)
-        out = model(x, torch.tensor([999, 17])).flatten()
+        labels = torch.tensor([3, model.config.num_classes]) if model.config.num_classes else None
+        out = model(x, torch.tensor([999, 17]), labels).flatten()
         if model.config.kind == "latent":
             out = torch.cat([out, model.decode_latents(x).flatten()])
         return out
@@ -129,3 +133,53 @@ def test_a_stage2_checkpoint_exports_with_its_frozen_autoencoder(tmp_path):
     assert abs(float(loaded.latent_scale) - 0.8) < 1e-3  # the buffer is F16 outside fp32 files; the config is exact
     assert loaded.config.latent_scale == 0.8 and not any(p.requires_grad for p in loaded.autoencoder.parameters())
     assert relative_l2(outputs(loaded), outputs(model)) <= REL_L2["q8"]
+
+
+def without_config_keys(path, keys: tuple[str, ...]) -> None:
+    """Rewrite a web file's header without `keys` in its config, as files written before they existed (the data
+    section and its hash are kept byte for byte)."""
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    config = json.loads(header["__metadata__"]["config"])
+    header["__metadata__"]["config"] = json.dumps({k: v for k, v in config.items() if k not in keys})
+    text = json.dumps(header, separators=(",", ":"))
+    text += " " * (-(8 + len(text)) % 8)  # the data section starts at a multiple of 8 (docs/web_format.md §1)
+    path.write_bytes(len(text).to_bytes(8, "little") + text.encode() + raw[8 + header_len :])
+
+
+@pytest.mark.parametrize("kind", ["latent", "pixel"])
+def test_a_conditional_model_exports_its_label_table_and_sampler_defaults(tmp_path, kind):
+    model = build(kind, num_classes=10, sampler="ddpm", eta=0.5)
+    perturbed(model.unet.label_embed, 4)  # rows that differ from each other, so a wrong class shows
+    (tmp_path / "cond").mkdir()
+    path = tmp_path / "cond" / "model_q8.safetensors"
+    export_model(model, path, "q8")
+    metadata, tensors = read_raw(path)
+    assert "unet.label_embed.weight" not in json.loads(metadata["quantization"])  # an embedding stays fp16
+    assert tensors["unet.label_embed.weight"].shape == (11, 4 * UNET["unet_width"])  # the last row: the null class
+    loaded = load_model_from_web_weights(path)
+    assert (loaded.config.num_classes, loaded.config.sampler, loaded.config.eta) == (10, "ddpm", 0.5)
+    assert relative_l2(outputs(loaded), outputs(model)) <= REL_L2["q8"]
+    (entry,) = write_index(tmp_path)
+    page_needs = {
+        "kind": kind,
+        "num_classes": 10,
+        "sampler": "ddpm",
+        "eta": 0.5,
+        "timesteps": 1000,
+        "prediction": "eps",
+    }
+    assert {key: entry.get(key) for key in page_needs} == page_needs
+
+
+def test_a_file_without_sampler_keys_reads_as_ddim_eta_zero(tmp_path):
+    (tmp_path / "old").mkdir()
+    path = tmp_path / "old" / "model_fp16.safetensors"
+    export_model(build("pixel", sampler="ddpm", eta=0.3), path, "fp16")
+    without_config_keys(path, ("sampler", "eta"))
+    loaded = load_model_from_web_weights(path)
+    assert (loaded.config.sampler, loaded.config.eta) == ("ddim", 0.0)
+    (entry,) = write_index(tmp_path)
+    assert (entry["sampler"], entry["eta"]) == ("ddim", 0.0)
+    assert "sampler" not in LDM_WEB.required_config_keys and "eta" not in LDM_WEB.required_config_keys

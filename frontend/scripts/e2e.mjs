@@ -3,8 +3,10 @@
 // that the canvases are not blank; also reconstruct a bundled sample, loop, roam and the interpolation pad.
 // Then the psvae family: a z_dim-3 model generates, reconstructs and decodes what its globe shows as it is
 // dragged and hovered; a decoder-only file says why it cannot reconstruct; a 1-D model and an unknown family
-// are refused in one line. A latent-diffusion model generates by DDIM showing each step's x̂_0; its autoencoder
-// reconstructs. Saves test-results/e2e.png (sphere), e2e-psvae.png, e2e-globe.png and e2e-ldm.png.
+// are refused in one line. A latent-diffusion model generates by DDIM showing each step's x̂_0; a class-conditional
+// one starts with its file's sampler (DDPM) and generates a chosen class with guidance by DDIM η 0.5; an
+// autoencoder reconstructs. Saves test-results/e2e.png (sphere), e2e-psvae.png, e2e-globe.png, e2e-ldm.png and
+// e2e-ldm-cond.png.
 // Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8]
 import fs from "node:fs";
 import path from "node:path";
@@ -336,6 +338,40 @@ try {
     `the DDIM sample is not blank (ranges ${ldmImages.map((img) => range(img.rgb)).join(", ")})`,
   );
   await page.locator("#generate-panel").screenshot({ path: path.join(root, "test-results", "e2e-ldm.png") });
+  check((await page.inputValue("#sampler")) === "ddim" && (await page.isHidden(".conditional")), "DDIM by default, no class picker");
+
+  // a class-conditional latent model: its file's sampler (DDPM, so no η) at load with the null class; then class 3
+  // with guidance 2 by DDIM η 0.5
+  await pickModel("ldm_cond16");
+  check((await waitState("ready")) === "ready", "loads ldm_cond16");
+  const classes = await page.evaluate(() => [...document.querySelectorAll("#class-select option")].map((o) => o.textContent));
+  check(classes.length === 11 && classes[0] === "none (null class)", `class picker: ${classes.join(", ")}`);
+  check((await page.inputValue("#sampler")) === "ddpm" && (await page.isHidden("#eta")), "the file's sampler (DDPM) is picked, η hidden");
+  check(
+    /10 steps \(DDPM, null class, guidance 1\)/.test(await page.textContent("#generate-status")),
+    `generated at load: ${await page.textContent("#generate-status")}`,
+  );
+  await page.selectOption("#class-select", "3");
+  await page.selectOption("#sampler", "ddim");
+  await page.evaluate(() => {
+    for (const [id, value] of [
+      ["guidance", "2"],
+      ["eta", "0.5"],
+    ]) {
+      const input = document.getElementById(id);
+      input.value = value;
+      input.dispatchEvent(new Event("input"));
+    }
+  });
+  check(await page.isVisible("#eta"), "η is shown for DDIM");
+  const generatedBefore = await generatedCount();
+  await page.click("#generate");
+  await page.waitForFunction((n) => Number(document.body.dataset.generated ?? 0) > n, generatedBefore, { timeout: 120_000 });
+  const condStatus = await page.textContent("#generate-status");
+  check(/10 steps \(DDIM η 0\.5, class 3, guidance 2\), seed \d+: \d+ ms/.test(condStatus), `guided DDIM η 0.5: ${condStatus}`);
+  const condImage = await pixels("#grid canvas:nth-child(1)");
+  check(condImage.width === 16 && range(condImage.rgb) > 20, `the guided sample is not blank (range ${range(condImage.rgb)})`);
+  await page.locator("#generate-panel").screenshot({ path: path.join(root, "test-results", "e2e-ldm-cond.png") });
   await pickModel("ldm_ae16");
   check((await waitState("ready")) === "ready", "loads ldm_ae16");
   check(

@@ -9,6 +9,8 @@ Writes frontend/test-fixtures/ (git-ignored):
                                          map); none for the 1-D psvae, which the page does not show
   <model>/dequant_<mode>.safetensors    the float32 state dict read back by engine.webformat
   kernels.safetensors + kernels.json    single-op cases (GEMM in every encoding, convs, norms, attention...)
+  diffusion.safetensors + diffusion.json  whole DDIM (η > 0) and DDPM runs of models/diffusion.py with a
+                                         recording denoiser: each step's x, network output and step noise
   index.json                             the demo's model list for these files (engine.webformat.write_index)
   manifest.json                          what was written, with configs (written last: marks completion)
 
@@ -45,7 +47,7 @@ from engine.webformat import (  # noqa: E402
     write_index,
 )
 from models import build_model  # noqa: E402
-from models.diffusion import ddim_sample, ddim_timesteps  # noqa: E402
+from models.diffusion import Schedule, ddim_sample, ddim_timesteps, ddpm_sample, guided_denoiser  # noqa: E402
 from models.layers import apply_rope, rope_angles_2d, sincos_pos_embed_2d, sphere_project  # noqa: E402
 from models.ldm import timestep_embedding  # noqa: E402
 
@@ -130,12 +132,18 @@ VQVAE = {
 }
 MODELS.update(VQVAE)
 # latent diffusion (models/ldm.py): a 16 px KL autoencoder (f2, 4 latent channels), a stage-2 UNet on its 8x8
-# latents (width 16, attention with 2 heads at the 4x4 level) and a pixel UNet (v-prediction, cosine schedule)
+# latents (width 16, attention with 2 heads at the 4x4 level), the same class-conditional (10 classes, DDPM and
+# η 0.5 as the file's sampler defaults) and a pixel UNet (v-prediction, cosine schedule)
 LDM_AE = dict(image_size=16, ae_width=16, ae_mults=(1, 2), ae_res_blocks=1, latent_channels=4, ae_groups=8)
 LDM_UNET = dict(unet_width=16, unet_mults=(1, 2), unet_res_blocks=1, unet_attn_levels=(1,), unet_groups=8, unet_heads=2)
 LDM = {
     "ldm_ae16": ("ldm_ae_tiny", LDM_AE, MODES),
     "ldm_tiny16": ("ldm_tiny", dict(**LDM_AE, **LDM_UNET, latent_scale=0.8), MODES),
+    "ldm_cond16": (
+        "ldm_tiny",
+        dict(**LDM_AE, **LDM_UNET, latent_scale=0.8, num_classes=10, sampler="ddpm", eta=0.5),
+        ("fp32", "q8"),
+    ),
     # two blocks per level (three on the way up), attention at 8x8: the skip bookkeeping of the bigger UNets
     "ddpm16": (
         "ddpm_tiny",
@@ -151,6 +159,16 @@ LDM = {
 MODELS.update(LDM)
 LDM_TIME = 600  # the timestep of the one-pass UNet references
 LDM_STEPS = 3  # DDIM steps of the whole-loop references
+LDM_ETA = 0.5  # η of the stochastic DDIM references
+# name -> (sampler, η, prediction, beta schedule, x̂_0 clip, steps) of the unit tests' recorded sampler runs
+SAMPLER_CASES = {
+    "ddim_eta_half_eps_linear": ("ddim", 0.5, "eps", "linear", None, 4),
+    "ddim_eta_one_v_cosine_clip": ("ddim", 1.0, "v", "cosine", 1.0, 4),
+    "ddpm_eps_linear_clip": ("ddpm", 0.0, "eps", "linear", 1.0, 4),
+    "ddpm_v_cosine": ("ddpm", 0.0, "v", "cosine", None, 5),
+}
+SAMPLER_SHAPE = (2, 3, 4, 4)  # (n, C, h, w) of the recorded runs
+SAMPLER_SCHEDULE = dict(timesteps=1000, beta_start=1e-4, beta_end=0.02)  # DDPM's linear range (cosine ignores it)
 DECODER_ONLY = {"psvae_decoder16"}  # models whose files keep only the decoder.* tensors
 GUIDANCE = 2.0
 RECON_ANGLE = 30.0  # degrees of re-noising between reconstruction rounds
@@ -283,7 +301,8 @@ def vqvae_references(model, images: torch.Tensor, labels: torch.Tensor | None, s
 def ldm_references(model, images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor]:
     """Autoencoder: the posterior mean, decode of random latents (clamped), reconstruction. Stage 2 and pixel: one UNet
     pass at LDM_TIME with its time features, one DDIM step (T -> the next time of a 10-step run), a LDM_STEPS-step
-    DDIM run from a given x_T with the decoded x̂_0 of each step; stage 2 also the autoencoder's round trip."""
+    DDIM run from a given x_T with the decoded x̂_0 of each step; stage 2 also the autoencoder's round trip, pixel a
+    DDPM run; a conditional UNet its passes with labels and guidance, its stochastic runs (conditional_references)."""
     gen = torch.Generator().manual_seed(seed)
     if model.config.kind == "autoencoder":
         latents = torch.randn((images.shape[0], model.config.latent_channels, 8, 8), generator=gen)
@@ -293,6 +312,8 @@ def ldm_references(model, images: torch.Tensor, labels: torch.Tensor | None, see
     x = torch.randn((images.shape[0], *model.diffusion_shape), generator=gen)
     t = torch.full((len(x),), LDM_TIME)
     out = {"x": x, "t": t.float(), "time_features": timestep_embedding(t, model.config.unet_width), "unet": model(x, t)}
+    if labels is not None:
+        out |= conditional_references(model, x, t, labels, seed)
     first, second = ddim_timesteps(model.config.timesteps, 10)[:2]
     t = torch.full((len(x),), first)
     x0, eps = model.schedule.predict_x0_eps(x, t, model(x, t), model.config.prediction)
@@ -307,7 +328,33 @@ def ldm_references(model, images: torch.Tensor, labels: torch.Tensor | None, see
     out["sample_steps"] = torch.stack([model._to_images(p) for p in predictions])
     if model.config.kind == "latent":
         out |= {"images": images, "reconstruct": model.reconstruct(images)}
+    if model.config.kind == "pixel":  # DDPM with x̂_0 clamped and ε̂ recomputed
+        out |= stochastic_sample(model, None, 1.0, seed, "ddpm", "sample_ddpm")
     return {k: v.float().contiguous() for k, v in out.items()}
+
+
+@torch.no_grad()
+def conditional_references(model, x, t, labels, seed: int) -> dict[str, torch.Tensor]:
+    """A class-conditional UNet: one pass with labels (a class and the null class), one guided pass (w = GUIDANCE),
+    a guided DDPM run (the file's default sampler) and a DDIM η = LDM_ETA run with the labels."""
+    out = {"labels": labels.float(), "unet": model(x, t, labels)}
+    out["unet_guided"] = guided_denoiser(model.unet, labels, model.config.num_classes, GUIDANCE)(x, t)
+    out |= stochastic_sample(model, labels, GUIDANCE, seed, "ddpm", "sample_ddpm")
+    out |= stochastic_sample(model, labels, 1.0, seed, "ddim", "sample_ddim_eta")
+    return out
+
+
+@torch.no_grad()
+def stochastic_sample(model, labels, cfg: float, seed: int, sampler: str, name: str) -> dict[str, torch.Tensor]:
+    """model.sample(LDM_STEPS) and what its generator drew, replayed for the browser: x_T, then one (n, C, h, w) draw
+    per step with σ > 0 (all but the last: DDPM and DDIM η > 0 add no noise on the step to t = 0)."""
+    n = len(labels) if labels is not None else BATCH
+    generator = torch.Generator().manual_seed(seed + 3)
+    kwargs = dict(labels=labels, cfg=cfg, sampler=sampler, eta=LDM_ETA)
+    images = model.sample(n, steps=LDM_STEPS, generator=torch.Generator().manual_seed(seed + 3), **kwargs)
+    x_T = torch.randn((n, *model.diffusion_shape), generator=generator)
+    noise = torch.stack([torch.randn((n, *model.diffusion_shape), generator=generator) for _ in range(LDM_STEPS - 1)])
+    return {name: images, f"{name}_x_T": x_T, f"{name}_noise": noise}
 
 
 def model_references(model, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor] | None:
@@ -492,6 +539,35 @@ def kernel_cases() -> tuple[dict[str, torch.Tensor], list[dict]]:
     return {k: v.float().contiguous() for k, v in tensors.items()}, cases
 
 
+def recorded_sampler_runs() -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
+    """Each SAMPLER_CASES run of ddim_sample / ddpm_sample with a denoiser that returns fixed random outputs and
+    records the x it is given: every step's x (steps + 1, *SAMPLER_SHAPE, the last the result), the outputs and the
+    step noise the generator drew (replayed), so the unit tests redo each step with the same numbers."""
+    tensors, cases = {}, {}
+    for i, (name, (sampler, eta, prediction, kind, clip, steps)) in enumerate(SAMPLER_CASES.items()):
+        gen = torch.Generator().manual_seed(100 + i)
+        schedule = Schedule(kind=kind, **SAMPLER_SCHEDULE)
+        outputs = torch.randn((steps, *SAMPLER_SHAPE), generator=gen)
+        x_T = torch.randn(SAMPLER_SHAPE, generator=gen)
+        seen = []
+
+        def denoise(x, t, outputs=outputs, seen=seen):
+            seen.append(x.clone())
+            return outputs[len(seen) - 1]
+
+        common = dict(prediction=prediction, generator=torch.Generator().manual_seed(200 + i), clip_x0=clip)
+        if sampler == "ddim":
+            result = ddim_sample(denoise, schedule, x_T, steps, eta=eta, **common)
+        else:
+            result = ddpm_sample(denoise, schedule, x_T, steps, **common)
+        replay = torch.Generator().manual_seed(200 + i)
+        noise = torch.stack([torch.randn(SAMPLER_SHAPE, generator=replay) for _ in range(steps - 1)])
+        tensors |= {f"{name}.x": torch.stack([*seen, result]), f"{name}.outputs": outputs, f"{name}.noise": noise}
+        cases[name] = {"sampler": sampler, "eta": eta, "prediction": prediction, "beta_schedule": kind, "clip": clip}
+        cases[name] |= {"steps": steps, **SAMPLER_SCHEDULE}
+    return {k: v.float().contiguous() for k, v in tensors.items()}, cases
+
+
 def main(args: argparse.Namespace) -> None:
     out_dir = Path(args.out)
     digest = inputs_digest()
@@ -507,7 +583,11 @@ def main(args: argparse.Namespace) -> None:
     tensors, cases = kernel_cases()
     save_file(tensors, str(out_dir / "kernels.safetensors"))
     (out_dir / "kernels.json").write_text(json.dumps(cases, indent=1))
+    tensors, runs = recorded_sampler_runs()
+    save_file(tensors, str(out_dir / "diffusion.safetensors"))
+    (out_dir / "diffusion.json").write_text(json.dumps(runs, indent=1))
     manifest = {"digest": digest, "batch": BATCH, "guidance": GUIDANCE, "recon_angle": RECON_ANGLE, "models": models}
+    manifest |= {"ldm_steps": LDM_STEPS, "ldm_eta": LDM_ETA}
     write_index(out_dir)  # index.json as batch_export.py writes it: the e2e test and the benchmark serve this folder
     manifest_path.write_text(json.dumps(manifest, indent=1))
     print(f"wrote fixtures for {', '.join(models)} and {len(cases)} kernel cases to {out_dir}")

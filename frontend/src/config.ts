@@ -97,7 +97,7 @@ export interface LDMConfig {
   kind: "autoencoder" | "latent" | "pixel";
   image_size: number;
   in_channels: number;
-  num_classes: number;
+  num_classes: number; // UNet kinds: 0 = unconditional, else label_embed has a null class at index num_classes
   ae_width: number;
   ae_mults: number[];
   ae_res_blocks: number;
@@ -114,6 +114,8 @@ export interface LDMConfig {
   beta_start: number;
   beta_end: number;
   prediction: "eps" | "v";
+  sampler?: "ddim" | "ddpm"; // the default sampler; absent in files written before it existed: ddim
+  eta?: number; // the default DDIM η in [0, 1]; absent in older files: 0 (deterministic)
   autoencoder: LDMConfig | null;
   latent_scale: number | null;
 }

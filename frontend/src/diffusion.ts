@@ -1,11 +1,15 @@
 /**
- * Diffusion math on the CPU (models/diffusion.py): the noise schedule ᾱ_t for t = 0..T (ᾱ_0 = 1), the DDIM
- * times ("trailing": T down to 0), the network output turned into (x̂_0, ε̂), and the deterministic DDIM step
- * (η = 0). The page runs the UNet on the GPU and these between passes.
+ * Diffusion math on the CPU (models/diffusion.py): the noise schedule ᾱ_t for t = 0..T (ᾱ_0 = 1), the sampler
+ * times ("trailing": T down to 0), classifier-free guidance of two network outputs, the output turned into
+ * (x̂_0, ε̂), and the two samplers' steps: DDIM with any η and DDPM's ancestral step over strided times. The page
+ * runs the UNet on the GPU and these between passes.
  */
 
 const COSINE_OFFSET = 0.008;
 const MAX_BETA = 0.999;
+
+export const SAMPLERS = ["ddim", "ddpm"] as const;
+export type Sampler = (typeof SAMPLERS)[number];
 
 export interface ScheduleConfig {
   timesteps: number;
@@ -71,11 +75,65 @@ export function predictX0Eps(
   return { x0, eps };
 }
 
-/** The DDIM step with η = 0: x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev) ε̂. */
-export function ddimStep(x0: Float32Array, eps: Float32Array, alphaBarPrev: number): Float32Array {
+/** ε̂ = ε̂_∅ + w (ε̂_c − ε̂_∅) (guided_denoiser) of the two halves [cond; uncond] of a doubled batch's output. */
+export function guide(output: Float32Array, guidance: number): Float32Array {
+  const half = output.length / 2;
+  const out = new Float32Array(half);
+  for (let i = 0; i < half; i++) out[i] = output[half + i] + guidance * (output[i] - output[half + i]);
+  return out;
+}
+
+/**
+ * σ of the step t -> prev, the scale of its fresh noise: DDIM's σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev)
+ * (Song et al. 2021 eq. 16), or DDPM's posterior std √β̃ ("fixed small", the same value at η = 1). Both are 0 on
+ * the step to t = 0 (ᾱ_prev = 1): the last step adds no noise.
+ */
+export function stepSigma(sampler: Sampler, alphaBar: number, alphaBarPrev: number, eta: number): number {
+  const variance = ((1 - alphaBarPrev) / (1 - alphaBar)) * (1 - alphaBar / alphaBarPrev);
+  return (sampler === "ddim" ? eta : 1) * Math.sqrt(variance);
+}
+
+/**
+ * The DDIM step (ddim_sample, Song et al. 2021 eq. 12): x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε̂ + σ z;
+ * σ = 0 (η = 0) is deterministic and needs no noise z.
+ */
+export function ddimStep(
+  x0: Float32Array,
+  eps: Float32Array,
+  alphaBarPrev: number,
+  sigma = 0,
+  noise: Float32Array | null = null,
+): Float32Array {
   const a = Math.sqrt(alphaBarPrev);
-  const b = Math.sqrt(Math.max(1 - alphaBarPrev, 0));
+  const b = Math.sqrt(Math.max(1 - alphaBarPrev - sigma ** 2, 0));
   const out = new Float32Array(x0.length);
   for (let i = 0; i < x0.length; i++) out[i] = a * x0[i] + b * eps[i];
-  return out;
+  return sigma > 0 ? addNoise(out, sigma, noise) : out;
+}
+
+/**
+ * The DDPM step (ddpm_sample): the posterior mean of q(x_prev | x_t, x̂_0) over the strided step t -> prev (DDPM
+ * eq. 7 with α = ᾱ_t / ᾱ_prev) plus σ z with σ = stepSigma("ddpm", ...); the step to t = 0 returns the mean.
+ */
+export function ddpmStep(
+  x: Float32Array,
+  x0: Float32Array,
+  alphaBar: number,
+  alphaBarPrev: number,
+  noise: Float32Array | null = null,
+): Float32Array {
+  const alpha = alphaBar / alphaBarPrev;
+  const a = (Math.sqrt(alphaBarPrev) * (1 - alpha)) / (1 - alphaBar);
+  const b = (Math.sqrt(alpha) * (1 - alphaBarPrev)) / (1 - alphaBar);
+  const out = new Float32Array(x.length);
+  for (let i = 0; i < x.length; i++) out[i] = a * x0[i] + b * x[i];
+  const sigma = stepSigma("ddpm", alphaBar, alphaBarPrev, 1);
+  return sigma > 0 ? addNoise(out, sigma, noise) : out;
+}
+
+/** x + σ z in place; z is required (a step with σ > 0 without noise is a caller's bug, not a deterministic step). */
+function addNoise(x: Float32Array, sigma: number, noise: Float32Array | null): Float32Array {
+  if (!noise || noise.length !== x.length) throw new Error(`a step with σ > 0 needs ${x.length} noise values, got ${noise?.length ?? 0}`);
+  for (let i = 0; i < x.length; i++) x[i] += sigma * noise[i];
+  return x;
 }

@@ -2,7 +2,7 @@
  * The op graphs of the latent-diffusion family (models/ldm.py): the KL autoencoder's encoder (images -> the
  * posterior mean) and decoder (latents -> images clamped to [-1, 1]), the shape of the vqvae's (graph_vqvae.ts
  * blocks, GroupNorm groups `ae_groups`), and the UNet (one denoiser pass: time-embedding MLP on sinusoidal
- * features, ResBlocks with the time embedding as scale and shift after norm2, attention at the listed levels,
+ * features plus the class embedding of a conditional UNet, ResBlocks with the time embedding as scale and shift after norm2, attention at the listed levels,
  * skip concatenation, strided-conv downsampling and nearest x2 + conv upsampling). `prefix` is "" in an
  * autoencoder file and "autoencoder." in a stage-2 file.
  */
@@ -91,10 +91,14 @@ export function buildAutoencoderGraphs(
 // ---------------------------------------------------------------------------------------------------------
 // UNet
 
-/** Buffers of one UNet pass: x_t (B, C, s, s) and the sinusoidal time features (B, width) in, the prediction out. */
+/**
+ * Buffers of one UNet pass: x_t (B, C, s, s), the sinusoidal time features (B, width) and, for a class-conditional
+ * UNet, the class of each row (B,) u32 (num_classes = the null class) in; the prediction out.
+ */
 export interface UnetIO {
   x: Binding;
   time: Binding;
+  labels: Binding | null;
   output: Binding;
 }
 
@@ -103,13 +107,24 @@ function unetMaxWords(cfg: LDMConfig, batch: number, side: number): number {
   return batch * 2 * cfg.unet_width * Math.max(...cfg.unet_mults) * side * side;
 }
 
-/** The time embedding silu(temb) (B, 4 * width): time_embed.2(silu(time_embed.0(features))), then swish. */
-function timeEmbedding(g: Builder, cfg: LDMConfig, time: Binding): BufferRef {
+/**
+ * silu(temb) (B, 4 * width), what every ResBlock's emb layer reads (UNet.embed): temb = time_embed.2(silu(
+ * time_embed.0(features))), plus the class's row of label_embed on a conditional UNet (its last row: the null class).
+ */
+function timeEmbedding(g: Builder, cfg: LDMConfig, io: UnetIO): BufferRef {
   const hidden = g.weights.matrix("unet.time_embed.0.weight").rows;
   const h = g.buf("unet_temb_h", g.batch * hidden);
-  g.linear("unet.time_embed.0", g.batch, cfg.unet_width, { layout: "rows", buffer: time }, { layout: "rows", buffer: h }, "silu");
+  g.linear("unet.time_embed.0", g.batch, cfg.unet_width, { layout: "rows", buffer: io.time }, { layout: "rows", buffer: h }, "silu");
   const temb = g.buf("unet_temb", g.batch * hidden);
-  g.linear("unet.time_embed.2", g.batch, hidden, { layout: "rows", buffer: h }, { layout: "rows", buffer: temb }, "silu");
+  if (cfg.num_classes === 0) {
+    g.linear("unet.time_embed.2", g.batch, hidden, { layout: "rows", buffer: h }, { layout: "rows", buffer: temb }, "silu");
+    return temb;
+  }
+  if (!io.labels) throw new Error("a class-conditional UNet built without a labels buffer");
+  const raw = g.buf("unet_temb_raw", g.batch * hidden);
+  g.linear("unet.time_embed.2", g.batch, hidden, { layout: "rows", buffer: h }, { layout: "rows", buffer: raw });
+  const table = g.weights.vector("unet.label_embed.weight"); // (num_classes + 1, 4 * width)
+  g.push(ops.addLabelSilu("unet.label_embed", raw, io.labels, table, temb, g.batch, hidden));
   return temb;
 }
 
@@ -182,11 +197,11 @@ function unetUp(g: Builder, cfg: LDMConfig, map: FeatureMap, skips: FeatureMap[]
   return map;
 }
 
-/** One UNet pass (UNet.forward without labels): x_t and time features -> the eps or v prediction. */
+/** One UNet pass (UNet.forward): x_t, time features and (conditional UNets) labels -> the eps or v prediction. */
 export function buildUnetGraph(cfg: LDMConfig, weights: GpuWeights, ws: Workspace, batch: number, side: number, io: UnetIO): Step[] {
   const g = new GraphBuilder<NormGroups>({ norm_groups: cfg.unet_groups }, weights, ws, batch, TRAITS);
   const maxWords = unetMaxWords(cfg, batch, side);
-  const temb = timeEmbedding(g, cfg, io.time);
+  const temb = timeEmbedding(g, cfg, io);
   let [map, skips] = unetDown(g, cfg, io, temb, side, maxWords);
   map = unetResBlock(g, "unet.mid.block_1", map, temb, maxWords);
   if (g.weights.has("unet.mid.attn_1.q.weight")) attnBlock(g, "unet.mid.attn_1", map, maxWords, cfg.unet_heads);

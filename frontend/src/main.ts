@@ -1,7 +1,8 @@
 /**
  * The demo page: pick a model (of any family the page reads) and precision, generate, loop, reconstruct,
  * interpolate and roam; a psvae with a 3-D latent also gets a globe to turn. A diffusion model (ldm family)
- * generates by DDIM in the page, showing each step's x̂_0, and has no interpolation or roaming.
+ * generates by DDIM (any η) or DDPM in the page, showing each step's x̂_0, with a class and classifier-free
+ * guidance when it is class-conditional; it has no interpolation or roaming.
  */
 
 import {
@@ -24,6 +25,7 @@ import type { WebModel } from "./model";
 import { UnsupportedModelError } from "./psvae";
 import { CANNOT_SAMPLE, VQVAEModel } from "./vqvae";
 import { AE_CANNOT_SAMPLE, LDMModel, PIXEL_CANNOT_RECONSTRUCT } from "./ldm";
+import type { Sampler } from "./diffusion";
 import { Random } from "./rng";
 import { GreatCircleWalk, randomPoint, slerp2d } from "./sphere";
 
@@ -200,7 +202,8 @@ function describe(entry: CatalogEntry): string {
 function describeLdm(entry: CatalogEntry): string {
   const shape = (entry.latent_shape ?? []).join("×");
   if (entry.kind === "autoencoder") return `ldm autoencoder, f${entry.downsample_factor}, latent ${shape}`;
-  return entry.kind === "pixel" ? "pixel diffusion (DDIM)" : `latent diffusion (DDIM) on ${shape} latents`;
+  const sampler = (entry.sampler ?? "ddim").toUpperCase(); // the file's default; the page offers both
+  return entry.kind === "pixel" ? `pixel diffusion (${sampler})` : `latent diffusion (${sampler}) on ${shape} latents`;
 }
 
 /** The status line's account of a loaded model's latent. */
@@ -344,7 +347,7 @@ function clearOutputs(): void {
 const FAMILY_NOTES: Record<string, string> = {
   sphere: "",
   vqvae: "A VQ-VAE tokenizer: Reconstruct encodes a picture to a grid of codebook indices (tokens) and decodes them.",
-  ldm: "A latent-diffusion family model: an autoencoder reconstructs; a diffusion model generates by DDIM, showing each step's estimate of the final image.",
+  ldm: "A latent-diffusion family model: an autoencoder reconstructs; a diffusion model generates by DDIM (η = 0 deterministic, η > 0 adds noise at each step) or DDPM, showing each step's estimate of the final image.",
   psvae:
     "A Power-Spherical VAE: samples decode uniform points of its unit sphere; each further step is an encode → decode cycle, without noise.",
 };
@@ -360,6 +363,7 @@ function configurePanels(model: WebModel): void {
   $("recon-note").textContent = model instanceof LDMModel ? `${PIXEL_CANNOT_RECONSTRUCT}.` : DECODER_ONLY_NOTE;
   const diffusion = model instanceof LDMModel && model.canSample;
   configureSteps(diffusion);
+  configureSampler(diffusion ? (model as LDMModel) : null);
   const steps = $<HTMLSelectElement>("steps");
   for (const option of steps.options) option.disabled = !diffusion && !model.canEncode && option.value !== "1";
   if (!diffusion && !model.canEncode) steps.value = "1";
@@ -387,6 +391,36 @@ function configureSteps(diffusion: boolean): void {
   steps.dataset.kind = diffusion ? "ddim" : "refine";
   if (diffusion) steps.replaceChildren(...DDIM_STEPS.map((n, i) => new Option(String(n), String(n), i === 0, i === 0)));
   else steps.innerHTML = REFINE_STEPS;
+}
+
+/** The sampler and η controls of a diffusion model, set to the file's defaults; hidden for other models. */
+function configureSampler(model: LDMModel | null): void {
+  document.querySelectorAll<HTMLElement>(".diffusion").forEach((element) => (element.hidden = !model));
+  if (!model) return;
+  $<HTMLSelectElement>("sampler").value = model.sampler;
+  $<HTMLInputElement>("eta").value = String(model.eta);
+  showEta();
+}
+
+/** η is DDIM's: its control is shown with DDIM only. */
+function showEta(): void {
+  const eta = $<HTMLInputElement>("eta");
+  setStatus("eta-value", eta.value);
+  eta.closest("label")!.hidden = !(state.model instanceof LDMModel && sampler() === "ddim");
+}
+
+function sampler(): Sampler {
+  return $<HTMLSelectElement>("sampler").value as Sampler;
+}
+
+/** How a diffusion sample was drawn, for the status line: sampler (η), class and guidance. */
+function describeSampling(model: LDMModel, options: { labels?: number[]; guidance: number; eta: number }): string {
+  const parts = [sampler() === "ddim" ? `DDIM η ${options.eta}` : "DDPM"];
+  if (model.config.num_classes > 0) {
+    const label = options.labels?.[0];
+    parts.push(label === model.config.num_classes ? "null class" : `class ${label}`, `guidance ${options.guidance}`);
+  }
+  return ` (${parts.join(", ")})`;
 }
 
 function labels(count: number): number[] | undefined {
@@ -422,22 +456,24 @@ async function generate(seed?: number): Promise<number> {
     if (state.model !== model) throw new Error("generation stopped: another model was picked"); // ends the DDIM loop
     draw(images);
     document.body.dataset.previews = String(Number(document.body.dataset.previews ?? 0) + 1);
-    setStatus("generate-status", `DDIM step ${step}/${total}: the estimate of the final image (x̂₀)`);
+    setStatus("generate-status", `${sampler().toUpperCase()} step ${step}/${total}: the estimate of the final image (x̂₀)`);
     return new Promise((resolve) => setTimeout(resolve, 0)); // let the page paint each step
   };
   const options = { steps, seed: used, labels: labels(count), guidance: guidance() };
+  const diffusion = { sampler: sampler(), eta: Number($<HTMLInputElement>("eta").value), onStep };
   let images: Float32Array;
   try {
-    images = await (model instanceof LDMModel ? model.sample(count, { ...options, onStep }) : model.sample(count, options));
+    images = await (model instanceof LDMModel ? model.sample(count, { ...options, ...diffusion }) : model.sample(count, options));
   } catch (error) {
     if (state.model !== model) return 0; // another model was picked meanwhile: nothing to show
     throw error;
   }
   const elapsed = performance.now() - start;
   draw(images);
+  const how = model instanceof LDMModel ? describeSampling(model, { ...options, eta: diffusion.eta }) : "";
   setStatus(
     "generate-status",
-    `${count} image${count > 1 ? "s" : ""}, ${steps} step${steps > 1 ? "s" : ""}, seed ${used}: ${elapsed.toFixed(0)} ms`,
+    `${count} image${count > 1 ? "s" : ""}, ${steps} step${steps > 1 ? "s" : ""}${how}, seed ${used}: ${elapsed.toFixed(0)} ms`,
   );
   document.body.dataset.generated = String(Number(document.body.dataset.generated ?? 0) + 1);
   return elapsed;
@@ -702,6 +738,8 @@ function wireControls(): void {
   };
   const guidanceInput = $<HTMLInputElement>("guidance");
   guidanceInput.oninput = () => setStatus("guidance-value", guidanceInput.value);
+  $<HTMLSelectElement>("sampler").onchange = showEta;
+  $<HTMLInputElement>("eta").oninput = showEta;
   setupReconstruct();
   setupPad();
 }

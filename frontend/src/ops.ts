@@ -564,6 +564,21 @@ export function embedLabels(label: string, labels: Binding, table: Binding, y: B
   });
 }
 
+/** y[b, :] = silu(x[b, :] + table[labels[b], :]) for x (B, dim): a class embedding added to a conditioning vector, then swish. */
+export function addLabelSilu(label: string, x: Binding, labels: Binding, table: Binding, y: Binding, batch: number, dim: number): Dispatch {
+  const declared: Declared[] = [
+    { name: "x", buffer: x, type: "f32" },
+    { name: "labels", buffer: labels, type: "u32" },
+    { name: "table", buffer: table, type: "f32" },
+    { name: "y", buffer: y, type: "f32", write: true },
+  ];
+  const body = "y[i] = silu(x[i] + table[labels[i / P.DIM] * P.DIM + i % P.DIM]);";
+  return dispatch(label, elementwiseWgsl, { BODY: body }, declared, grid1d(Math.ceil((batch * dim) / 64)), {
+    COUNT: u32(batch * dim),
+    DIM: u32(dim),
+  });
+}
+
 /**
  * Classifier-free guidance on a doubled batch [cond; uncond] in place: both halves become
  * u + w (c - u) (so the next network sees duplicated inputs), w read from `scale[0]`; `clamp` for pixels.

@@ -1,18 +1,18 @@
 /** Seeded random numbers for sampling in the browser (not torch's generator: seeds do not match Python). */
 
-/** xoshiro128** seeded through splitmix32; uniform floats in [0, 1). */
+/**
+ * xoshiro128** seeded through splitmix32; uniform floats in [0, 1). `stream` picks one of many independent
+ * generators of a seed (stream i: image i of a batch, so an image's draws do not depend on its batch); stream 0 is
+ * the generator of the seed alone.
+ */
 export class Random {
   private s = new Uint32Array(4);
 
-  constructor(seed: number) {
+  constructor(seed: number, stream = 0) {
     let x = seed >>> 0;
-    for (let i = 0; i < 4; i++) {
-      x = (x + 0x9e3779b9) >>> 0;
-      let z = x;
-      z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
-      z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
-      this.s[i] = (z ^ (z >>> 16)) >>> 0;
-    }
+    for (let i = 0; i < 4; i++) this.s[i] = splitmix32((x = (x + 0x9e3779b9) >>> 0));
+    let y = stream >>> 0; // the stream changes the last two words only: distinct (seed, stream) give distinct states
+    for (let i = 2; stream !== 0 && i < 4; i++) this.s[i] ^= splitmix32((y = (y + 0x9e3779b9) >>> 0));
     if (this.s.every((v) => v === 0)) this.s[0] = 1;
   }
 
@@ -46,6 +46,14 @@ export class Random {
     for (let i = 0; i < count; i++) out[i] = this.gaussian();
     return out;
   }
+}
+
+/** splitmix32's output function of one state word. */
+function splitmix32(x: number): number {
+  let z = x;
+  z = Math.imul(z ^ (z >>> 16), 0x85ebca6b) >>> 0;
+  z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35) >>> 0;
+  return (z ^ (z >>> 16)) >>> 0;
 }
 
 function rotl(x: number, k: number): number {

@@ -21,6 +21,8 @@ export interface CatalogEntry {
   downsample_factor?: number; // vqvae: image side / token grid side
   quantizer?: string; // vqvae: vq (shown) | fsq
   kind?: string; // ldm: autoencoder | latent | pixel
+  sampler?: string; // ldm diffusion kinds: the file's default sampler, ddim | ddpm (absent in older indexes: ddim)
+  eta?: number; // ldm diffusion kinds: the file's default DDIM η (absent in older indexes: 0)
   num_classes: number;
   param_count: number;
   modes: Partial<Record<"fp32" | "fp16" | "q8" | "q4", ModeEntry>>;

@@ -9,7 +9,7 @@ import { parseSafetensors, tensorToFloat32 } from "../../src/format";
 import * as ops from "../../src/ops";
 import { loadModel } from "../../src/family";
 import type { WebModel } from "../../src/model";
-import { LDMModel, timeFeatures } from "../../src/ldm";
+import { LDMModel, timeFeatures, type LDMSampleOptions } from "../../src/ldm";
 import { VQVAEModel } from "../../src/vqvae";
 
 interface Result {
@@ -292,6 +292,8 @@ async function otherKernelTests(h: Harness, t: Tensors, cases: Case[]): Promise<
 interface Manifest {
   guidance: number;
   recon_angle: number;
+  ldm_steps: number;
+  ldm_eta: number;
   models: Record<
     string,
     { config: { family?: string; backbone?: string; num_classes: number }; decoder_only?: boolean; modes: Record<string, unknown> }
@@ -330,7 +332,7 @@ async function modelTests(h: Harness, base: string, manifest: Manifest, only: st
       }
       const labels = ref.has("labels") ? Array.from(get(ref, "labels")) : undefined;
       if (model instanceof VQVAEModel) await vqvaeChecks(h, tag, model, ref);
-      else if (model instanceof LDMModel) await ldmChecks(h, tag, model, ref);
+      else if (model instanceof LDMModel) await ldmChecks(h, tag, model, ref, manifest);
       else if (info.decoder_only) await decoderOnlyChecks(h, tag, model, ref, labels);
       else await modelChecks(h, tag, model, ref, labels, manifest);
       await model.dispose();
@@ -443,27 +445,51 @@ async function ldmAutoencoderChecks(h: Harness, tag: string, model: LDMModel, re
   await reuseChecks(h, tag, model, () => model.decode(get(ref, "latents")), first);
 }
 
-/** A diffusion model: time features, one UNet pass, one DDIM step, a 3-step DDIM run with its x̂_0 images. */
-async function ldmDiffusionChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors) {
+/**
+ * A diffusion model: time features, one UNet pass (with a class and the null class on a conditional UNet), one
+ * DDIM step, a 3-step DDIM run (η = 0) with its x̂_0 images; the stochastic runs PyTorch made (DDPM, DDIM η > 0)
+ * given its x_T and step noise; a conditional UNet's guided pass.
+ */
+async function ldmDiffusionChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors, manifest: Manifest) {
   const x = get(ref, "x");
   const t = get(ref, "t")[0];
+  const labels = ref.has("labels") ? Array.from(get(ref, "labels")) : undefined;
   const width = model.config.unet_width;
   await h.check(`model/${tag}/time_features`, TOLERANCE.model, async () => [
     timeFeatures(t, width),
     get(ref, "time_features").slice(0, width),
   ]);
   let first: Float32Array = new Float32Array();
-  await h.check(`model/${tag}/unet`, TOLERANCE.model, async () => [(first = await model.denoise(x, t)), get(ref, "unet")]);
+  await h.check(`model/${tag}/unet`, TOLERANCE.model, async () => [(first = await model.denoise(x, t, { labels })), get(ref, "unet")]);
+  if (labels) {
+    await h.check(`model/${tag}/unet_guided`, TOLERANCE.model, async () => [
+      await model.denoise(x, t, { labels, guidance: manifest.guidance }),
+      get(ref, "unet_guided"),
+    ]);
+  }
   await h.check(`model/${tag}/ddim_step`, TOLERANCE.model, async () => [await model.ddimStep(x, 10, 0), get(ref, "ddim_step")]);
   const steps: Float32Array[] = [];
   const collect = (images: Float32Array): void => void steps.push(images);
   await h.check(`model/${tag}/ddim_3_steps_previews`, TOLERANCE.chained, async () => {
-    const final = await model.sample(2, { steps: 3, noise: x, onStep: collect });
+    const final = await model.sample(2, { steps: 3, noise: x, sampler: "ddim", eta: 0, onStep: collect });
     const all = new Float32Array(steps.reduce((n, s) => n + s.length, 0));
     steps.forEach((s, i) => all.set(s, i * s.length));
     if (maxAbsDiff(final, steps[steps.length - 1]) !== 0) throw new Error("the sample is not the last preview");
     return [all, get(ref, "sample_steps")];
   });
+  const stochastic: [string, LDMSampleOptions][] = [
+    ["sample_ddpm", labels ? { labels, guidance: manifest.guidance } : { sampler: "ddpm" }], // conditional: the file's default
+    ["sample_ddim_eta", { labels, sampler: "ddim" }], // η: the file's default
+  ];
+  for (const [name, options] of stochastic.filter(([name]) => ref.has(name))) {
+    await h.check(`model/${tag}/${name}`, TOLERANCE.chained, async () => {
+      const noise = get(ref, `${name}_noise`);
+      const perStep = noise.length / (manifest.ldm_steps - 1);
+      const stepNoise = Array.from({ length: manifest.ldm_steps - 1 }, (_, i) => noise.slice(i * perStep, (i + 1) * perStep));
+      const images = await model.sample(2, { ...options, steps: manifest.ldm_steps, noise: get(ref, `${name}_x_T`), stepNoise });
+      return [images, get(ref, name)];
+    });
+  }
   if (model.canEncode) {
     await h.check(`model/${tag}/reconstruct`, TOLERANCE.model, async () => [
       (await model.reconstruct(get(ref, "images"))).images,
@@ -473,12 +499,12 @@ async function ldmDiffusionChecks(h: Harness, tag: string, model: LDMModel, ref:
     const message = await refusal(() => model.reconstruct(new Float32Array(model.imageSize)));
     h.record(`model/${tag}/reconstruct_refused`, /cannot reconstruct/.test(message), message);
   }
-  await reuseChecks(h, tag, model, () => model.denoise(x, t), first);
+  await reuseChecks(h, tag, model, () => model.denoise(x, t, { labels }), first);
 }
 
-async function ldmChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors) {
+async function ldmChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors, manifest: Manifest) {
   if (model.config.kind === "autoencoder") await ldmAutoencoderChecks(h, tag, model, ref);
-  else await ldmDiffusionChecks(h, tag, model, ref);
+  else await ldmDiffusionChecks(h, tag, model, ref, manifest);
 }
 
 /** A file with the decoder alone: decode and 1-step samples match; encoding calls fail saying why. */

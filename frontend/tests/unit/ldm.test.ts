@@ -1,13 +1,16 @@
 import { describe, expect, it } from "vitest";
 import type { LDMConfig } from "../../src/config";
 import { ldmAutoencoder } from "../../src/config";
-import { alphasBar, ddimStep, ddimTimesteps, predictX0Eps } from "../../src/diffusion";
+import { alphasBar, ddimStep, ddimTimesteps, ddpmStep, guide, predictX0Eps, stepSigma, type Sampler } from "../../src/diffusion";
 import { entryProblem } from "../../src/family";
 import { parseWeightFile, WebFormatError } from "../../src/format";
 import type { Gpu } from "../../src/gpu";
-import { LDMModel, timeFeatures } from "../../src/ldm";
+import { LDMModel, samplerProblem, timeFeatures } from "../../src/ldm";
+import { Random } from "../../src/rng";
 import { VQVAEModel } from "../../src/vqvae";
-import { readBuffer, withHeader } from "./fixtures";
+import { FIXTURES, readBuffer, readTensors, withHeader } from "./fixtures";
+import fs from "node:fs";
+import path from "node:path";
 
 const noGpu = {} as Gpu; // every check below fails before any GPU work
 const STAGE2 = "ldm_tiny16/model_q4.safetensors";
@@ -42,13 +45,33 @@ describe("an ldm weight file", () => {
     ).rejects.toThrow(/config lacks .*unet_heads/);
   });
 
-  it("is refused by another family's class; unknown kinds and conditional UNets in one line", async () => {
+  it("is refused by another family's class; unknown kinds, samplers, η and class counts in one line", async () => {
     const file = await parseWeightFile(readBuffer(STAGE2), "ldm");
     expect(() => VQVAEModel.fromFile(noGpu, file, "ldm")).toThrow(/holds a 'ldm' model, not a vqvae/);
-    const kind = { ...file, config: { ...file.config, kind: "video" } } as unknown as typeof file;
-    expect(() => LDMModel.fromFile(noGpu, kind, "k")).toThrow(/^'k' has unknown ldm kind 'video'$/);
-    const conditional = { ...file, config: { ...file.config, num_classes: 10 } };
-    expect(() => LDMModel.fromFile(noGpu, conditional, "c")).toThrow(WebFormatError);
+    const edited = (edit: Record<string, unknown>) => ({ ...file, config: { ...file.config, ...edit } }) as unknown as typeof file;
+    expect(() => LDMModel.fromFile(noGpu, edited({ kind: "video" }), "k")).toThrow(/^'k' has unknown ldm kind 'video'$/);
+    expect(() => LDMModel.fromFile(noGpu, edited({ sampler: "euler" }), "s")).toThrow(
+      /^'s': unknown sampler 'euler': use one of ddim, ddpm$/,
+    );
+    expect(() => LDMModel.fromFile(noGpu, edited({ eta: 2 }), "e")).toThrow(WebFormatError);
+    expect(() => LDMModel.fromFile(noGpu, edited({ num_classes: -1 }), "c")).toThrow(/num_classes -1/);
+  });
+
+  it("a class-conditional file holds its label table (null class last) and its sampler defaults; older files have none", async () => {
+    const file = await parseWeightFile(readBuffer("ldm_cond16/model_q8.safetensors"));
+    const cfg = file.config as LDMConfig;
+    expect([cfg.num_classes, cfg.sampler, cfg.eta]).toEqual([10, "ddpm", 0.5]);
+    expect(file.tensors.get("unet.label_embed.weight")!.shape).toEqual([11, 64]);
+    expect(file.quantization["unet.label_embed.weight"]).toBeUndefined(); // an embedding is never quantized
+    const older = await parseWeightFile(
+      editConfig(STAGE2, (config) => {
+        delete config.sampler;
+        delete config.eta;
+      }),
+    );
+    expect((older.config as LDMConfig).sampler).toBeUndefined(); // LDMModel reads it as ddim, η 0
+    expect(samplerProblem("ddim", 0)).toBeNull();
+    expect(samplerProblem("ddim", -0.1)).toMatch(/η must be in \[0, 1\]/);
   });
 
   it("index entries of every kind are shown", () => {
@@ -89,9 +112,77 @@ describe("diffusion math (models/diffusion.py)", () => {
     expect(Array.from(ddimStep(fromEps.x0, fromEps.eps, 1))).toEqual(Array.from(fromEps.x0)); // to t = 0: x̂_0 itself
   });
 
+  it("σ: DDIM's grows with η and equals DDPM's at η = 1; the step to t = 0 has none", () => {
+    const abar = alphasBar(LINEAR);
+    const [t, prev] = [700, 350];
+    expect(stepSigma("ddim", abar[t], abar[prev], 0)).toBe(0);
+    const ddpm = stepSigma("ddpm", abar[t], abar[prev], 0);
+    expect(stepSigma("ddim", abar[t], abar[prev], 1)).toBeCloseTo(ddpm, 15);
+    expect(stepSigma("ddim", abar[t], abar[prev], 0.5)).toBeCloseTo(ddpm / 2, 15);
+    expect(stepSigma("ddpm", abar[t], abar[0], 0)).toBe(0);
+    const x = new Float32Array([0.5]);
+    expect(() => ddpmStep(x, x, abar[t], abar[prev])).toThrow(/needs 1 noise values, got 0/);
+  });
+
+  it("guidance mixes the halves [cond; uncond]: w = 0 the unconditional, w = 1 the conditional output", () => {
+    const output = new Float32Array([1, 2, 10, 20]); // cond (2 values), then uncond
+    expect(Array.from(guide(output, 0))).toEqual([10, 20]);
+    expect(Array.from(guide(output, 1))).toEqual([1, 2]);
+    expect(Array.from(guide(output, 3))).toEqual([10 + 3 * -9, 20 + 3 * -18]);
+  });
+
+  it("seeded streams: stream 0 is the seed's generator, other streams differ", () => {
+    const draws = (random: Random) => Array.from({ length: 4 }, () => random.nextUint32());
+    expect(draws(new Random(7, 0))).toEqual(draws(new Random(7)));
+    expect(draws(new Random(7, 1))).not.toEqual(draws(new Random(7)));
+    expect(draws(new Random(7, 1))).not.toEqual(draws(new Random(8, 1)));
+    expect(draws(new Random(7, 3))).toEqual(draws(new Random(7, 3)));
+  });
+
   it("time features are [cos, sin] of t ω_k", () => {
     const features = timeFeatures(0, 8);
     expect(Array.from(features)).toEqual([1, 1, 1, 1, 0, 0, 0, 0]);
     expect(timeFeatures(3, 8)[4]).toBeCloseTo(Math.sin(3), 6);
+  });
+});
+
+interface RecordedRun {
+  sampler: Sampler;
+  eta: number;
+  prediction: "eps" | "v";
+  beta_schedule: "linear" | "cosine";
+  clip: number | null;
+  steps: number;
+  timesteps: number;
+  beta_start: number;
+  beta_end: number;
+}
+
+describe("the samplers against models/diffusion.py (recorded runs, the same outputs and step noise)", () => {
+  const runs = JSON.parse(fs.readFileSync(path.join(FIXTURES, "diffusion.json"), "utf-8")) as Record<string, RecordedRun>;
+  const tensors = readTensors("diffusion.safetensors");
+
+  it.each(Object.keys(runs))("%s: every step's x", (name) => {
+    const run = runs[name];
+    const abar = alphasBar(run);
+    const times = ddimTimesteps(run.timesteps, run.steps);
+    const xs = tensors.get(`${name}.x`)!;
+    const [outputs, noise] = [tensors.get(`${name}.outputs`)!, tensors.get(`${name}.noise`)!];
+    const size = xs.length / (run.steps + 1);
+    const slice = (values: Float32Array, i: number) => values.slice(i * size, (i + 1) * size);
+    let x: Float32Array = slice(xs, 0);
+    let draws = 0;
+    for (let i = 0; i < run.steps; i++) {
+      const [t, prev] = [times[i], times[i + 1]];
+      const { x0, eps } = predictX0Eps(x, slice(outputs, i), abar[t], run.prediction, run.clip);
+      const sigma = stepSigma(run.sampler, abar[t], abar[prev], run.eta);
+      const z = sigma > 0 ? slice(noise, draws++) : null;
+      x = run.sampler === "ddim" ? ddimStep(x0, eps, abar[prev], sigma, z) : ddpmStep(x, x0, abar[t], abar[prev], z);
+      const expected = slice(xs, i + 1);
+      const worst = Math.max(...x.map((v, j) => Math.abs(v - expected[j])));
+      const scale = Math.max(1, ...expected.map(Math.abs)); // random outputs drive x far from N(0, I): float32 is relative
+      expect(worst / scale, `step ${i + 1}`).toBeLessThan(1e-6);
+    }
+    expect(draws).toBe(noise.length / size); // noise on every step but the last, as PyTorch drew it
   });
 });
