@@ -150,6 +150,39 @@ def save_token_grid(model, images: torch.Tensor, path: Path) -> Path | None:
     return save_grid(torch.cat([images, maps]), path, nrow=max(1, math.ceil(math.sqrt(images.shape[0]))))
 
 
+VERDICT_TINT = 0.45  # the share of each pixel the verdict colour takes in epoch_N_verdict.png
+VERDICT_IMAGES = 8  # columns of epoch_N_verdict.png
+
+
+def verdict_overlay(images: torch.Tensor, probability: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] tinted per discriminator patch: green where it says real (probability 1), red where fake
+    (the original project's predictions.jpg); the patch map is stretched over the image, nearest-neighbour."""
+    p = torch.nn.functional.interpolate(probability.float(), size=images.shape[-2:], mode="nearest")  # (B, 1, H, W)
+    colour = torch.cat([1 - p, p, torch.zeros_like(p)], 1) * 2 - 1  # red .. green, in [-1, 1]
+    return (1 - VERDICT_TINT) * images.float() + VERDICT_TINT * colour
+
+
+@torch.no_grad()
+def render_verdict(model, verdict: Callable, dataset, out_dir: Path, epoch: int, device) -> tuple[float, float] | None:
+    """epoch_N_verdict.png: the first images, their reconstructions, then both tinted by the discriminator's
+    per-patch verdict (`verdict(x)` -> P(real) (B, 1, h, w), or None when there is none yet). Returns the mean
+    P(real) of the originals and of the reconstructions, or None."""
+    images, _ = first_items(dataset, min(VERDICT_IMAGES, len(dataset)), device)
+    real = verdict(images)
+    if real is None:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        recon = model.reconstruct(images, steps=1)
+    finally:
+        model.train(was_training)
+    fake = verdict(recon)
+    rows = [images, recon, verdict_overlay(images, real), verdict_overlay(recon, fake)]
+    save_grid(torch.cat(rows), out_dir / f"epoch_{epoch:04d}_verdict.png", nrow=len(images))
+    return float(real.mean()), float(fake.mean())
+
+
 @torch.no_grad()
 def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, device, seed: int = 0) -> float | None:
     """epoch_N_recon.png (originals above 1-step reconstructions; signals: each drawn under its reconstruction),

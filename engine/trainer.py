@@ -20,7 +20,7 @@ from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_mo
 from .curves import write_timestep_chart, write_usage_chart
 from .distributed import DistInfo, any_rank, barrier, broadcast_object, gather_objects
 from .globe import end_of_training_globe
-from .images import render_eval_images
+from .images import render_eval_images, render_verdict
 from .optim import EMA
 
 
@@ -460,12 +460,28 @@ class Trainer:
         dataset, count = self.eval_dataset, self.settings.eval_samples
         value = render_eval_images(self.ema.model, dataset, self.run_dir / "images", epoch, count, self.info.device)
         split = getattr(dataset, "split", "all")
+        self.render_verdict(epoch)
         if value is None:
             self.logger.info(f"epoch {epoch}: samples rendered (EMA; this model cannot reconstruct)")
             return
         images = f"{min(count, len(dataset))} {'held-out' if split == 'test' else 'training'} images"
         self.logger.info(f"epoch {epoch}: reconstruction PSNR {value:.2f} dB on {images} (EMA, 1 step)")
         self.metrics.write({"step": self.state.step, "epoch": epoch, "recon_psnr": value, "recon_split": split})
+
+    def render_verdict(self, epoch: int) -> None:
+        """For a loss with a patch discriminator that has started: epoch_N_verdict.png and its mean verdicts."""
+        verdict = getattr(self.loss_fn, "verdict", None)
+        if not callable(verdict) or not getattr(self.ema.model, "can_reconstruct", True):
+            return
+        judge = lambda x: verdict(x, self.state.step)  # noqa: E731
+        means = render_verdict(
+            self.ema.model, judge, self.eval_dataset, self.run_dir / "images", epoch, self.info.device
+        )
+        if means is not None:
+            self.logger.info(
+                f"epoch {epoch}: discriminator P(real) {means[0]:.2f} on images, {means[1]:.2f} on EMA "
+                "reconstructions (epoch_N_verdict.png)"
+            )
 
     def render_globe(self, epoch: int) -> None:
         """At the end of training, for a model whose latent is a point of S^2: the globe atlas and latent maps."""

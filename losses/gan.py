@@ -189,6 +189,13 @@ class ImageGANLoss:
         """The patch discriminator (None without a GAN)."""
         return self.gan.discriminator if self.gan is not None else None
 
+    def verdict(self, x: torch.Tensor, step: int) -> torch.Tensor | None:
+        """The discriminator's per-patch probability that images are real (B, 1, h, w), for renders; None without
+        a GAN or before its start step (an untrained discriminator has no verdict to show)."""
+        if self.gan is None or not self.gan.on(step):
+            return None
+        return self.gan.verdict(x)
+
     def state_dict(self) -> dict:
         """The discriminator's weights and its Adam state (empty without a GAN)."""
         return self.gan.state_dict() if self.gan is not None else {}

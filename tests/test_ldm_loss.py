@@ -11,6 +11,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from engine.images import verdict_overlay
 from losses.gan import hinge_d_loss, hinge_g_loss
 from losses.ldm import (
     DiffusionLoss,
@@ -109,6 +110,20 @@ def test_the_ae_gan_starts_at_disc_start_and_resumes_exactly():
     assert logs["disc_factor"] == 0 and "g_loss" not in logs
     _, logs = loss_fn(model, (images(), None), 1)
     assert logs["disc_factor"] == 1 and math.isfinite(logs["g_loss"]) and math.isfinite(logs["d_loss"])
+
+
+def test_the_discriminator_verdict_waits_for_disc_start_and_tints_real_green_and_fake_red():
+    _, loss_fn, _ = fresh_ae()  # disc_start 1
+    x = images(2, 16)
+    assert loss_fn.verdict(x, 0) is None
+    verdict = loss_fn.verdict(x, 1)
+    assert verdict.shape == (2, 1, 2, 2) and ((verdict > 0) & (verdict < 1)).all()
+    grey = torch.zeros(1, 3, 4, 4)
+    real, fake = verdict_overlay(grey, torch.ones(1, 1, 2, 2)), verdict_overlay(grey, torch.zeros(1, 1, 2, 2))
+    assert (real[:, 1] > real[:, 0]).all() and (fake[:, 0] > fake[:, 1]).all() and real.abs().max() <= 1
+    half = verdict_overlay(grey, torch.tensor([[[[1.0, 0.0], [0.0, 1.0]]]]))
+    assert (half[0, 1, :2, :2] > 0).all() and (half[0, 0, :2, 2:] > 0).all()  # each patch colours its own pixels
+    assert LDMAutoencoderLoss(LDMAELossConfig(perceptual_weight=0, disc_weight=0)).verdict(x, 10) is None
 
 
 # ---------------------------------------------------------------------------------------------------------
