@@ -189,10 +189,10 @@ class ImageGANLoss:
         """The patch discriminator (None without a GAN)."""
         return self.gan.discriminator if self.gan is not None else None
 
-    def verdict(self, x: torch.Tensor, step: int) -> torch.Tensor | None:
+    def verdict(self, x: torch.Tensor, steps_done: int) -> torch.Tensor | None:
         """The discriminator's per-patch probability that images are real (B, 1, h, w), for renders; None without
-        a GAN or before its start step (an untrained discriminator has no verdict to show)."""
-        if self.gan is None or not self.gan.on(step):
+        a GAN or until it has trained (steps_done optimizer steps, the last one at index steps_done - 1)."""
+        if self.gan is None or not self.gan.on(steps_done - 1):
             return None
         return self.gan.verdict(x)
 

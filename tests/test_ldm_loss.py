@@ -115,8 +115,8 @@ def test_the_ae_gan_starts_at_disc_start_and_resumes_exactly():
 def test_the_discriminator_verdict_waits_for_disc_start_and_tints_real_green_and_fake_red():
     _, loss_fn, _ = fresh_ae()  # disc_start 1
     x = images(2, 16)
-    assert loss_fn.verdict(x, 0) is None
-    verdict = loss_fn.verdict(x, 1)
+    assert loss_fn.verdict(x, 0) is None and loss_fn.verdict(x, 1) is None  # step index 1 not trained yet
+    verdict = loss_fn.verdict(x, 2)
     assert verdict.shape == (2, 1, 2, 2) and ((verdict > 0) & (verdict < 1)).all()
     grey = torch.zeros(1, 3, 4, 4)
     real, fake = verdict_overlay(grey, torch.ones(1, 1, 2, 2)), verdict_overlay(grey, torch.zeros(1, 1, 2, 2))
