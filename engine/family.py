@@ -58,3 +58,5 @@ class Family:
     training_items: Callable[..., object] = lambda args, model, dataset, run_dir, info, logger: dataset
     # what the training loader reads (e.g. cached latents of the dataset, kept in run_dir); renders and FID still
     # use the dataset
+    shared_flags: tuple[str, ...] = ()  # destinations of another family's flags this family takes too (somar
+    # takes ldm's --autoencoder and --ae_*): a flag name exists once, so the flag is owned by both

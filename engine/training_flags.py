@@ -30,6 +30,8 @@ def add_family_flag_groups(parser: argparse.ArgumentParser) -> dict[str, set[str
     add_gan_flags(parser.add_argument_group("patch-GAN", about))
     for name in GAN_FAMILIES:
         owned.setdefault(name, set()).update(action.dest for action in parser._actions[before:])
+    for family in FAMILIES.values():
+        owned[family.name].update(family.shared_flags)
     return owned
 
 
