@@ -13,11 +13,12 @@ import torch.nn as nn
 from .family import DEFAULT_FAMILY, Family, LatentSphere, WebExport
 from .family_ldm import LDM_FAMILY
 from .family_psvae import PSVAE_FAMILY
+from .family_somar import SOMAR_FAMILY
 from .family_sphere import SPHERE_FAMILY
 from .family_vqvae import VQVAE_FAMILY
 
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (SPHERE_FAMILY, PSVAE_FAMILY, VQVAE_FAMILY, LDM_FAMILY)
+    family.name: family for family in (SPHERE_FAMILY, PSVAE_FAMILY, VQVAE_FAMILY, LDM_FAMILY, SOMAR_FAMILY)
 }
 __all__ = ["DEFAULT_FAMILY", "FAMILIES", "Family", "FamilyError", "LatentSphere", "WebExport"]
 

@@ -4,6 +4,7 @@ from .gan import GANSettings, PatchDiscriminator, PatchGAN
 from .ldm import DiffusionLoss, DiffusionLossConfig, LDMAELossConfig, LDMAutoencoderLoss
 from .perceptual import PerceptualDistance, PerceptualWeightsError, build_convnext_small, build_lpips, build_perceptual
 from .psvae import PSVAELoss, PSVAELossConfig, beta_at
+from .somar import SOMARAutoencoderLoss, SOMARCodebookLoss, SOMARLossConfig, SOMARPriorLoss
 from .sphere import SphereLoss, SphereLossConfig, hard_case_levels, stratified_levels
 from .vqvae import VQVAELoss, VQVAELossConfig
 
@@ -19,6 +20,10 @@ __all__ = [
     "PerceptualWeightsError",
     "PSVAELoss",
     "PSVAELossConfig",
+    "SOMARAutoencoderLoss",
+    "SOMARCodebookLoss",
+    "SOMARLossConfig",
+    "SOMARPriorLoss",
     "SphereLoss",
     "SphereLossConfig",
     "VQVAELoss",

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from .ldm import LDM_MODELS, LDMConfig
 from .psvae import PSVAE, PSVAE_MODELS, PSVAEConfig
+from .somar import SOMAR_MODELS, SOMARConfig
 from .sphere import CFG_MODES, SPHERE_MODELS, SphereConfig, SphereEncoder
 from .vqvae import VQVAE, VQVAE_MODELS, VQVAEConfig
 
-_FAMILIES = [SPHERE_MODELS, PSVAE_MODELS, VQVAE_MODELS, LDM_MODELS]
+_FAMILIES = [SPHERE_MODELS, PSVAE_MODELS, VQVAE_MODELS, LDM_MODELS, SOMAR_MODELS]
 
 
 def _merge(families: list[dict]) -> dict:
@@ -39,6 +40,7 @@ __all__ = [
     "MODELS",
     "PSVAE",
     "PSVAEConfig",
+    "SOMARConfig",
     "SphereConfig",
     "SphereEncoder",
     "VQVAE",

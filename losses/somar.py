@@ -1,0 +1,109 @@
+"""The somar family's objectives, one per kind.
+
+Autoencoder: rec + perceptual_weight LPIPS, rec the per-value mean L2 (default) or L1 error on [0, 1] images (as the
+vqvae's; QAR trained with MSE alone).
+Codebook: no gradient; each call fits every level's SOM one step on the patches of the batch's frozen maps
+(batch SOM, Kohonen 1982 / 2013 §4: e_j <- (1 - lr) e_j + lr Σ_i h_ji x_i / Σ_i h_ji) and logs the quantisation and
+topographic errors. The "loss" logged is the finest level's quantisation error (what the decoder will see).
+Prior: the mean cross-entropy of every target token (ARPrior.loss); a conditional prior's labels are replaced by the
+null class (index num_classes) with probability label_dropout, so classifier-free guidance has an unconditional branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn as nn
+
+RECON_TERMS = ("l1", "l2")
+
+
+@dataclass
+class SOMARLossConfig:
+    """The autoencoder's reconstruction form and LPIPS weight; the prior's label dropout."""
+
+    recon: str = "l2"  # per-value "l1" or "l2" (squared) error on [0, 1] images
+    perceptual_weight: float = 0.0  # LPIPS-VGG weight; 0 = no LPIPS network
+    label_dropout: float = 0.1  # prior: probability of the null class for a conditional model (CFG)
+
+    def __post_init__(self):
+        if self.recon not in RECON_TERMS:
+            raise ValueError(f"unknown recon '{self.recon}': use one of {', '.join(RECON_TERMS)}")
+        if not self.perceptual_weight >= 0 or not 0 <= self.label_dropout <= 1:
+            raise ValueError("perceptual_weight must be >= 0 and label_dropout in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class SOMARAutoencoderLoss:
+    """loss(model, batch, step) for kind "autoencoder"; `perceptual` a frozen LPIPS on [-1, 1] images (None when
+    perceptual_weight is 0). A plain class: the LPIPS network is not state to save."""
+
+    def __init__(self, config: SOMARLossConfig, perceptual: nn.Module | None = None):
+        if config.perceptual_weight > 0 and perceptual is None:
+            raise ValueError("perceptual_weight is > 0 but no LPIPS module was given")
+        self.config, self.perceptual = config, perceptual
+
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        x = batch[0]
+        x_hat = model(x).float()
+        difference = (x_hat - x.float()) / 2  # the [0, 1] scale
+        rec = difference.abs().mean() if self.config.recon == "l1" else difference.pow(2).mean()
+        loss, terms = rec, {"rec": rec}
+        if self.config.perceptual_weight > 0:
+            terms["perc"] = self.perceptual(x_hat, x.float()).mean()
+            loss = loss + self.config.perceptual_weight * terms["perc"]
+        values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).tolist()  # one sync
+        return loss, dict(zip(["loss", *terms], values))
+
+
+class SOMARCodebookLoss:
+    """loss(model, batch, step) for kind "codebook": fits the SOMs (gradient_free: the trainer does no backward)."""
+
+    gradient_free = True
+
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        core = getattr(model, "module", model)
+        logs = core.fit_step(batch[0])
+        last = len(core.levels) - 1
+        loss = torch.tensor(logs[f"level{last}_quantization_error"])
+        return loss, {"loss": float(loss), **logs}
+
+
+class SOMARPriorLoss:
+    """loss(model, batch, step) for kind "prior": the prior's cross-entropy on the frozen codebook's tokens.
+    `heldout` (images, labels) or None: epoch_stats() gives the model's mean token NLL on them (nats per token)."""
+
+    def __init__(self, config: SOMARLossConfig, model: nn.Module | None = None, heldout=None):
+        self.config, self.model, self.heldout = config, model, heldout
+
+    def epoch_stats(self) -> dict[str, float]:
+        """heldout_token_nll of the trained model (eval mode, no gradient); {} without held-out images."""
+        if self.model is None or self.heldout is None:
+            return {}
+        images, labels = self.heldout
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                nll = self.model.token_nll(images, labels if self.model.config.num_classes else None)
+        finally:
+            self.model.train(was_training)
+        return {"heldout_token_nll": float(nll.mean())}
+
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+        core = getattr(model, "module", model)
+        x, labels = batch[0], self.dropped_labels(core, batch[1])
+        tokens = core.tokens(x)
+        loss, logs = core.prior.loss(tokens, labels)
+        return loss, {"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items() if k != "loss"}}
+
+    def dropped_labels(self, core: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
+        """None for an unconditional prior; else labels with a label_dropout share set to the null class."""
+        classes = core.config.num_classes
+        if classes == 0:
+            return None
+        drop = torch.rand(labels.shape, device=labels.device) < self.config.label_dropout
+        return torch.where(drop, torch.full_like(labels, classes), labels.long())
