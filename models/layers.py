@@ -77,8 +77,41 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out.to(x.dtype)
 
 
+class KVCache:
+    """Keys and values (B, H, N, d) of the tokens one attention layer has seen, for token-by-token decoding."""
+
+    def __init__(self):
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def append(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Adds the new tokens' keys/values (B, H, n, d); returns all of them so far (B, H, N + n, d)."""
+        if self.keys is not None:
+            keys, values = torch.cat([self.keys, keys], dim=2), torch.cat([self.values, values], dim=2)
+        self.keys, self.values = keys, values
+        return keys, values
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Keeps batch rows `index` (B',) in that order: beam search's parents, or a batch expanded per beam."""
+        if self.keys is not None:
+            self.keys, self.values = self.keys.index_select(0, index), self.values.index_select(0, index)
+
+
+def causal_mask(queries: int, past: int, device: torch.device) -> torch.Tensor:
+    """(queries, past + queries) bool mask: query i sits at position past + i and sees keys up to there."""
+    keys = torch.arange(past + queries, device=device)
+    return keys.unsqueeze(0) <= (past + torch.arange(queries, device=device)).unsqueeze(1)
+
+
 class Attention(nn.Module):
-    """Multi-head self-attention with QK RMSNorm and 2D axial RoPE, via scaled_dot_product_attention."""
+    """Multi-head self-attention with QK RMSNorm and 2D axial RoPE, via scaled_dot_product_attention.
+
+    rope_cos None: no rotation (the caller adds learned positions); causal: each token sees itself and earlier
+    ones; cache: a KVCache the new tokens' keys/values are appended to (they sit after the cached ones)."""
 
     def __init__(self, dim: int, heads: int, qk_norm: bool = True):
         super().__init__()
@@ -89,13 +122,27 @@ class Attention(nn.Module):
         self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-6) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, rope_cos: torch.Tensor, rope_sin: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope_cos: torch.Tensor | None,
+        rope_sin: torch.Tensor | None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         batch, tokens, dim = x.shape
         qkv = self.qkv(x).view(batch, tokens, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, H, N, d)
-        q = apply_rope(self.q_norm(q), rope_cos, rope_sin)
-        k = apply_rope(self.k_norm(k), rope_cos, rope_sin)
-        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, d)
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope_cos is not None:
+            q, k = apply_rope(q, rope_cos, rope_sin), apply_rope(k, rope_cos, rope_sin)
+        past = 0 if cache is None else cache.length
+        if cache is not None:
+            k, v = cache.append(k, v)
+        if causal and past > 0 and tokens > 1:  # a chunk after cached tokens: is_causal would align it at 0
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(tokens, past, x.device))
+        else:  # one new token after the cache sees every key, so no mask is needed
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and past == 0)  # (B, H, N, d)
         return self.proj(out.transpose(1, 2).reshape(batch, tokens, dim))
 
 
@@ -119,7 +166,7 @@ def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
 
 
 class TransformerBlock(nn.Module):
-    """Pre-RMSNorm block: RoPE attention + SwiGLU; adaLN-Zero modulation when cond_dim > 0."""
+    """Pre-RMSNorm block: RoPE attention + SwiGLU; adaLN-Zero when cond_dim > 0; optional causal mask / KV cache."""
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, qk_norm: bool = True, cond_dim: int = 0):
         super().__init__()
@@ -129,12 +176,21 @@ class TransformerBlock(nn.Module):
         self.mlp = SwiGLU(dim, swiglu_hidden(dim, mlp_ratio))
         self.ada = AdaLNZero(cond_dim, dim, 6) if cond_dim > 0 else None
 
-    def forward(self, x, rope_cos, rope_sin, cond: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x,
+        rope_cos,
+        rope_sin,
+        cond: torch.Tensor | None = None,
+        causal: bool = False,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         if self.ada is None:
-            x = x + self.attn(self.norm1(x), rope_cos, rope_sin)
+            x = x + self.attn(self.norm1(x), rope_cos, rope_sin, causal, cache)
             return x + self.mlp(self.norm2(x))
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(cond)
-        x = x + gate1.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift1, scale1), rope_cos, rope_sin)
+        attended = self.attn(modulate(self.norm1(x), shift1, scale1), rope_cos, rope_sin, causal, cache)
+        x = x + gate1.unsqueeze(1) * attended
         return x + gate2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
