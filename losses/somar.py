@@ -68,7 +68,7 @@ class SOMARCodebookLoss:
         core = getattr(model, "module", model)
         logs = core.fit_step(batch[0])
         last = len(core.levels) - 1
-        loss = torch.tensor(logs[f"level{last}_quantization_error"])
+        loss = torch.tensor(logs[f"level{last}_qerr"])
         return loss, {"loss": float(loss), **logs}
 
 

@@ -19,7 +19,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .ar_prior import ARPrior, PriorSettings
 from .ldm import KLAutoencoder, LDMConfig
+from .som import SOMCodebook, patchify, unpatchify
+from .sphere import CFG_MODES
 from .vqvae import VQVAE, Decoder, Encoder, VQVAEConfig
 
 KINDS = ("autoencoder", "codebook", "prior")
@@ -338,8 +341,6 @@ class SOMARCodebook(nn.Module):
 
     def __init__(self, config: SOMARConfig):
         super().__init__()
-        from .som import SOMCodebook
-
         if config.kind != "codebook":
             raise ValueError(f"SOMARCodebook needs a somar config of kind 'codebook', got '{config.kind}'")
         self.config = config
@@ -374,8 +375,6 @@ class SOMARCodebook(nn.Module):
 
     def level_vectors(self, latent: torch.Tensor) -> list[torch.Tensor]:
         """Each level's patches of latent maps (B, C, h, w): a list of (B, N_level, D_level)."""
-        from .som import patchify
-
         return [patchify(latent.float(), p) for p in self.patches]
 
     @torch.no_grad()
@@ -391,8 +390,6 @@ class SOMARCodebook(nn.Module):
 
     def level_map(self, index: int, tokens: torch.Tensor) -> torch.Tensor:
         """Level `index`'s tokens (B, N) -> the latent map (B, C, h, w) of their units."""
-        from .som import unpatchify
-
         codes = self.levels[index].codes[tokens]  # (B, N, D)
         return unpatchify(codes, self.patches[index], self.config.map_shape)
 
@@ -403,13 +400,13 @@ class SOMARCodebook(nn.Module):
 
     @torch.no_grad()
     def fit_step(self, x: torch.Tensor) -> dict[str, float]:
-        """One SOM step per level on the patches of the batch's encoded maps; logs level{k}_* values."""
+        """One SOM step per level on the patches of the batch's encoded maps (the first initialises the codes from
+        them); logs each level's batch quantisation error (qerr, before the step), sigma and SOM rate."""
         logs = {}
         for k, (level, vectors) in enumerate(zip(self.levels, self.level_vectors(self.autoencoder.encode(x)))):
-            flat = vectors.flatten(0, 1)
-            if int(level.steps_done) == 0:
-                level.init_from(flat)
-            logs.update({f"level{k}_{name}": float(value) for name, value in level.fit_step(flat).items()})
+            step = level.fit_step(vectors)  # the batch's errors also go into the epoch's (epoch_stats)
+            logs.update({f"level{k}_qerr": step["quantization_error"], f"level{k}_sigma": step["sigma"]})
+            logs[f"level{k}_som_lr"] = step["som_lr"]
         return logs
 
     def epoch_stats(self) -> dict[str, float]:
@@ -430,8 +427,6 @@ class SOMARCodebook(nn.Module):
         mean = codes.mean(0, keepdim=True).expand(tokens, -1).clone()  # (N, D)
         maps = mean[None].repeat(len(codes), 1, 1)  # (K, N, D)
         maps[:, tokens // 2] = codes  # a unit at the middle position, the rest at the level's mean code
-        from .som import unpatchify
-
         images = self.autoencoder.decode(unpatchify(maps, self.patches[index], self.config.map_shape))
         images = self._crop(images, index)
         return _grid_picture(images, grid)
@@ -469,6 +464,112 @@ def _grid_picture(images: torch.Tensor, grid: torch.Tensor, pad: int = 1) -> tor
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Stage 3: the autoregressive prior over a frozen codebook's tokens
+
+
+class VQTokens(nn.Module):
+    """A frozen vqvae as a prior's codebook: its token grid, row-major, is one segment."""
+
+    def __init__(self, config: VQVAEConfig):
+        super().__init__()
+        self.net = VQVAE(config)
+        self.requires_grad_(False).eval()
+        self.vocab_sizes, self.segment_lengths = (config.codebook_size,), (config.latent_size**2,)
+
+    def train(self, mode: bool = True) -> VQTokens:
+        return super().train(False)
+
+    def tokenize(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.net.encode(x).flatten(1)]  # (B, h·w)
+
+    def decode_tokens(self, tokens: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        side = self.net.config.latent_size
+        return self.net.decode_indices(_last(tokens).view(-1, side, side))
+
+    def reconstruct(self, x, steps: int = 1, generator=None, labels=None, return_all: bool = False):
+        return self.net.reconstruct(x, steps=steps, return_all=return_all)
+
+
+class SOMARPrior(nn.Module):
+    """Stage 3: ARPrior over [class, level 0, level 1, ...] tokens of a frozen codebook (kept in eval mode)."""
+
+    can_sample = True
+    can_reconstruct = True
+    steps_are_prefix = True  # steps > 1: the sample, then re-encode cycles through the codebook
+    default_eval_steps = (1,)
+
+    def __init__(self, config: SOMARConfig):
+        super().__init__()
+        if config.kind != "prior":
+            raise ValueError(f"SOMARPrior needs a somar config of kind 'prior', got '{config.kind}'")
+        self.config = config
+        codebook = config.codebook_config()
+        self.codebook = VQTokens(codebook) if isinstance(codebook, VQVAEConfig) else SOMARCodebook(codebook)
+        self.codebook.requires_grad_(False).eval()
+        settings = PriorSettings(
+            vocab_sizes=self.codebook.vocab_sizes, segment_lengths=self.codebook.segment_lengths,
+            num_classes=config.num_classes, width=config.prior_width, depth=config.prior_depth,
+            heads=config.prior_heads, label_dropout=0.0,  # the loss drops labels (--label_dropout)
+        )  # fmt: skip
+        self.prior = ARPrior(settings)
+
+    def train(self, mode: bool = True) -> SOMARPrior:
+        """Train/eval the prior; the codebook (and its autoencoder) stays in eval mode."""
+        super().train(mode)
+        self.codebook.eval()
+        return self
+
+    @torch.no_grad()
+    def tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Images -> the codebook's tokens, one (B, N_level) tensor per segment."""
+        return self.codebook.tokenize(x)
+
+    def token_nll(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) mean negative log-likelihood per token (nats) of images' tokens; log K for a uniform prior."""
+        return self.prior.token_nll(self.tokens(x), self._labels(labels, len(x)))
+
+    def _labels(self, labels: torch.Tensor | None, n: int) -> torch.Tensor | None:
+        """None on an unconditional prior (labels refused); a conditional prior's labels as long tensors."""
+        if self.config.num_classes == 0:
+            if labels is not None:
+                raise ValueError("this prior is unconditional (num_classes=0); do not pass class labels")
+            return None
+        return None if labels is None else labels.to(self.prior.pos_embed.device).long()
+
+    @torch.no_grad()
+    def sample(
+        self, n: int, steps: int = 1, generator=None, labels: torch.Tensor | None = None, cfg: float = 1.0,
+        cfg_mode: str = "combo", return_all: bool = False, temperature: float = 1.0, top_k: int | None = None,
+        top_p: float | None = None, beam: int | None = None,
+    ):  # fmt: skip
+        """n images in [-1, 1]: tokens drawn by the prior (class, then coarse to fine; beam > 0: beam search for the
+        most likely sequence instead), decoded by the codebook. generator: None, one or a list of n (per image).
+        labels: (n,) classes of a conditional prior (None: the null class); cfg: guidance on logits (1 = off); every
+        cfg_mode is the same (one guidance point). steps > 1 adds re-encode cycles through the codebook."""
+        if cfg_mode not in CFG_MODES or not cfg >= 0 or steps < 1:
+            raise ValueError(f"cfg must be >= 0, cfg_mode one of {', '.join(CFG_MODES)} and steps >= 1; got {cfg}, "
+                             f"{cfg_mode}, {steps}")  # fmt: skip
+        labels = self._labels(labels, n)
+        if beam:
+            tokens, _ = self.prior.beam_search(n, beam, labels=labels, cfg=cfg)
+        else:
+            options = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            tokens = self.prior.generate(n, labels=labels, cfg=cfg, **options)
+        outputs = [self.codebook.decode_tokens(tokens)]
+        outputs += self.reconstruct(outputs[0], steps=steps - 1, return_all=True) if steps > 1 else []
+        return outputs if return_all else outputs[-1]
+
+    @torch.no_grad()
+    def reconstruct(self, x, steps: int = 1, generator=None, labels=None, return_all: bool = False):
+        """Through the codebook (its BMU round trip); labels are accepted and unused."""
+        return self.codebook.reconstruct(x, steps=steps, return_all=return_all)
+
+    def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
+        """prior (trained) and codebook (its frozen autoencoder: left out of the optimizer)."""
+        return {"prior": list(self.prior.parameters()), "codebook": list(self.codebook.parameters())}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Registry: name -> builder(**overrides)
 
 _AE_SIZES = {
@@ -484,6 +585,10 @@ _PRIOR_SIZES = {"tiny": dict(prior_width=128, prior_depth=4, prior_heads=4), "sm
 _SIZES = {
     **{f"somar_ae_{s}": dict(kind="autoencoder", **_AE_SIZES[s]) for s in ("tiny", "small")},
     **{f"somar_codebook_{s}": dict(kind="codebook", **_AE_SIZES[s], **_CODEBOOK_SIZES[s]) for s in ("tiny", "small")},
+    **{
+        f"somar_prior_{s}": dict(kind="prior", **_AE_SIZES[s], **_CODEBOOK_SIZES[s], **_PRIOR_SIZES[s])
+        for s in ("tiny", "small")
+    },
 }
 BUILDER_OVERRIDES = ({f.name for f in fields(SOMARConfig)} - {"family", "kind"}) | {"latent_dim", "norm"}
 
@@ -503,7 +608,7 @@ def _config_settings(size: dict, overrides: dict) -> dict:
     return {**size, **given}
 
 
-MODEL_CLASSES = {"autoencoder": SOMARAutoencoder, "codebook": SOMARCodebook}
+MODEL_CLASSES = {"autoencoder": SOMARAutoencoder, "codebook": SOMARCodebook, "prior": SOMARPrior}
 
 
 def build_somar(config: SOMARConfig) -> nn.Module:
@@ -519,3 +624,4 @@ def _builder(size: dict):
 
 
 SOMAR_MODELS = {name: _builder(size) for name, size in _SIZES.items()}
+SOMAR_MODELS["somar"] = SOMAR_MODELS["somar_prior_small"]  # the family name alone means the small prior
