@@ -150,6 +150,16 @@ def save_token_grid(model, images: torch.Tensor, path: Path) -> Path | None:
     return save_grid(torch.cat([images, maps]), path, nrow=max(1, math.ceil(math.sqrt(images.shape[0]))))
 
 
+def save_atlases(model, out_dir: Path, epoch: int) -> list[Path]:
+    """epoch_N_atlas_level{k}.png for a model with SOM codebooks (`codebook_atlas(k)`: each unit of level k decoded
+    on its grid); [] for other models."""
+    atlas = getattr(model, "codebook_atlas", None)
+    if not callable(atlas):
+        return []
+    levels = range(len(model.config.level_sizes))
+    return [save_grid(atlas(k)[None], out_dir / f"epoch_{epoch:04d}_atlas_level{k}.png", nrow=1) for k in levels]
+
+
 VERDICT_TINT = 0.45  # the share of each pixel the verdict colour takes in epoch_N_verdict.png
 VERDICT_IMAGES = 8  # columns of epoch_N_verdict.png
 
@@ -201,6 +211,7 @@ def render_eval_images(model, dataset, out_dir: Path, epoch: int, count: int, de
             recon = model.reconstruct(images, steps=1, labels=labels)
             save_recon_grid(images, recon, out_dir / f"epoch_{epoch:04d}_recon.png")
             save_token_grid(model, images, out_dir / f"epoch_{epoch:04d}_tokens.png")  # tokenizers only
+            save_atlases(model, out_dir, epoch)  # SOM codebooks only
             psnr = mean_psnr(recon, images)
         if model.can_sample:
             render_samples(model, count, labels, out_dir, epoch, seed, device)
