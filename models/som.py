@@ -12,6 +12,7 @@ Every statistic an update needs is summed over ranks under torch.distributed, so
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -25,6 +26,7 @@ DECAYS = ("exponential", "linear")
 MODES = ("batch", "online")
 INITS = ("pca", "samples")
 SUPPORT_EPS = 1e-12  # batch SOM: a unit whose neighbourhood support sum_i h_ji is below this keeps its code
+BMU_CHUNK = 8192  # vectors per distance matrix: (8192, K) floats stay <= 128 MB at K 4096
 INIT_MAX_POINTS = 65536  # the first-call initialisation looks at most at this many vectors
 UNIFORM_HALF_WIDTH = math.sqrt(3.0)  # a uniform distribution of std s spans ±sqrt(3) s: the PCA plane's extent
 
@@ -115,6 +117,18 @@ def gather_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([piece[:length] for piece, length in zip(pieces, lengths)])
 
 
+def _full_precision(method):
+    """Run a SOMCodebook method with autocast off: distances in float32 whatever the caller's precision (a bf16
+    matmul in ||x||^2 + ||e||^2 - 2 x.e would change BMUs)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with torch.autocast(self.codes.device.type, enabled=False):
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
@@ -191,15 +205,19 @@ class SOMCodebook(nn.Module):
             raise ValueError(f"vectors of dim {x.shape[-1]} given to a SOM of dim {self.dim}")
         return x.detach().reshape(-1, self.dim).to(self.codes.device, torch.float32)
 
+    @_full_precision
     def bmu(self, x: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (...,) long: argmin_j ||x - e_j||^2, the best-matching unit."""
-        return squared_distances(self._flat(x), self.codes).argmin(1).view(x.shape[:-1])
+        flat = self._flat(x)
+        pieces = [squared_distances(chunk, self.codes).argmin(1) for chunk in flat.split(BMU_CHUNK)]
+        return torch.cat(pieces).view(x.shape[:-1]) if pieces else flat.new_zeros(x.shape[:-1], dtype=torch.long)
 
     def quantize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(..., D) -> (codes[bmu] (..., D), bmu (...,)): the BMU's code alone, as the codebook is used."""
         index = self.bmu(x)
         return self.codes[index], index
 
+    @_full_precision
     def neighbourhood(self, bmu: torch.Tensor, sigma: float) -> torch.Tensor:
         """(M,) BMU indices -> (M, K) h_jb = exp(-d_grid(j, b)^2 / (2 sigma^2)), 1 at the BMU itself."""
         grid_distances = squared_distances(self.grid[bmu], self.grid).clamp_min(0)  # exact on integer coordinates
@@ -207,11 +225,13 @@ class SOMCodebook(nn.Module):
 
     def _two_best(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, D) -> first and second BMU (M,) each; the second is the first on a one-unit map."""
-        distances = squared_distances(x, self.codes)  # (M, K)
         if self.codes.shape[0] == 1:
-            first = distances.argmin(1)
+            first = torch.zeros(len(x), dtype=torch.long, device=x.device)
             return first, first
-        best = distances.topk(2, dim=1, largest=False).indices
+        pieces = [
+            squared_distances(chunk, self.codes).topk(2, dim=1, largest=False).indices for chunk in x.split(BMU_CHUNK)
+        ]
+        best = torch.cat(pieces) if pieces else torch.zeros(0, 2, dtype=torch.long, device=x.device)  # (M, 2)
         return best[:, 0], best[:, 1]
 
     def _not_neighbours(self, first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -242,6 +262,7 @@ class SOMCodebook(nn.Module):
         return {"quantization_error": float(totals[0]) / seen, "topographic_error": float(totals[1]) / seen}
 
     @torch.no_grad()
+    @_full_precision
     def observe(self, x: torch.Tensor) -> dict[str, float]:
         """Count BMUs and errors of x (..., D) into the epoch statistics without changing the map (held-out data,
         counting for prune); call on every rank under torch.distributed."""
@@ -249,6 +270,7 @@ class SOMCodebook(nn.Module):
         return self._record(counts, totals)
 
     @torch.no_grad()
+    @_full_precision
     def fit_step(self, x: torch.Tensor) -> dict[str, float]:
         """One SOM step on vectors x (..., D) (initialises the codes on the first call); call on every rank under
         torch.distributed. Errors and counts are measured on the codes before the update."""
@@ -282,6 +304,7 @@ class SOMCodebook(nn.Module):
             self.codes += lr * h[winner, :, None] * (vector - self.codes)
 
     @torch.no_grad()
+    @_full_precision
     def init_from(self, x: torch.Tensor, method: str | None = None) -> None:
         """Codes from the data x (..., D) so no unit starts far from it: "pca" (default from init) the PCA plane
         spanned over the grid, or "samples" random vectors of x; rank 0's result on every rank."""

@@ -245,3 +245,32 @@ def test_ranks_sum_their_statistics_and_keep_identical_codebooks(tmp_path):
         assert torch.equal(ranks[0][mode][0], ranks[1][mode][0]), mode  # identical codebooks on every rank
         assert torch.allclose(ranks[0][mode][0], som.codes, atol=1e-5), mode
         assert ranks[0][mode][1]["usage"] == pytest.approx(som.epoch_stats()["usage"])
+
+
+def test_distances_stay_float32_under_autocast_and_in_chunks(monkeypatch):
+    som = SOMCodebook(2, 2)
+    som.codes.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0]]))
+    x = torch.stack([0.5 + torch.linspace(-4e-3, 4e-3, 100), torch.full((100,), 0.3)], 1)  # a bf16 dot would blur
+    error = float((x - som.codes[(x[:, 0] > 0.5).long()]).norm(dim=1).mean())
+    expected = (x[:, 0] > 0.5).long()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(som.bmu(x), expected)
+        assert som.observe(x)["quantization_error"] == pytest.approx(error)
+    monkeypatch.setattr("models.som.BMU_CHUNK", 7)
+    assert torch.equal(som.bmu(x), expected) and som._two_best(x)[0].tolist() == expected.tolist()
+
+
+def test_edge_cases_one_unit_no_vectors_and_bad_settings():
+    single = SOMCodebook(1, 3)
+    logs = single.fit_step(torch.randn(10, 3))
+    assert logs["topographic_error"] == 0.0 and torch.equal(single.bmu(torch.randn(4, 3)), torch.zeros(4).long())
+    som = fitted(steps=2)
+    before = som.codes.clone()
+    assert som.observe(torch.zeros(0, 2))["quantization_error"] == 0.0  # a rank may hold no vectors this step
+    som.fit_step(torch.zeros(0, 2))
+    assert torch.equal(som.codes, before) and som.bmu(torch.zeros(0, 2)).shape == (0,)
+    with pytest.raises(ValueError, match="dim 3"):
+        som.fit_step(torch.zeros(4, 3))
+    for bad in ({"topology": "3d"}, {"mode": "sgd"}, {"decay": "cosine"}, {"sigma_end": 0.0}, {"lr_start": 1.5}):
+        with pytest.raises(ValueError):
+            SOMCodebook(4, 2, **bad)
