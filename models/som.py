@@ -156,8 +156,8 @@ class SOMCodebook(nn.Module):
         init: str = "pca",
     ):
         super().__init__()
-        choices = {"topology": (topology, TOPOLOGIES), "decay": (decay, DECAYS), "mode": (mode, MODES)}
-        for name, (value, allowed) in {**choices, "init": (init, INITS)}.items():
+        settings = {"topology": (topology, TOPOLOGIES), "decay": (decay, DECAYS), "mode": (mode, MODES)}
+        for name, (value, allowed) in {**settings, "init": (init, INITS)}.items():
             _check_choice(name, value, allowed)
         if size < 1 or dim < 1:
             raise ValueError(f"a SOM needs size >= 1 and dim >= 1, got size {size}, dim {dim}")
@@ -165,7 +165,7 @@ class SOMCodebook(nn.Module):
             raise ValueError(f"sigma_start and sigma_end must be > 0, got {sigma_start}, {sigma_end}")
         if not (0 < lr_start <= 1 and 0 < lr_end <= 1):
             raise ValueError(f"lr_start and lr_end must be in (0, 1], got {lr_start}, {lr_end}")
-        self.size, self.dim, self.topology, self.mode, self.decay, self.init = size, dim, topology, mode, decay, init
+        self.dim, self.topology, self.mode, self.decay, self.init = dim, topology, mode, decay, init
         self.sigma_start_setting = sigma_start  # None: half the grid's larger side (see sigma_start)
         self.sigma_end, self.lr_start, self.lr_end, self.som_steps = sigma_end, lr_start, lr_end, som_steps
         self.register_buffer("codes", torch.zeros(size, dim))
@@ -179,6 +179,11 @@ class SOMCodebook(nn.Module):
     def extra_repr(self) -> str:
         rows, cols = self.grid_shape
         return f"size={self.size}, dim={self.dim}, grid={rows}x{cols}, mode={self.mode}, som_steps={self.som_steps}"
+
+    @property
+    def size(self) -> int:
+        """K, the number of units (fewer than built with after prune)."""
+        return self.codes.shape[0]
 
     @property
     def grid_shape(self) -> tuple[int, int]:
@@ -225,7 +230,7 @@ class SOMCodebook(nn.Module):
 
     def _two_best(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(M, D) -> first and second BMU (M,) each; the second is the first on a one-unit map."""
-        if self.codes.shape[0] == 1:
+        if self.size == 1:
             first = torch.zeros(len(x), dtype=torch.long, device=x.device)
             return first, first
         pieces = [
@@ -242,7 +247,7 @@ class SOMCodebook(nn.Module):
     def _statistics(self, x: torch.Tensor, with_sums: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """Summed over ranks: BMU counts (K,), [sum ||x - e_bmu||, topographic errors, M] (3,) and, with_sums, the
         per-BMU sums of x (K, D) (batch SOM's sufficient statistics), all from the codes as they are now."""
-        size = self.codes.shape[0]
+        size = self.size
         first, second = self._two_best(x)
         errors = (x - self.codes[first]).norm(dim=1)
         totals = torch.stack([errors.sum(), self._not_neighbours(first, second).float().sum()])
@@ -290,7 +295,7 @@ class SOMCodebook(nn.Module):
     def _batch_update(self, sums: torch.Tensor, counts: torch.Tensor, sigma: float, lr: float) -> None:
         """e_j <- (1 - lr) e_j + lr sum_b h_jb S_b / sum_b h_jb n_b (S_b, n_b: sum and number of the x whose BMU is b,
         i.e. sum_i h_ji x_i / sum_i h_ji); units with no neighbourhood support keep their code."""
-        h = self.neighbourhood(torch.arange(self.codes.shape[0], device=self.codes.device), sigma)  # (K, K) symmetric
+        h = self.neighbourhood(torch.arange(self.size, device=self.codes.device), sigma)  # (K, K) symmetric
         support = h @ counts  # (K,)
         target = h @ sums / support.clamp_min(SUPPORT_EPS)[:, None]  # (K, D)
         supported = support > SUPPORT_EPS
@@ -298,7 +303,7 @@ class SOMCodebook(nn.Module):
 
     def _online_update(self, x: torch.Tensor, sigma: float, lr: float) -> None:
         """e_j += lr h_jb (x - e_j) for each x in order, the BMU b found against the codes as they are at that x."""
-        h = self.neighbourhood(torch.arange(self.codes.shape[0], device=self.codes.device), sigma)  # (K, K)
+        h = self.neighbourhood(torch.arange(self.size, device=self.codes.device), sigma)  # (K, K)
         for vector in x:
             winner = squared_distances(vector[None], self.codes).argmin()
             self.codes += lr * h[winner, :, None] * (vector - self.codes)
@@ -316,7 +321,7 @@ class SOMCodebook(nn.Module):
         if method == "pca":
             codes = pca_plane(x, self.grid)
         else:
-            codes = x[torch.randint(len(x), (self.codes.shape[0],), device=x.device)]
+            codes = x[torch.randint(len(x), (self.size,), device=x.device)]
         self.codes.copy_(codes)
         _broadcast(self.codes)
         self.initialized.fill_(True)
@@ -334,11 +339,23 @@ class SOMCodebook(nn.Module):
         return stats
 
     @torch.no_grad()
+    def u_matrix(self) -> torch.Tensor:
+        """(rows, cols) mean data-space distance of each unit to its 4 grid neighbours (Ultsch's U-matrix: ridges
+        separate clusters); NaN on cells a pruned map no longer has."""
+        rows, cols = self.grid_shape
+        cells = self.codes.new_full((rows, cols, self.dim), float("nan"))
+        cells[self.grid[:, 0].long(), self.grid[:, 1].long()] = self.codes.float()
+        vertical, horizontal = (cells[1:] - cells[:-1]).norm(dim=-1), (cells[:, 1:] - cells[:, :-1]).norm(dim=-1)
+        around = cells.new_full((4, rows, cols), float("nan"))  # distance to the unit above, below, left, right
+        around[0, 1:], around[1, :-1], around[2, :, 1:], around[3, :, :-1] = vertical, vertical, horizontal, horizontal
+        return around.nanmean(0)
+
+    @torch.no_grad()
     def prune(self, min_count: int, counts: torch.Tensor) -> torch.Tensor:
         """Keep the units with counts >= min_count, renumbered in order; returns the old -> new index map (K_old,)
         (-1 = removed). Survivors keep their grid coordinates; rebuild with size = the new K to load the state."""
-        if counts.shape != (self.codes.shape[0],):
-            raise ValueError(f"prune needs one count per unit ({self.codes.shape[0]}), got shape {tuple(counts.shape)}")
+        if counts.shape != (self.size,):
+            raise ValueError(f"prune needs one count per unit ({self.size}), got shape {tuple(counts.shape)}")
         keep = counts.to(self.codes.device) >= min_count
         kept = int(keep.sum())
         if kept == 0:
@@ -347,5 +364,4 @@ class SOMCodebook(nn.Module):
         mapping[keep] = torch.arange(kept, device=mapping.device)
         for name in ("codes", "grid", "counts"):
             setattr(self, name, getattr(self, name)[keep].clone())  # replaces the buffer (new K)
-        self.size = kept
         return mapping

@@ -274,3 +274,13 @@ def test_edge_cases_one_unit_no_vectors_and_bad_settings():
     for bad in ({"topology": "3d"}, {"mode": "sgd"}, {"decay": "cosine"}, {"sigma_end": 0.0}, {"lr_start": 1.5}):
         with pytest.raises(ValueError):
             SOMCodebook(4, 2, **bad)
+
+
+def test_u_matrix_averages_the_distances_to_grid_neighbours():
+    som = SOMCodebook(6, 2)  # 2 x 3
+    som.codes.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0], [0.0, 2.0], [1.0, 2.0], [3.0, 2.0]]))
+    expected = torch.tensor([[1.5, (1 + 2 + 2) / 3, 2.0], [1.5, 5 / 3, 2.0]])
+    assert torch.allclose(som.u_matrix(), expected)
+    som.prune(1, torch.tensor([1, 1, 1, 1, 1, 0]))  # the last unit goes: its cell is empty, its neighbours lose it
+    after = som.u_matrix()
+    assert after[1, 2].isnan() and after[0, 2] == 2.0 and after[1, 1] == 1.5
