@@ -7,7 +7,9 @@ python benchmarks/bench_train.py --models psvae_tiny --train_flags="--recon l1 -
 Each model trains with its family's loss and optimizer groups as training.py builds them from its flag defaults
 (no preset), plus --train_flags; --no-perceptual turns every perceptual weight off (LPIPS, ConvNeXt). A diffusion
 model (ldm_*, ddpm_*) also reports its sampler's img/s at each of its default step counts (DDIM 10 and 50 steps:
-steps are not prefixes, so each is its own run); a stage-2 ldm_* model runs on an untrained autoencoder of its size.
+steps are not prefixes, so each is its own run); a stage-2 ldm_* model runs on an untrained autoencoder of its size
+and also reports its training img/s on cached latents (what training.py does by default) and the autoencoder's
+encoding img/s (what building the cache costs per image and flip).
 """
 
 from __future__ import annotations
@@ -123,7 +125,8 @@ def bench_model(name: str, args, device: torch.device) -> dict:
             seconds = timed(lambda: model.sample(args.batch_size, steps=steps), 1, 0, device)  # noqa: B023
             step_img_s[steps] = args.batch_size / seconds
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    return dict(
+    cached = latent_cache_rates(model, loss_fn, optimizer, images, labels, args, device)
+    return cached | dict(
         model=name,
         params_m=params,
         train_img_s=args.batch_size / train_s,
@@ -131,6 +134,27 @@ def bench_model(name: str, args, device: torch.device) -> dict:
         sample_img_s=None if sample_s is None else args.batch_size / sample_s,
         sample_img_s_at_steps=step_img_s,
     )
+
+
+def latent_cache_rates(model, loss_fn, optimizer, images, labels, args, device) -> dict:
+    """A stage-2 latent model's training img/s on cached posteriors (engine/latent_cache.py: the batch's scaled
+    mean and std, encoded once) and its autoencoder's encoding img/s; {} for other models."""
+    if getattr(model.config, "kind", None) != "latent":
+        return {}
+    encode = lambda: model.latents(images)  # noqa: E731
+    encode_s = timed(encode, args.iters, args.warmup, device)
+    posteriors = torch.stack(model.latents(images), 1).unsqueeze(1)  # (B, 1 flip, 2, c, h, w)
+    model.train()
+
+    def cached_step():
+        loss, _ = loss_fn(model, (posteriors, labels), 0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    cached_s = timed(cached_step, args.iters, args.warmup, device)
+    model.eval()
+    return {"cached_train_img_s": args.batch_size / cached_s, "encode_img_s": args.batch_size / encode_s}
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -160,6 +184,9 @@ def print_row(row: dict) -> None:
         f"{'n/a (cannot sample)' if row['sample_img_s'] is None else format(row['sample_img_s'], '.1f'):>21}",
         flush=True,
     )
+    if "cached_train_img_s" in row:
+        print(f"{'':<14}training on cached latents: {row['cached_train_img_s']:.1f} img/s", flush=True)
+        print(f"{'':<14}encoding for the cache: {row['encode_img_s']:.1f} img/s", flush=True)
     for steps, rate in row.get("sample_img_s_at_steps", {}).items():
         print(f"{'':<14}sampling at {steps} steps: {rate:.1f} img/s", flush=True)
 

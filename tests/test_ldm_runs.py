@@ -6,6 +6,7 @@ runs, and flags for the wrong kind of ldm model are one-line errors."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,17 @@ def test_evaluate_measures_fid_at_step_counts_and_autoencoder_reconstructions(
     argv = ["--checkpoint", str(ae_run), *common, "--num_recon", "8", "--reconstruction"]
     values = {r["metric"] for r in evaluate.main(evaluate.parse_args(argv)) if r["evaluation"] == "reconstruction"}
     assert {"psnr", "ssim", "rfid"} <= values
+
+
+def test_the_training_benchmark_reports_cached_latents_and_samplers(capsys):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import bench_train
+    finally:
+        sys.path.pop(0)
+    argv = ["--models", "ldm_tiny", "--image_size", "16", "--batch_size", "2", "--iters", "1", "--warmup", "0"]
+    (row,) = bench_train.main(bench_train.parse_args([*argv, "--no-perceptual", "--device", "cpu"]))
+    assert row["cached_train_img_s"] > 0 and row["encode_img_s"] > 0
+    assert sorted(row["sample_img_s_at_steps"]) == [10, 50]
+    out = capsys.readouterr().out
+    assert "training on cached latents" in out and "sampling at 50 steps" in out
