@@ -304,9 +304,10 @@ class SOMCodebook(nn.Module):
     def _online_update(self, x: torch.Tensor, sigma: float, lr: float) -> None:
         """e_j += lr h_jb (x - e_j) for each x in order, the BMU b found against the codes as they are at that x."""
         h = self.neighbourhood(torch.arange(self.size, device=self.codes.device), sigma)  # (K, K)
+        step = lr * h  # (K, K): row b = lr h_jb
         for vector in x:
-            winner = squared_distances(vector[None], self.codes).argmin()
-            self.codes += lr * h[winner, :, None] * (vector - self.codes)
+            offset = vector - self.codes  # (K, D), both the distances and the update
+            self.codes.addcmul_(step[offset.pow(2).sum(1).argmin()][:, None], offset)
 
     @torch.no_grad()
     @_full_precision
