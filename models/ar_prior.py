@@ -217,13 +217,11 @@ class ARPrior(nn.Module):
         h = self.hidden(x, 0)
         return [head(part) for head, part in zip(self.heads, self.split(h, 0))]
 
-    def _per_token_nll(self, tokens, labels) -> list[torch.Tensor]:
-        """Cross-entropy (B, L_s) in nats per segment."""
-        seq = self.sequence(tokens)
-        logits = self.forward(seq, labels)
+    def per_token_nll(self, logits: list[torch.Tensor], tokens) -> list[torch.Tensor]:
+        """Cross-entropy (B, L_s) in nats per segment of forward's logits against the tokens they predict."""
+        targets = self.split(self.sequence(tokens), 0)
         return [
-            F.cross_entropy(lg.float().transpose(1, 2), target, reduction="none")
-            for lg, target in zip(logits, self.split(seq, 0))
+            F.cross_entropy(lg.float().transpose(1, 2), target, reduction="none") for lg, target in zip(logits, targets)
         ]
 
     def drop_labels(self, labels: torch.Tensor | None) -> torch.Tensor | None:
@@ -235,14 +233,18 @@ class ARPrior(nn.Module):
 
     def loss(self, tokens, labels) -> tuple[torch.Tensor, dict]:
         """Mean cross-entropy over all target tokens; logs the NLL (nats/token) overall and per segment."""
-        nll = self._per_token_nll(tokens, self.drop_labels(labels))
+        return self.loss_from_logits(self.forward(tokens, self.drop_labels(labels)), tokens)
+
+    def loss_from_logits(self, logits: list[torch.Tensor], tokens) -> tuple[torch.Tensor, dict]:
+        """loss() from forward's logits, for callers that must run forward through a wrapper (DDP, compile)."""
+        nll = self.per_token_nll(logits, tokens)
         loss = torch.cat([part.flatten() for part in nll]).mean()
         values = torch.stack([loss.detach(), *(part.detach().mean() for part in nll)]).tolist()  # one sync
         return loss, dict(zip(["loss", *(f"nll_seg{seg}" for seg in range(len(nll)))], values))
 
     def token_nll(self, tokens, labels) -> torch.Tensor:
         """(B,) mean NLL per token in nats (log K for a uniform prior over K codes)."""
-        return torch.cat(self._per_token_nll(tokens, labels), dim=1).mean(dim=1)
+        return torch.cat(self.per_token_nll(self.forward(tokens, labels), tokens), dim=1).mean(dim=1)
 
     def _start(self, n: int, labels, cfg: float, prefix, use_cache: bool) -> tuple[_Decoder, torch.Tensor]:
         """The decoding state after the class token and prefix, and the prefix (n, P)."""
@@ -269,7 +271,7 @@ class ARPrior(nn.Module):
         use_cache: bool = True,
     ) -> list[torch.Tensor]:
         """n sequences, one (n, L_s) tensor per segment (prefix segments included as given). labels None =
-        unconditional (null class); cfg w: l_null + w (l_cond - l_null) on logits; temperature 0 = greedy;
+        unconditional (null class, cfg unused); cfg w: l_null + w (l_cond - l_null) on logits; temperature 0 = greedy;
         generator None, one, or a list of n; use_cache False recomputes the whole sequence each token (tests)."""
         decoder, seq = self._start(n, labels, cfg, prefix, use_cache)
         if seq.shape[1] == self.settings.length:

@@ -24,7 +24,12 @@ def make_prior(num_classes: int = 3, vocabs=VOCABS, lengths=LENGTHS, seed: int =
     """A tiny prior in eval mode with random (not zero) weights everywhere, so every path changes the logits."""
     torch.manual_seed(seed)
     settings = PriorSettings(vocabs, lengths, num_classes=num_classes, width=32, depth=2, heads=4, **kwargs)
-    return ARPrior(settings).eval()
+    prior = ARPrior(settings).eval()
+    with torch.no_grad():  # far from GPT's N(0, 0.02) start, so distributions are peaked and a wrong path shows
+        for table in [*prior.token_embeds, prior.label_embed.table, *prior.heads]:
+            table.weight.normal_(std=0.5)
+        prior.pos_embed.normal_(std=0.5)
+    return prior
 
 
 def random_tokens(batch: int, vocabs=VOCABS, lengths=LENGTHS, seed: int = 1) -> list[torch.Tensor]:
@@ -236,19 +241,33 @@ def test_beam_search_log_space_does_not_underflow():
     torch.testing.assert_close(log_prob, torch.full((2,), -200 * math.log(1000.0)))
 
 
-@pytest.mark.parametrize("labels", [None, torch.tensor([1, 0])])
-def test_model_beam_search_with_full_beam_is_exact(labels):
-    vocabs, lengths = (3, 3), (1, 2)
-    prior = make_prior(vocabs=vocabs, lengths=lengths, seed=4)
+def exhaustive_log_probs(prior: ARPrior, everything: torch.Tensor, label: int | None, cfg: float) -> torch.Tensor:
+    """log p(sequence) of every sequence under the guided logits l_null + w (l_cond - l_null), by teacher forcing."""
+    null = prior(everything, None)
+    cond = null if label is None else prior(everything, torch.full((len(everything),), label))
+    total = torch.zeros(len(everything))
+    for c, u, target in zip(cond, null, prior.split(everything)):
+        log_probs = guided_logits(c, u, cfg).log_softmax(dim=-1)
+        total += log_probs.gather(-1, target.unsqueeze(-1)).squeeze(-1).sum(dim=1)
+    return total
+
+
+@pytest.mark.parametrize("labels, cfg", [(None, 1.0), (torch.tensor([1, 0]), 1.0), (torch.tensor([1, 0]), 2.0)])
+def test_model_beam_search_with_full_beam_is_exact(labels, cfg):
+    # seed 15: image 0's greedy sequence is not its most likely one (unconditional and class 1), so the beams'
+    # KV-cache rows must follow their parents for the search to find it
+    prior = make_prior(vocabs=(3, 3), lengths=(1, 2), seed=15)
     everything = torch.tensor(list(itertools.product(range(3), repeat=3)))  # all 27 sequences
+    tokens, log_prob = prior.beam_search(2, beam=9, labels=labels, cfg=cfg)  # 9 = every 2-token prefix kept
+    greedy, _ = prior.beam_search(2, beam=1, labels=labels, cfg=cfg)
     for index in range(2):
-        label = None if labels is None else labels[index].expand(27)
-        log_probs = -3 * prior.token_nll(everything, label)
-        tokens, log_prob = prior.beam_search(2, beam=9, labels=labels)
+        log_probs = exhaustive_log_probs(prior, everything, None if labels is None else int(labels[index]), cfg)
         assert torch.equal(torch.cat(tokens, dim=1)[index], everything[log_probs.argmax()])
         assert log_prob[index].item() == pytest.approx(log_probs.max().item(), abs=1e-4)
-    greedy = prior.beam_search(2, beam=1, labels=labels)[0]
-    assert all(torch.equal(a, b) for a, b in zip(greedy, prior.generate(2, labels=labels, temperature=0.0)))
+    if cfg == 1.0:
+        assert not torch.equal(torch.cat(greedy, dim=1)[0], torch.cat(tokens, dim=1)[0])
+    sampled_greedy = prior.generate(2, labels=labels, cfg=cfg, temperature=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(greedy, sampled_greedy))
 
 
 def test_beam_search_with_prefix_and_cfg_runs():
@@ -282,3 +301,12 @@ def test_training_learns_a_toy_sequence_distribution():
     assert prior.token_nll([coarse, fine], labels).mean().item() < 0.3 * math.log(7)
     sample = prior.generate(2, labels=torch.tensor([0, 1]), temperature=0.0)
     assert torch.equal(sample[0], coarse[:2]) and torch.equal(sample[1], fine[:2])
+
+
+def test_loss_from_logits_equals_loss():
+    prior = make_prior()
+    tokens, labels = random_tokens(3), torch.tensor([0, 1, 2])
+    loss, logs = prior.loss(tokens, labels)
+    loss_b, logs_b = prior.loss_from_logits(prior(tokens, labels), tokens)
+    torch.testing.assert_close(loss, loss_b)
+    assert logs == logs_b
