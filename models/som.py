@@ -2,9 +2,9 @@
 
 The somar family's stage 2. The original's "SOM" was an nn.Embedding trained by backprop so that an unnormalised
 neighbourhood sum reconstructs a patch, then used BMU-only at inference, with a neighbourhood radius tied to raw step
-counts (FAMILIES.md §3.3 bugs 1-2). This is the classic map instead: units on a 1-D or 2-D grid, batch SOM
-(Kohonen 2013, "Essentials of the self-organizing map", eq. 9) or online SOM (eq. 4) updates with a Gaussian
-neighbourhood whose width sigma(t) and learning rate lr(t) decay over a fixed number of fit steps, a PCA-plane
+counts (FAMILIES.md §3.3 bugs 1-2). This is the classic map instead (Kohonen 2013, "Essentials of the
+self-organizing map"): units on a 1-D or 2-D grid, batch-SOM or online-SOM updates with a Gaussian neighbourhood
+whose width sigma(t) and learning rate lr(t) decay over a fixed number of fit steps, a PCA-plane (linear)
 initialisation, and a codebook evaluated exactly as it is used: the best-matching unit (BMU) alone.
 
 Every statistic an update needs is summed over ranks under torch.distributed, so every rank holds the same map.
