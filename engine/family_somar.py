@@ -141,7 +141,7 @@ def prepare_somar_model(args: argparse.Namespace, model: nn.Module, dataset) -> 
         return
     flag, hash_key = STAGE_OF[kind]
     stage, _, _ = load_stage(flag, getattr(args, flag))
-    target = model.autoencoder.net if kind == "codebook" else model.codebook
+    target = model.autoencoder.net if kind == "codebook" else getattr(model.codebook, "net", model.codebook)  # vqvae
     device = next(iter(model.buffers())).device
     target.load_state_dict(stage.state_dict())
     target.to(device).requires_grad_(False).eval()
