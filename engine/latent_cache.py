@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .checkpoint import atomic_write
-from .distributed import DistInfo, barrier
+from .distributed import DistInfo, broadcast_object
+from .trainer import TrainingError
 
 CACHE_FILE = "latent_cache.safetensors"
 ENCODE_BATCH = 256  # images per autoencoder pass while encoding
@@ -106,19 +107,31 @@ def write_cache(path: Path, posteriors: torch.Tensor, labels: torch.Tensor, meta
 
 def cached_latents(model, dataset, hflip: bool, run_dir: Path, info: DistInfo, logger) -> LatentCacheDataset:
     """The run's latent cache: read when it matches this model and data, else encoded (rank 0) and written
-    atomically; every other rank waits and reads rank 0's file."""
+    atomically; every other rank waits and reads rank 0's file. A failed write stops every rank with one line."""
     path, metadata = Path(run_dir) / CACHE_FILE, cache_metadata(model, dataset, hflip)
     cached = read_cache(path, metadata) if info.is_main else None
+    failure = None
     if info.is_main and cached is None:
         why = "autoencoder, scale, data or flips changed" if path.is_file() else "first use"
         logger.info(f"encoding {len(dataset)} training images into {path} ({why}; --no-cache encodes on the fly)")
         cached = encode_dataset(model, dataset, hflip)
-        write_cache(path, *cached, metadata)
-    barrier(info)
+        failure = write_failure(path, cached, metadata)
+    failure = broadcast_object(failure, info)
+    if failure is not None:
+        raise TrainingError(failure)
     if cached is None:
         cached = read_cache(path, metadata)
     if cached is None:
-        raise OSError(f"could not read the latent cache {path} written by rank 0; rerun with --no-cache")
+        raise TrainingError(f"could not read the latent cache {path} that rank 0 wrote; rerun with --no-cache")
     if info.is_main:
         logger.info(f"latent cache: {tuple(cached[0].shape)} (items, flips, mean/std, c, h, w) from {path}")
     return LatentCacheDataset(*cached, dataset)
+
+
+def write_failure(path: Path, cached: tuple[torch.Tensor, torch.Tensor], metadata: dict[str, str]) -> str | None:
+    """Write the cache; the one-line failure message, or None when it was written."""
+    try:
+        write_cache(path, *cached, metadata)
+    except OSError as error:
+        return f"could not write the latent cache {path} ({error.strerror or error}); free space or pass --no-cache"
+    return None

@@ -5,6 +5,7 @@ runs, and flags for the wrong kind of ldm model are one-line errors."""
 
 from __future__ import annotations
 
+import errno
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from safetensors.torch import load_file, safe_open
 import evaluate
 import sampling
 import training
+from engine import latent_cache
 from engine.checkpoint import load_checkpoint, load_model_from_checkpoint
 from engine.data import build_dataset
 from engine.family_ldm import load_autoencoder, state_sha256
@@ -141,6 +143,15 @@ def test_the_latent_cache_is_reused_on_resume_and_rebuilt_when_its_source_change
     cache.write_bytes(cache.read_bytes()[:100])  # a truncated file is rebuilt too
     train(*flags(tmp_path, *LATENT, "--autoencoder", str(ae_run), steps=2, epochs=4))
     assert torch.equal(load_file(str(cache))["posteriors"], tensors["posteriors"])
+
+
+def test_a_cache_that_cannot_be_written_is_one_line_naming_the_fix(ae_run, tmp_path, monkeypatch):
+    def full(*args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(latent_cache, "write_cache", full)
+    with pytest.raises(SystemExit, match="could not write the latent cache .* free space or pass --no-cache"):
+        train(*flags(tmp_path, *LATENT, "--autoencoder", str(ae_run), steps=2, epochs=1))
 
 
 def test_training_on_the_cache_is_training_on_the_fly_without_flips(ae_run, tmp_path):
