@@ -380,8 +380,10 @@ class SOMARCodebook(nn.Module):
     @torch.no_grad()
     def tokenize(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Images -> one (B, N_level) long tensor of BMU indices per level, coarse to fine."""
-        vectors = self.level_vectors(self.autoencoder.encode(x))
-        return [level.bmu(v.flatten(0, 1)).view(v.shape[:2]) for level, v in zip(self.levels, vectors)]
+        latent = self.autoencoder.encode(x)
+        with torch.autocast(x.device.type, enabled=False):  # BMUs by fp32 distances
+            vectors = self.level_vectors(latent)
+            return [level.bmu(v.flatten(0, 1)).view(v.shape[:2]) for level, v in zip(self.levels, vectors)]
 
     @torch.no_grad()
     def decode_tokens(self, tokens: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
@@ -402,11 +404,12 @@ class SOMARCodebook(nn.Module):
     def fit_step(self, x: torch.Tensor) -> dict[str, float]:
         """One SOM step per level on the patches of the batch's encoded maps (the first initialises the codes from
         them); logs each level's batch quantisation error (qerr, before the step), sigma and SOM rate."""
-        logs = {}
-        for k, (level, vectors) in enumerate(zip(self.levels, self.level_vectors(self.autoencoder.encode(x)))):
-            step = level.fit_step(vectors)  # the batch's errors also go into the epoch's (epoch_stats)
-            logs.update({f"level{k}_qerr": step["quantization_error"], f"level{k}_sigma": step["sigma"]})
-            logs[f"level{k}_som_lr"] = step["som_lr"]
+        logs, latent = {}, self.autoencoder.encode(x)
+        with torch.autocast(x.device.type, enabled=False):  # SOM sums and distances in fp32 even under bf16 training
+            for k, (level, vectors) in enumerate(zip(self.levels, self.level_vectors(latent))):
+                step = level.fit_step(vectors)  # the batch's errors also go into the epoch's (epoch_stats)
+                logs.update({f"level{k}_qerr": step["quantization_error"], f"level{k}_sigma": step["sigma"]})
+                logs[f"level{k}_som_lr"] = step["som_lr"]
         return logs
 
     def epoch_stats(self) -> dict[str, float]:
