@@ -17,18 +17,31 @@ import type { GpuWeights } from "./weights";
 type Builder = GraphBuilder<NormGroups>;
 const TRAITS: NetworkTraits = { numClasses: 0, condDim: 0, norm: "group" };
 
+/** What the autoencoder graphs read of a config: an ldm autoencoder's, or a somar one's (the same fields). */
+export type AutoencoderShape = Pick<LDMConfig, "image_size" | "in_channels" | "ae_width" | "ae_mults" | "latent_channels" | "ae_groups">;
+
 /** Words of the largest AE feature map at this batch size (upsampling keeps a level's channels at twice its side). */
-function aeMaxWords(ae: LDMConfig, batch: number): number {
+function aeMaxWords(ae: AutoencoderShape, batch: number): number {
   const channels = Math.max(ae.in_channels, ae.ae_width * Math.max(...ae.ae_mults), 2 * ae.latent_channels);
   return batch * channels * ae.image_size ** 2;
 }
 
-/** Encoder to the posterior mean: images (B, C, S, S) -> mean (B, latent_channels, h, w) (KLAutoencoder.encode). */
-function aeEncoder(g: Builder, ae: LDMConfig, prefix: string, io: GraphIO): void {
+/**
+ * The encoder from images (B, C, S, S) to conv_out's maps (B, out, h, w) in `output`, `activation` fused (a somar
+ * encoder's tanh); returns h. An ldm encoder's maps are the posterior mean then the log-variance.
+ */
+export function aeEncoderHead(
+  g: Builder,
+  ae: AutoencoderShape,
+  prefix: string,
+  input: Binding,
+  output: Binding,
+  activation: ops.Activation = "none",
+): number {
   const maxWords = aeMaxWords(ae, g.batch);
   const p = `${prefix}encoder`;
   let map: FeatureMap = { x: g.buf("vq_a", maxWords), channels: ae.ae_width, size: ae.image_size };
-  g.conv(`${p}.conv_in`, io.input, ae.in_channels, ae.image_size, nchw(map.x, map.size));
+  g.conv(`${p}.conv_in`, input, ae.in_channels, ae.image_size, nchw(map.x, map.size));
   for (let i = 0; i < ae.ae_mults.length; i++) {
     map = levelBlocks(g, `${p}.levels.${i}`, map, maxWords);
     const down = `${p}.levels.${i}.downsample.conv`;
@@ -38,16 +51,22 @@ function aeEncoder(g: Builder, ae: LDMConfig, prefix: string, io: GraphIO): void
     map = { x: next, channels: map.channels, size };
   }
   map = middle(g, p, map, maxWords);
-  const moments = g.buf("vq_t2", maxWords); // (B, 2 * latent_channels, h, w): mean then logvar
-  outputHead(g, p, map, nchw(moments, map.size), maxWords);
-  const meanBytes = ae.latent_channels * map.size ** 2 * 4;
+  outputHead(g, p, map, nchw(output, map.size), maxWords, activation);
+  return map.size;
+}
+
+/** Encoder to the posterior mean: images (B, C, S, S) -> mean (B, latent_channels, h, w) (KLAutoencoder.encode). */
+function aeEncoder(g: Builder, ae: LDMConfig, prefix: string, io: GraphIO): void {
+  const moments = g.buf("vq_t2", aeMaxWords(ae, g.batch)); // (B, 2 * latent_channels, h, w): mean then logvar
+  const side = aeEncoderHead(g, ae, prefix, io.input, moments);
+  const meanBytes = ae.latent_channels * side ** 2 * 4;
   for (let b = 0; b < g.batch; b++) {
     g.push({ kind: "copy", src: moments, dst: io.output, bytes: meanBytes, srcOffset: 2 * b * meanBytes, dstOffset: b * meanBytes });
   }
 }
 
 /** Decoder: latents (B, latent_channels, h, w) -> images (B, C, S, S) clamped to [-1, 1] (KLAutoencoder.decode). */
-function aeDecoder(g: Builder, ae: LDMConfig, prefix: string, io: GraphIO): void {
+export function aeDecoder(g: Builder, ae: AutoencoderShape, prefix: string, io: GraphIO): void {
   const maxWords = aeMaxWords(ae, g.batch);
   const p = `${prefix}decoder`;
   const side = ldmLatentSide(ae);

@@ -12,7 +12,7 @@ import { GraphBuilder, type GraphIO, type NetworkTraits } from "./graph";
 import * as ops from "./ops";
 import type { GpuWeights } from "./weights";
 
-type Builder = GraphBuilder<VQVAEConfig>;
+export type Builder = GraphBuilder<VQVAEConfig>;
 
 /** What the shared blocks read of a config: the GroupNorm group count (graph_ldm.ts passes its own). */
 export interface NormGroups {
@@ -116,11 +116,18 @@ export function middle(g: BlockBuilder, prefix: string, map: FeatureMap, maxWord
   return resBlock(g, `${prefix}.mid.block_2`, map, maxWords);
 }
 
-/** norm_out, swish, conv_out (3x3) into `output`. */
-export function outputHead(g: BlockBuilder, prefix: string, map: FeatureMap, output: ops.GemmOutput, maxWords: number): void {
+/** norm_out, swish, conv_out (3x3, then `activation`: a somar encoder's tanh) into `output`. */
+export function outputHead(
+  g: BlockBuilder,
+  prefix: string,
+  map: FeatureMap,
+  output: ops.GemmOutput,
+  maxWords: number,
+  activation: ops.Activation = "none",
+): void {
   const normed = other(g, map.x, maxWords);
   groupNorm(g, `${prefix}.norm_out`, map.x, normed, map.channels, map.size, true);
-  g.conv(`${prefix}.conv_out`, normed, map.channels, map.size, output);
+  g.conv(`${prefix}.conv_out`, normed, map.channels, map.size, output, { activation });
 }
 
 /** Words of the largest feature map at this batch size: the decoder's upsampling conv keeps a level's (wider)
@@ -131,59 +138,80 @@ function maxMapWords(g: Builder): number {
   return g.batch * Math.max(channels * cfg.image_size ** 2, Math.max(cfg.z_channels, cfg.codebook_dim) * vqvaeGrid(cfg) ** 2);
 }
 
-/** Encoder, quant_conv, nearest code: images (B, C, S, S) in [-1, 1] -> token indices (B, h, w) as f32. */
-function encoderGraph(g: Builder, io: GraphIO, codebook: GPUBuffer): void {
+/**
+ * Encoder and quant_conv (VQVAE.encode_latent): images (B, C, S, S) in [-1, 1] -> the continuous latent (B, d, h, w)
+ * in `latent`. `prefix`: where the vqvae sits in the file ("" in its own file, "autoencoder.net." in a somar codebook).
+ */
+export function encodeLatentGraph(g: Builder, input: Binding, latent: Binding, prefix = ""): number {
   const cfg = g.cfg;
   const maxWords = maxMapWords(g);
-  let input: Binding = io.input;
   if (cfg.input_range === "zero_one") {
-    input = g.buf("vq_input", g.batch * cfg.in_channels * cfg.image_size ** 2);
-    g.push(ops.scaleShift("encoder.input_range", io.input, input, g.batch * cfg.in_channels * cfg.image_size ** 2, 0.5, 0.5, false));
+    const scaled = g.buf("vq_input", g.batch * cfg.in_channels * cfg.image_size ** 2);
+    g.push(ops.scaleShift(`${prefix}encoder.input_range`, input, scaled, g.batch * cfg.in_channels * cfg.image_size ** 2, 0.5, 0.5, false));
+    input = scaled;
   }
   let map: FeatureMap = { x: g.buf("vq_a", maxWords), channels: cfg.width, size: cfg.image_size };
-  g.conv("encoder.conv_in", input, cfg.in_channels, cfg.image_size, nchw(map.x, map.size));
+  g.conv(`${prefix}encoder.conv_in`, input, cfg.in_channels, cfg.image_size, nchw(map.x, map.size));
   for (let i = 0; i < cfg.channel_mults.length; i++) {
-    map = levelBlocks(g, `encoder.levels.${i}`, map, maxWords);
-    const down = `encoder.levels.${i}.downsample.conv`;
+    map = levelBlocks(g, `${prefix}encoder.levels.${i}`, map, maxWords);
+    const down = `${prefix}encoder.levels.${i}.downsample.conv`;
     if (!g.weights.has(`${down}.weight`)) continue;
     const next = other(g, map.x, maxWords);
     const size = g.conv(down, map.x, map.channels, map.size, nchw(next, map.size / 2), { stride: 2, pad: 0, padEnd: 1 });
     map = { x: next, channels: map.channels, size };
   }
-  map = middle(g, "encoder", map, maxWords);
+  map = middle(g, `${prefix}encoder`, map, maxWords);
   const z = g.buf("vq_t2", maxWords); // outputHead normalises into the other ping-pong buffer
-  outputHead(g, "encoder", map, nchw(z, map.size), maxWords);
-  const latent = g.buf("vq_latent", g.batch * cfg.codebook_dim * map.size ** 2);
-  g.conv("quant_conv", z, cfg.z_channels, map.size, nchw(latent, map.size));
-  const hw = map.size ** 2;
+  outputHead(g, `${prefix}encoder`, map, nchw(z, map.size), maxWords);
+  g.conv(`${prefix}quant_conv`, z, cfg.z_channels, map.size, nchw(latent, map.size));
+  return map.size;
+}
+
+/** Encoder, quant_conv, nearest code: images (B, C, S, S) in [-1, 1] -> token indices (B, h, w) as f32. */
+function encoderGraph(g: Builder, io: GraphIO, codebook: GPUBuffer): void {
+  const cfg = g.cfg;
+  const grid = vqvaeGrid(cfg);
+  const latent = g.buf("vq_latent", g.batch * cfg.codebook_dim * grid ** 2);
+  encodeLatentGraph(g, io.input, latent);
+  const hw = grid ** 2;
   g.push(ops.nearestCode("quantizer", latent, codebook, io.output, g.batch, cfg.codebook_dim, hw, cfg.codebook_size, cfg.l2_norm));
 }
 
-/** Code lookup, post_quant_conv, decoder: token indices (B, h, w) -> images (B, C, S, S) clamped to [-1, 1]. */
-function decoderGraph(g: Builder, io: GraphIO, codebook: GPUBuffer): void {
+/**
+ * post_quant_conv and the decoder (VQVAE.decode): a latent (B, d, h, w) -> images (B, C, S, S) clamped to [-1, 1].
+ * `prefix` as encodeLatentGraph's.
+ */
+export function decodeLatentGraph(g: Builder, codes: Binding, output: Binding, prefix = ""): void {
   const cfg = g.cfg;
   const maxWords = maxMapWords(g);
   const grid = vqvaeGrid(cfg);
-  const codes = g.buf("vq_codes", g.batch * cfg.codebook_dim * grid * grid);
-  g.push(ops.gatherCodes("quantizer.codes", io.input, codebook, codes, g.batch, cfg.codebook_dim, grid * grid, cfg.codebook_size));
   const z = g.buf("vq_t2", maxWords);
-  g.conv("post_quant_conv", codes, cfg.codebook_dim, grid, nchw(z, grid));
+  g.conv(`${prefix}post_quant_conv`, codes, cfg.codebook_dim, grid, nchw(z, grid));
   const top = cfg.width * cfg.channel_mults[cfg.channel_mults.length - 1];
   let map: FeatureMap = { x: g.buf("vq_a", maxWords), channels: top, size: grid };
-  g.conv("decoder.conv_in", z, cfg.z_channels, grid, nchw(map.x, grid));
-  map = middle(g, "decoder", map, maxWords);
+  g.conv(`${prefix}decoder.conv_in`, z, cfg.z_channels, grid, nchw(map.x, grid));
+  map = middle(g, `${prefix}decoder`, map, maxWords);
   for (let i = 0; i < cfg.channel_mults.length; i++) {
-    map = levelBlocks(g, `decoder.levels.${i}`, map, maxWords);
-    const up = `decoder.levels.${i}.upsample.conv`;
+    map = levelBlocks(g, `${prefix}decoder.levels.${i}`, map, maxWords);
+    const up = `${prefix}decoder.levels.${i}.upsample.conv`;
     if (!g.weights.has(`${up}.weight`)) continue;
     const next = other(g, map.x, maxWords);
     const size = g.conv(up, map.x, map.channels, map.size, nchw(next, 2 * map.size), { upsample: 2 });
     map = { x: next, channels: map.channels, size };
   }
   const raw = g.buf("vq_raw", g.batch * cfg.in_channels * cfg.image_size ** 2);
-  outputHead(g, "decoder", map, nchw(raw, map.size), maxWords);
+  outputHead(g, `${prefix}decoder`, map, nchw(raw, map.size), maxWords);
   const [scale, shift] = cfg.input_range === "zero_one" ? [2, -1] : [1, 0];
-  g.push(ops.scaleShift("decoder.clamp", raw, io.output, g.batch * cfg.in_channels * cfg.image_size ** 2, scale, shift, true));
+  g.push(ops.scaleShift(`${prefix}decoder.clamp`, raw, output, g.batch * cfg.in_channels * cfg.image_size ** 2, scale, shift, true));
+}
+
+/** Code lookup, post_quant_conv, decoder: token indices (B, h, w) -> images (B, C, S, S) clamped to [-1, 1]. */
+function decoderGraph(g: Builder, io: GraphIO, codebook: GPUBuffer): void {
+  const cfg = g.cfg;
+  const grid = vqvaeGrid(cfg);
+  const codes = g.buf("vq_codes", g.batch * cfg.codebook_dim * grid * grid);
+  g.push(ops.gatherCodes("quantizer.codes", io.input, codebook, codes, g.batch, cfg.codebook_dim, grid * grid, cfg.codebook_size));
+  decodeLatentGraph(g, codes, io.output);
 }
 
 /** Encoder (images -> tokens) and decoder (tokens -> images) steps of a vqvae for one batch size. */
