@@ -2,11 +2,13 @@
 
 Writes frontend/test-fixtures/ (git-ignored):
   <model>/model_<mode>.safetensors   tiny randomized Sphere Encoders, Power-Spherical VAEs and VQ-VAE
-                                     tokenizers exported with engine.webformat
+                                     tokenizers, latent-diffusion models and somar codebooks exported with
+                                     engine.webformat
   <model>/reference_<mode>.safetensors  inputs and PyTorch outputs of the DEQUANTIZED model of that file
                                          (encode, decode, sample, guided sample with cfg_mode "combo",
                                          reconstruct; vqvae: tokens, decode of tokens, reconstruction, token
-                                         map); none for the 1-D psvae, which the page does not show
+                                         map; somar: latent maps, patches, tokens, decode of tokens,
+                                         reconstruction, atlas); none for the 1-D psvae, which the page does not show
   <model>/dequant_<mode>.safetensors    the float32 state dict read back by engine.webformat
   kernels.safetensors + kernels.json    single-op cases (GEMM in every encoding, convs, norms, attention...)
   diffusion.safetensors + diffusion.json  whole DDIM (η > 0) and DDPM runs of models/diffusion.py with a
@@ -157,6 +159,34 @@ LDM = {
     ),
 }
 MODELS.update(LDM)
+# somar codebooks (models/somar.py): a 16 px somar autoencoder (f2: an 8x8x4 tanh-bounded map) with a coarse level
+# (the whole map, 4 units) and a fine one (2x2 patches: 16 tokens of 16 values, 16 units on a 4x4 SOM), fitted on demo
+# images (fit_somar); the same levels over an ldm autoencoder's posterior mean and over a vqvae's latent; a prior over
+# the first codebook (the page paints its codebook's tokens; its transformer does not run in the page)
+SOMAR_AE = dict(image_size=16, ae_width=16, ae_mults=(1, 2), ae_res_blocks=1, latent_channels=4, ae_groups=8)
+SOMAR_LEVELS = dict(level_patches=(0, 2), level_sizes=(4, 16))
+VQVAE_CONFIG = dict(image_size=16, width=16, channel_mults=[1, 2], codebook_size=64)  # vqvae_tiny16's settings
+SOMAR = {
+    "somar_cb16": ("somar_codebook_tiny", dict(**SOMAR_AE, **SOMAR_LEVELS), ("fp32", "q8")),
+    "somar_ldm16": (
+        "somar_codebook_tiny",
+        dict(**SOMAR_AE, **SOMAR_LEVELS, autoencoder_family="ldm", autoencoder={"kind": "autoencoder", **LDM_AE}),
+        ("fp32",),
+    ),
+    # over a cosine vqvae's pre-quantisation latent (8x8x8, on the unit sphere per position): 16 tokens of 32 values
+    "somar_vq16": (
+        "somar_codebook_tiny",
+        dict(**SOMAR_AE, **SOMAR_LEVELS, autoencoder_family="vqvae", autoencoder=VQVAE_CONFIG),
+        ("fp32",),
+    ),
+    "somar_prior16": (
+        "somar_prior_tiny",
+        dict(**SOMAR_AE, **SOMAR_LEVELS, prior_width=16, prior_depth=1, prior_heads=2),
+        ("q4",),
+    ),
+}
+MODELS.update(SOMAR)
+SOMAR_FIT_STEPS = 3  # batch-SOM steps on demo images: the first initialises the codes on the maps' PCA plane
 LDM_TIME = 600  # the timestep of the one-pass UNet references
 LDM_STEPS = 3  # DDIM steps of the whole-loop references
 LDM_ETA = 0.5  # η of the stochastic DDIM references
@@ -357,12 +387,43 @@ def stochastic_sample(model, labels, cfg: float, seed: int, sampler: str, name: 
     return {name: images, f"{name}_x_T": x_T, f"{name}_noise": noise}
 
 
+@torch.no_grad()
+def somar_references(model, images: torch.Tensor, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor]:
+    """The finest level of a somar codebook (or a prior's): the latent maps of the images and their patches (the
+    page's patchify), tokens with their nearest-unit margins, images of random tokens (decode_tokens), the
+    reconstruction through the codebook and the atlas (codebook_atlas)."""
+    codebook = model.codebook if model.config.kind == "prior" else model
+    level = len(codebook.levels) - 1
+    latent = codebook.autoencoder.encode(images)
+    patches = codebook.level_vectors(latent)[level]  # (B, N, D)
+    tokens = codebook.tokenize(images)[level]
+    distances = torch.cdist(patches.flatten(0, 1).double(), codebook.levels[level].codes.double()).pow(2)
+    best = distances.topk(2, dim=1, largest=False).values
+    gen = torch.Generator().manual_seed(seed)
+    random_tokens = torch.randint(0, codebook.vocab_sizes[level], tokens.shape, generator=gen)
+    out = {"images": images, "latent": latent, "patches": patches, "tokens": tokens, "random_tokens": random_tokens}
+    out |= {"margins": (best[:, 1] - best[:, 0]).view(tokens.shape), "decode": codebook.decode_tokens(random_tokens)}
+    out |= {"reconstruct": codebook.reconstruct(images), "atlas": codebook.codebook_atlas(level)}
+    return {k: v.float().contiguous() for k, v in out.items()}
+
+
+@torch.no_grad()
+def fit_somar(model) -> None:
+    """A few batch-SOM steps of a somar codebook (or a prior's) on demo images, so that its units are real maps."""
+    if getattr(model.config, "family", None) != "somar" or model.config.kind == "autoencoder":
+        return
+    codebook = model.codebook if model.config.kind == "prior" else model
+    images = demo_images(16, model.config.image_size, model.config.in_channels)
+    for _ in range(SOMAR_FIT_STEPS):
+        codebook.fit_step(images)
+
+
 def model_references(model, labels: torch.Tensor | None, seed: int) -> dict[str, torch.Tensor] | None:
     """The references of a model's family (None for 1-D signal models: the page does not show them)."""
     if getattr(model, "is_signal", False):
         return None
     images = demo_images(BATCH, model.config.image_size, model.config.in_channels)
-    make = {"psvae": psvae_references, "vqvae": vqvae_references, "ldm": ldm_references}
+    make = {"psvae": psvae_references, "vqvae": vqvae_references, "ldm": ldm_references, "somar": somar_references}
     return make.get(model.config.family, references)(model, images, labels, seed)
 
 
@@ -401,6 +462,7 @@ def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
     registry_name, overrides, modes = MODELS[name]
     model = build_model(registry_name, **overrides)
     randomize(model, seed)
+    fit_somar(model)
     model.eval()
     folder = out_dir / name
     folder.mkdir(parents=True, exist_ok=True)

@@ -131,11 +131,37 @@ export function ldmAutoencoder(cfg: LDMConfig): LDMConfig | null {
 }
 
 /** Side of the AE's latent map: image side / 2^(levels - 1). */
-export function ldmLatentSide(ae: LDMConfig): number {
+export function ldmLatentSide(ae: Pick<LDMConfig, "image_size" | "ae_mults">): number {
   return ae.image_size / 2 ** (ae.ae_mults.length - 1);
 }
 
-export type ModelConfig = SphereConfig | PSVAEConfig | VQVAEConfig | LDMConfig;
+/**
+ * The somar family's config (models/somar.py `SOMARConfig`): `kind` "autoencoder" (stage 1, a conv autoencoder whose
+ * latent map is bounded by tanh), "codebook" (stage 2: a frozen autoencoder, `autoencoder_family` somar, vqvae or ldm
+ * with its config in `autoencoder` (null: this config's ae_* fields), and one self-organizing map per level over
+ * P x P patches of its map, coarse to fine; patch 0 = the whole map) or "prior" (stage 3: a transformer over the
+ * tokens of the codebook in `codebook` (null: this config's own fields), which the page does not run).
+ */
+export interface SOMARConfig {
+  family: "somar";
+  kind: "autoencoder" | "codebook" | "prior";
+  image_size: number;
+  in_channels: number;
+  num_classes: number;
+  ae_width: number;
+  ae_mults: number[];
+  ae_res_blocks: number;
+  latent_channels: number;
+  ae_groups: number;
+  level_patches: number[];
+  level_sizes: number[];
+  som_topology: "1d" | "2d";
+  autoencoder?: Record<string, unknown> | null;
+  autoencoder_family?: "somar" | "vqvae" | "ldm" | null;
+  codebook?: Record<string, unknown> | null;
+}
+
+export type ModelConfig = SphereConfig | PSVAEConfig | VQVAEConfig | LDMConfig | SOMARConfig;
 export type FamilyName = ModelConfig["family"];
 
 /** Side of the conv encoder's last map (PSVAEConfig.conv_map_size): the decoder's first map, flattened into the heads. */

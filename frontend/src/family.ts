@@ -9,6 +9,7 @@ import type { Gpu } from "./gpu";
 import { SphereModel, type WebModel } from "./model";
 import { PSVAEModel, psvaeUnsupported } from "./psvae";
 import { LDMModel } from "./ldm";
+import { SOMARModel, somarUnsupported } from "./somar";
 import { VQVAEModel, vqvaeUnsupported } from "./vqvae";
 
 const MODEL_CLASSES: Record<FamilyName, (gpu: Gpu, file: WeightFile, source: string) => WebModel> = {
@@ -16,6 +17,7 @@ const MODEL_CLASSES: Record<FamilyName, (gpu: Gpu, file: WeightFile, source: str
   psvae: (gpu, file, source) => PSVAEModel.fromFile(gpu, file, source),
   vqvae: (gpu, file, source) => VQVAEModel.fromFile(gpu, file, source),
   ldm: (gpu, file, source) => LDMModel.fromFile(gpu, file, source),
+  somar: (gpu, file, source) => SOMARModel.fromFile(gpu, file, source),
 };
 
 /** Parse and verify a weight file of any family the page reads, and build its model. */
@@ -30,6 +32,7 @@ export interface IndexFields {
   family?: string; // absent in index files written before families existed: sphere
   backbone?: string;
   quantizer?: string;
+  codebook_family?: string; // somar prior: "vqvae" when it models a vqvae's tokens
 }
 
 /**
@@ -45,6 +48,10 @@ export function entryProblem(entry: IndexFields): string | null {
   }
   if (family === "vqvae") {
     const reason = vqvaeUnsupported(entry.quantizer);
+    return reason && `'${entry.name}': ${reason}`;
+  }
+  if (family === "somar") {
+    const reason = somarUnsupported(entry.codebook_family);
     return reason && `'${entry.name}': ${reason}`;
   }
   return null;

@@ -1,7 +1,7 @@
 /**
  * Reader for the `sphere-web` weight format (docs/web_format.md, version 2): a safetensors-compatible file
  * (u64 header length, JSON header, 4-byte aligned data) holding a model of a family this reader knows (its
- * config's `family`: "sphere", the default, "psvae", "vqvae" or "ldm") in one of the modes fp32, fp16, q8 or q4, with a
+ * config's `family`: "sphere", the default, "psvae", "vqvae", "ldm" or "somar") in one of the modes fp32, fp16, q8 or q4, with a
  * SHA-256 of its data section. Mirrors engine/webformat.py: same checks, same messages' intent.
  */
 
@@ -31,6 +31,7 @@ export const FAMILY_CONFIG_KEYS: Record<FamilyName, string[]> = {
     "beta_schedule",
     "prediction",
   ],
+  somar: ["kind", "level_patches", "level_sizes", "ae_width", "ae_mults", "ae_groups", "latent_channels"],
 };
 export const DEFAULT_FAMILY: FamilyName = "sphere";
 export const MODES = ["fp32", "fp16", "q8", "q4"] as const;

@@ -10,6 +10,7 @@ import * as ops from "../../src/ops";
 import { loadModel } from "../../src/family";
 import type { WebModel } from "../../src/model";
 import { LDMModel, timeFeatures, type LDMSampleOptions } from "../../src/ldm";
+import { SOMARModel } from "../../src/somar";
 import { VQVAEModel } from "../../src/vqvae";
 
 interface Result {
@@ -333,6 +334,7 @@ async function modelTests(h: Harness, base: string, manifest: Manifest, only: st
       const labels = ref.has("labels") ? Array.from(get(ref, "labels")) : undefined;
       if (model instanceof VQVAEModel) await vqvaeChecks(h, tag, model, ref);
       else if (model instanceof LDMModel) await ldmChecks(h, tag, model, ref, manifest);
+      else if (model instanceof SOMARModel) await somarChecks(h, tag, model, ref);
       else if (info.decoder_only) await decoderOnlyChecks(h, tag, model, ref, labels);
       else await modelChecks(h, tag, model, ref, labels, manifest);
       await model.dispose();
@@ -418,6 +420,39 @@ async function vqvaeChecks(h: Harness, tag: string, model: VQVAEModel, ref: Tens
   );
   h.record(`model/${tag}/sample_refused`, !model.canSample && /no prior over its tokens/.test(message), message);
   await reuseChecks(h, tag, model, () => model.decode(get(ref, "random_tokens")), first);
+}
+
+/**
+ * A somar codebook (or a prior's): the latent maps, tokens (the CPU's best-matching units of the GPU's maps), the
+ * decode of a given token grid, the reconstruction through the tokens and the atlas; sampling refused.
+ */
+async function somarChecks(h: Harness, tag: string, model: SOMARModel, ref: Tensors) {
+  await h.check(`model/${tag}/latent`, TOLERANCE.model, async () => [await model.encode(get(ref, "images")), get(ref, "latent")]);
+  const tokens = get(ref, "tokens");
+  const encoded = Float32Array.from(await model.tokenize(get(ref, "images")));
+  const { count, ties } = tokenMismatches(encoded, tokens, get(ref, "margins"));
+  h.record(
+    `model/${tag}/tokens`,
+    count === ties && encoded.length === tokens.length,
+    `${count} of ${tokens.length} differ (${ties} near-ties)`,
+  );
+  let first: Float32Array = new Float32Array();
+  await h.check(`model/${tag}/decode_tokens`, TOLERANCE.model, async () => [
+    (first = await model.decodeTokens(get(ref, "random_tokens"))),
+    get(ref, "decode"),
+  ]);
+  await h.check(`model/${tag}/reconstruct`, count ? Infinity : TOLERANCE.model, async () => [
+    (await model.reconstruct(get(ref, "images"))).images,
+    get(ref, "reconstruct"),
+  ]);
+  await h.check(`model/${tag}/atlas`, TOLERANCE.model, async () => [(await model.atlas()).picture, get(ref, "atlas")]);
+  const message = await refusal(() => model.sample());
+  h.record(
+    `model/${tag}/sample_refused`,
+    !model.canSample && /somar_prior_\* model samples|does not run in this page/.test(message),
+    message,
+  );
+  await reuseChecks(h, tag, model, () => model.decodeTokens(get(ref, "random_tokens")), first);
 }
 
 /** The message of a call that must fail, or "no error". */
