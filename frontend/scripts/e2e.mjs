@@ -5,8 +5,9 @@
 // dragged and hovered; a decoder-only file says why it cannot reconstruct; a 1-D model and an unknown family
 // are refused in one line. A latent-diffusion model generates by DDIM showing each step's x̂_0; a class-conditional
 // one starts with its file's sampler (DDPM) and generates a chosen class with guidance by DDIM η 0.5; an
-// autoencoder reconstructs. Saves test-results/e2e.png (sphere), e2e-psvae.png, e2e-globe.png, e2e-ldm.png and
-// e2e-ldm-cond.png.
+// autoencoder reconstructs. A somar codebook draws its atlas; a unit picked there and painted on the token grid
+// changes the decoded picture. Saves test-results/e2e.png (sphere), e2e-psvae.png, e2e-globe.png, e2e-ldm.png,
+// e2e-ldm-cond.png and e2e-somar.png.
 // Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8]
 import fs from "node:fs";
 import path from "node:path";
@@ -382,6 +383,78 @@ try {
   const aeOutput = await pixels("#recon-output");
   check(aeOutput.width === 16 && range(aeOutput.rgb) > 20, `the autoencoder reconstructs (range ${range(aeOutput.rgb)})`);
   check(errors.length === 0, `no page errors after the ldm checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
+
+  // a somar codebook: no sampling (one line says why); a sample reconstructs through its tokens at load (token map
+  // and the grid to paint), the codebook atlas is drawn; picking a unit in the atlas and painting a cell re-decodes
+  // and the picture changes; a drag paints a row; a prior file shows its codebook the same way and says its prior does
+  // not run here
+  const count = (key) => page.evaluate((k) => Number(document.body.dataset[k] ?? 0), key);
+  const atlasBefore = await count("atlas");
+  await pickModel("somar_cb16");
+  check((await waitState("ready")) === "ready", "loads somar_cb16");
+  check(
+    /tokens 4×4 \(2×2 patches of the latent map 4×8×8 \(somar autoencoder\)\) from 16 SOM units/.test(
+      await page.textContent("#model-status"),
+    ),
+    `status: ${await page.textContent("#model-status")}`,
+  );
+  check(
+    /somar_prior_\* model samples/.test(await page.textContent("#sampling-note")) && (await page.isHidden("#generate-panel")),
+    `a codebook does not sample: ${await page.textContent("#sampling-note")}`,
+  );
+  check((await count("atlas")) > atlasBefore && (await page.isVisible("#paint-panel")), "the atlas is drawn and the paint panel shown");
+  const atlas = await pixels("#paint-atlas");
+  check(atlas.width === 21 && range(atlas.rgb) > 20, `the 4×4 atlas of 4 px patches is not blank (width ${atlas.width})`);
+  const somarTokens = await pixels("#recon-tokens");
+  check(somarTokens.width === 4, `the token map is 4×4: ${await page.textContent("#recon-tokens-caption")}`);
+  const paintedBefore = await pixels("#paint-output");
+  check(range(paintedBefore.rgb) > 20, "the reconstruction's tokens are decoded in the paint panel");
+  // pick a unit that cell 0 does not hold, at the centre of its atlas cell
+  const pick = await page.evaluate(() => {
+    const { model, paint } = window.sphereDemo;
+    const unit = (paint.tokens[0] + 5) % model.units;
+    const { geometry } = paint.atlas;
+    const canvas = document.querySelector("#paint-atlas");
+    const rect = canvas.getBoundingClientRect();
+    const x = geometry.pad + model.grid[2 * unit + 1] * (geometry.cellW + geometry.pad) + geometry.cellW / 2;
+    const y = geometry.pad + model.grid[2 * unit] * (geometry.cellH + geometry.pad) + geometry.cellH / 2;
+    return { unit, x: (x / canvas.width) * rect.width, y: (y / canvas.height) * rect.height };
+  });
+  await page.locator("#paint-atlas").click({ position: { x: pick.x, y: pick.y } });
+  check(
+    (await page.evaluate(() => window.sphereDemo.paint.unit)) === pick.unit,
+    `unit ${pick.unit} is picked: ${await page.textContent("#paint-atlas-caption")}`,
+  );
+  const paintCount = await count("painted");
+  const box = await page.locator("#paint-tokens").boundingBox();
+  await page.locator("#paint-tokens").click({ position: { x: box.width / 8, y: box.height / 8 } }); // cell 0 of 4×4
+  await page.waitForFunction((n) => Number(document.body.dataset.painted ?? 0) > n, paintCount, { timeout: 60_000 });
+  const paintedAfter = await pixels("#paint-output");
+  const differs = paintedAfter.rgb.some((value, i) => value !== paintedBefore.rgb[i]);
+  check(
+    (await page.evaluate(() => window.sphereDemo.paint.tokens[0])) === pick.unit && differs,
+    `painting cell 0 with unit ${pick.unit} changes the decoded picture: ${await page.textContent("#paint-status")}`,
+  );
+  const box2 = await page.locator("#paint-tokens").boundingBox();
+  await page.mouse.move(box2.x + box2.width / 8, box2.y + (box2.height * 3) / 8);
+  await page.mouse.down();
+  await page.mouse.move(box2.x + (box2.width * 7) / 8, box2.y + (box2.height * 3) / 8, { steps: 2 });
+  await page.mouse.up();
+  await page.waitForFunction(() => !window.sphereDemo.paint.busy && !window.sphereDemo.paint.pending, null, { timeout: 60_000 });
+  const row = await page.evaluate(() => Array.from(window.sphereDemo.paint.tokens.slice(4, 8)));
+  check(
+    row.every((unit) => unit === pick.unit),
+    `a drag paints the second row: ${row.join(",")}`,
+  );
+  await page.locator("#paint-panel").screenshot({ path: path.join(root, "test-results", "e2e-somar.png") });
+  const atlasCount = await count("atlas");
+  await pickModel("somar_prior16");
+  check((await waitState("ready")) === "ready", "loads somar_prior16");
+  check(
+    /does not run in this page/.test(await page.textContent("#sampling-note")) && (await count("atlas")) > atlasCount,
+    `a prior shows its codebook's atlas and says why it does not sample: ${await page.textContent("#sampling-note")}`,
+  );
+  check(errors.length === 0, `no page errors after the somar checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
 
   // refused in one line, without downloading: a 1-D signal model, a family the page does not know
   for (const [name, pattern] of [

@@ -2,7 +2,8 @@
  * The demo page: pick a model (of any family the page reads) and precision, generate, loop, reconstruct,
  * interpolate and roam; a psvae with a 3-D latent also gets a globe to turn. A diffusion model (ldm family)
  * generates by DDIM (any η) or DDPM in the page, showing each step's x̂_0, with a class and classifier-free
- * guidance when it is class-conditional; it has no interpolation or roaming.
+ * guidance when it is class-conditional; it has no interpolation or roaming. A somar codebook (or prior) shows its
+ * codebook atlas and lets the user paint token grids with its units, decoded live; its prior does not run here.
  */
 
 import {
@@ -25,6 +26,8 @@ import type { WebModel } from "./model";
 import { UnsupportedModelError } from "./psvae";
 import { CANNOT_SAMPLE, VQVAEModel } from "./vqvae";
 import { AE_CANNOT_SAMPLE, LDMModel, PIXEL_CANNOT_RECONSTRUCT } from "./ldm";
+import { SOMARModel, type Atlas } from "./somar";
+import { cellAt, paintStroke, pictureRGBA, unitAt } from "./somar_grid";
 import type { Sampler } from "./diffusion";
 import { Random } from "./rng";
 import { GreatCircleWalk, randomPoint, slerp2d } from "./sphere";
@@ -59,6 +62,17 @@ interface State {
   pendingGlobe: { point: Vec3; kind: PickKind } | null;
   globeBusy: boolean;
   random: Random;
+  paint: PaintState;
+}
+
+/** The somar paint panel: the token grid being painted, the unit picked in the atlas, the stroke's last cell. */
+interface PaintState {
+  tokens: Int32Array | null;
+  unit: number;
+  atlas: Atlas | null;
+  lastCell: number | null;
+  pending: boolean;
+  busy: boolean;
 }
 
 const state: State = {
@@ -76,6 +90,7 @@ const state: State = {
   pendingGlobe: null,
   globeBusy: false,
   random: new Random(Date.now() >>> 0),
+  paint: { tokens: null, unit: 0, atlas: null, lastCell: null, pending: false, busy: false },
 };
 
 // ---------------------------------------------------------------------------------------------------------
@@ -194,7 +209,9 @@ function describe(entry: CatalogEntry): string {
           ? `vqvae tokenizer, ${entry.codebook_size} codes, f${entry.downsample_factor}`
           : family === "ldm"
             ? describeLdm(entry)
-            : `${family} (not readable here)`;
+            : family === "somar"
+              ? describeSomar(entry)
+              : `${family} (not readable here)`;
   return `${entry.name} — ${kind}, ${entry.image_size}px, ${formatCount(entry.param_count)} params${classes}`;
 }
 
@@ -206,12 +223,28 @@ function describeLdm(entry: CatalogEntry): string {
   return entry.kind === "pixel" ? `pixel diffusion (${sampler})` : `latent diffusion (${sampler}) on ${shape} latents`;
 }
 
+/** A somar entry: an autoencoder's map, or a codebook's (prior's) finest level: units, patches, token grid. */
+function describeSomar(entry: CatalogEntry): string {
+  const shape = (entry.latent_shape ?? []).join("×");
+  if (entry.kind === "autoencoder") return `somar autoencoder, f${entry.downsample_factor}, map ${shape}`;
+  const patch = entry.level_patches?.at(-1) ?? 0;
+  const grid = (entry.token_grids?.at(-1) ?? []).join("×");
+  const what = entry.kind === "prior" ? "somar prior (its codebook)" : "somar codebook";
+  return `${what}, ${entry.level_sizes?.at(-1)} units of ${patch ? `${patch}×${patch}` : "whole-map"} patches, tokens ${grid}`;
+}
+
 /** The status line's account of a loaded model's latent. */
 function describeLatent(model: WebModel): string {
   if (model.family === "sphere") return `latent ${model.latentShape.join("×")} (L = ${model.latentSize})`;
   if (model instanceof LDMModel) {
     const what = model.config.kind === "autoencoder" ? "latent (posterior mean)" : "denoises";
     return `${what} ${model.latentShape.join("×")}`;
+  }
+  if (model instanceof SOMARModel) {
+    const map = `latent map ${model.latentShape.join("×")} (${model.autoencoderFamily} autoencoder)`;
+    if (!model.layout) return map;
+    const { rows, cols, patchH, patchW } = model.layout;
+    return `tokens ${rows}×${cols} (${patchH}×${patchW} patches of the ${map}) from ${model.units} SOM units`;
   }
   if (model instanceof VQVAEModel) {
     const { codebook_size: K, codebook_dim: d, l2_norm } = model.config;
@@ -311,6 +344,7 @@ async function loadSelected(): Promise<void> {
       await generate();
       if (!(model instanceof LDMModel)) await newCorners();
     } else await reconstructFrom(SAMPLE_IMAGES[0].url);
+    if (model instanceof SOMARModel && model.layout) await showAtlas(model);
     state.globe?.reset();
     setPageState("ready");
   } catch (error) {
@@ -338,7 +372,18 @@ function configureConditional(entry: CatalogEntry): void {
 /** Outputs and timings of the previous model would read as the next one's. */
 function clearOutputs(): void {
   for (const id of ["generate-status", "recon-status", "pad-status", "roam-status", "globe-status", "family-note"]) setStatus(id, "");
-  for (const id of ["recon-input", "recon-output", "recon-tokens", "roam-output", "globe-output"]) {
+  state.paint = { tokens: null, unit: 0, atlas: null, lastCell: null, pending: false, busy: false };
+  setStatus("paint-status", "");
+  for (const id of [
+    "recon-input",
+    "recon-output",
+    "recon-tokens",
+    "roam-output",
+    "globe-output",
+    "paint-atlas",
+    "paint-tokens",
+    "paint-output",
+  ]) {
     const canvas = $<HTMLCanvasElement>(id);
     canvas.getContext("2d")?.clearRect(0, 0, canvas.width, canvas.height);
   }
@@ -348,6 +393,8 @@ const FAMILY_NOTES: Record<string, string> = {
   sphere: "",
   vqvae: "A VQ-VAE tokenizer: Reconstruct encodes a picture to a grid of codebook indices (tokens) and decodes them.",
   ldm: "A latent-diffusion family model: an autoencoder reconstructs; a diffusion model generates by DDIM (η = 0 deterministic, η > 0 adds noise at each step) or DDPM, showing each step's estimate of the final image.",
+  somar:
+    "A somar model: an autoencoder whose latent map is cut into patches, each replaced by its best-matching unit of a self-organizing map (the tokens). Reconstruct goes through the tokens; below, paint token grids with units picked from the codebook atlas.",
   psvae:
     "A Power-Spherical VAE: samples decode uniform points of its unit sphere; each further step is an encode → decode cycle, without noise.",
 };
@@ -370,11 +417,13 @@ function configurePanels(model: WebModel): void {
   $("generate-panel").hidden = !model.canSample;
   for (const id of ["interpolate-panel", "roam-panel"]) $(id).hidden = !model.canSample || diffusion;
   $("sampling-note").hidden = model.canSample;
-  const reason = model instanceof LDMModel ? AE_CANNOT_SAMPLE : CANNOT_SAMPLE;
+  const reason = model instanceof LDMModel ? AE_CANNOT_SAMPLE : model instanceof SOMARModel ? model.cannotSample : CANNOT_SAMPLE;
   setStatus("sampling-note", model.canSample ? "" : `Generate, Loop, the pad and roam are hidden: ${reason}.`);
   $("recon-steps").closest("label")!.hidden = !model.canSample; // one round: re-encoding a tokenizer's output is not a refinement
   if (!model.canSample) $<HTMLSelectElement>("recon-steps").value = "1";
-  $("recon-tokens-figure").hidden = !(model instanceof VQVAEModel);
+  const painted = model instanceof SOMARModel && model.layout !== null;
+  $("recon-tokens-figure").hidden = !(model instanceof VQVAEModel || painted);
+  $("paint-panel").hidden = !painted;
   const globe = model.family === "psvae" && model.latentSize === 3;
   $("globe-panel").hidden = !globe;
   state.globe = globe ? (state.globe ?? new Globe($<HTMLCanvasElement>("globe"), requestGlobe)) : null;
@@ -518,6 +567,8 @@ async function reconstructFrom(source: Blob | string): Promise<void> {
     const { images, timings } = result;
     drawImage($<HTMLCanvasElement>("recon-output"), images, 0, model.config.in_channels, size);
     if (model instanceof VQVAEModel && "tokens" in result) drawTokenMap(model, result.tokens as Float32Array);
+    if (model instanceof SOMARModel && "tokens" in result && result.tokens)
+      showReconstructedTokens(model, result.tokens as Int32Array, images);
     setStatus(
       "recon-status",
       `encode ${timings.encodeMs.toFixed(1)} ms · decode ${timings.decodeMs.toFixed(1)} ms${steps > 1 ? ` (${steps} rounds)` : ""}`,
@@ -534,6 +585,141 @@ function drawTokenMap(model: VQVAEModel, tokens: Float32Array): void {
   const used = new Set(tokens.subarray(0, grid * grid)).size;
   setStatus("recon-tokens-caption", `tokens ${grid}×${grid} (${used} distinct codes of ${model.config.codebook_size})`);
   document.body.dataset.tokens = String(Number(document.body.dataset.tokens ?? 0) + 1); // read by the end-to-end test
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// somar: the token map of a reconstruction, the codebook atlas and painting token grids with its units
+
+/** A reconstruction's tokens: its token map (units coloured by their SOM grid place), and the grid to paint on. */
+function showReconstructedTokens(model: SOMARModel, tokens: Int32Array, images: Float32Array): void {
+  const { rows, cols, tokens: n } = model.layout!;
+  const grid = tokens.slice(0, n);
+  drawPicture($<HTMLCanvasElement>("recon-tokens"), model.tokenMap(grid), 3, rows, cols);
+  setStatus("recon-tokens-caption", `tokens ${rows}×${cols} (${new Set(grid).size} distinct units of ${model.units})`);
+  document.body.dataset.tokens = String(Number(document.body.dataset.tokens ?? 0) + 1);
+  state.paint.tokens = grid;
+  drawPaintTokens(model);
+  drawImage($<HTMLCanvasElement>("paint-output"), images, 0, model.config.in_channels, model.config.image_size);
+  setStatus("paint-status", "the reconstruction's tokens: paint over them");
+}
+
+/** A picture (C, height, width) in [-1, 1] on a canvas of its size. */
+function drawPicture(canvas: HTMLCanvasElement, picture: Float32Array, channels: number, height: number, width: number): void {
+  if (canvas.width !== width || canvas.height !== height) [canvas.width, canvas.height] = [width, height];
+  const rgba = pictureRGBA(picture, channels, height, width);
+  canvas.getContext("2d")!.putImageData(new ImageData(rgba as Uint8ClampedArray<ArrayBuffer>, width, height), 0, 0);
+}
+
+/** Decode every unit into the atlas (once per model) and draw it with the picked unit outlined. */
+async function showAtlas(model: SOMARModel): Promise<void> {
+  const start = performance.now();
+  const atlas = await model.atlas();
+  if (state.model !== model) return;
+  state.paint.atlas = atlas;
+  state.paint.unit = Math.min(state.paint.unit, model.units - 1);
+  drawAtlas(model);
+  setStatus("paint-status", `atlas of ${model.units} units decoded in ${(performance.now() - start).toFixed(0)} ms`);
+  document.body.dataset.atlas = String(Number(document.body.dataset.atlas ?? 0) + 1); // read by the end-to-end test
+}
+
+function drawAtlas(model: SOMARModel): void {
+  const atlas = state.paint.atlas;
+  if (!atlas) return;
+  const { geometry } = atlas;
+  const canvas = $<HTMLCanvasElement>("paint-atlas");
+  drawPicture(canvas, atlas.picture, model.config.in_channels, geometry.height, geometry.width);
+  const unit = state.paint.unit;
+  const [row, col] = [model.grid[2 * unit], model.grid[2 * unit + 1]];
+  const context = canvas.getContext("2d")!;
+  context.strokeStyle = "#ffd400";
+  context.lineWidth = 1;
+  const [top, left] = [geometry.pad + row * (geometry.cellH + geometry.pad), geometry.pad + col * (geometry.cellW + geometry.pad)];
+  context.strokeRect(left - 0.5, top - 0.5, geometry.cellW + 1, geometry.cellH + 1); // in the gap around the cell
+  setStatus("paint-atlas-caption", `unit ${unit} (row ${row}, column ${col}) of ${model.units}`);
+}
+
+function drawPaintTokens(model: SOMARModel): void {
+  if (!state.paint.tokens) return;
+  const { rows, cols } = model.layout!;
+  drawPicture($<HTMLCanvasElement>("paint-tokens"), model.tokenMap(state.paint.tokens), 3, rows, cols);
+  setStatus("paint-tokens-caption", `tokens ${rows}×${cols}`);
+}
+
+/** Decode the painted grid; strokes that arrive meanwhile collapse into one decode (as the pad does). */
+async function drainPaint(): Promise<void> {
+  state.paint.busy = true;
+  try {
+    while (state.paint.pending && state.model instanceof SOMARModel && state.paint.tokens) {
+      state.paint.pending = false;
+      const model = state.model;
+      const images = await model.decodeTokens(state.paint.tokens.slice());
+      if (state.model !== model) return;
+      drawImage($<HTMLCanvasElement>("paint-output"), images, 0, model.config.in_channels, model.config.image_size);
+      setStatus("paint-status", `decode ${model.lastTimings.decodeMs.toFixed(1)} ms`);
+      document.body.dataset.painted = String(Number(document.body.dataset.painted ?? 0) + 1); // read by the end-to-end test
+    }
+  } catch (error) {
+    reportError(error);
+  } finally {
+    state.paint.busy = false;
+  }
+}
+
+function requestPaintDecode(): void {
+  state.paint.pending = true;
+  if (!state.paint.busy) void drainPaint();
+}
+
+/** Paint the picked unit from the stroke's last cell to the cell under the pointer. */
+function paintAt(event: PointerEvent): void {
+  const model = state.model;
+  if (!(model instanceof SOMARModel) || !model.layout || !state.paint.tokens) return;
+  const rect = $("paint-tokens").getBoundingClientRect();
+  const cell = cellAt(model.layout, (event.clientX - rect.left) / rect.width, (event.clientY - rect.top) / rect.height);
+  const changed = paintStroke(state.paint.tokens, model.layout, state.paint.lastCell, cell, state.paint.unit);
+  state.paint.lastCell = cell;
+  if (!changed) return;
+  drawPaintTokens(model);
+  requestPaintDecode();
+}
+
+/** Fill the whole grid with the picked unit, or with random units. */
+function fillTokens(pick: () => number): void {
+  const model = state.model;
+  if (!(model instanceof SOMARModel) || !model.layout) return;
+  state.paint.tokens = Int32Array.from({ length: model.layout.tokens }, pick);
+  drawPaintTokens(model);
+  requestPaintDecode();
+}
+
+function setupPaint(): void {
+  const atlas = $<HTMLCanvasElement>("paint-atlas");
+  atlas.onclick = (event) => {
+    const model = state.model;
+    if (!(model instanceof SOMARModel) || !state.paint.atlas) return;
+    const rect = atlas.getBoundingClientRect();
+    const x = ((event.clientX - rect.left) / rect.width) * atlas.width;
+    const y = ((event.clientY - rect.top) / rect.height) * atlas.height;
+    const unit = unitAt(model.grid, state.paint.atlas.geometry, x, y);
+    if (unit === null) return;
+    state.paint.unit = unit;
+    drawAtlas(model);
+  };
+  const tokens = $<HTMLCanvasElement>("paint-tokens");
+  tokens.onpointerdown = (event) => {
+    tokens.setPointerCapture(event.pointerId);
+    state.paint.lastCell = null;
+    paintAt(event);
+  };
+  tokens.onpointermove = (event) => {
+    if (event.buttons) paintAt(event);
+  };
+  tokens.onpointerup = () => (state.paint.lastCell = null);
+  $("paint-fill").onclick = () => fillTokens(() => state.paint.unit);
+  $("paint-random").onclick = () => {
+    const units = state.model instanceof SOMARModel ? state.model.units : 1;
+    fillTokens(() => state.random.nextUint32() % units);
+  };
 }
 
 function setupReconstruct(): void {
@@ -741,6 +927,7 @@ function wireControls(): void {
   $<HTMLSelectElement>("sampler").onchange = showEta;
   $<HTMLInputElement>("eta").oninput = showEta;
   setupReconstruct();
+  setupPaint();
   setupPad();
 }
 

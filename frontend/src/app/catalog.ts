@@ -13,7 +13,7 @@ export interface CatalogEntry {
   image_size: number;
   backbone?: string; // sphere: vit | convnet; psvae: conv | vit | conv1d (the encoder)
   latent_dim?: number; // sphere
-  latent_shape?: number[]; // sphere
+  latent_shape?: number[]; // sphere; ldm and somar: the (autoencoder's) latent map [C, h, w]
   z_dim?: number; // psvae: the latent is a point of S^(z_dim - 1)
   decoder?: string; // psvae: conv | upsample
   codebook_size?: number; // vqvae: K codes
@@ -23,6 +23,11 @@ export interface CatalogEntry {
   kind?: string; // ldm: autoencoder | latent | pixel
   sampler?: string; // ldm diffusion kinds: the file's default sampler, ddim | ddpm (absent in older indexes: ddim)
   eta?: number; // ldm diffusion kinds: the file's default DDIM η (absent in older indexes: 0)
+  autoencoder_family?: string; // somar codebook and prior: the frozen autoencoder's family (somar | ldm | vqvae)
+  codebook_family?: string; // somar prior over a vqvae's tokens: "vqvae" (not shown)
+  level_patches?: number[]; // somar: each codebook level's patch side, coarse to fine (0 = the whole map)
+  level_sizes?: number[]; // somar: SOM units per level
+  token_grids?: number[][]; // somar: each level's token grid [rows, cols]
   num_classes: number;
   param_count: number;
   modes: Partial<Record<"fp32" | "fp16" | "q8" | "q4", ModeEntry>>;
