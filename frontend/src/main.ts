@@ -27,7 +27,7 @@ import { UnsupportedModelError } from "./psvae";
 import { CANNOT_SAMPLE, VQVAEModel } from "./vqvae";
 import { AE_CANNOT_SAMPLE, LDMModel, PIXEL_CANNOT_RECONSTRUCT } from "./ldm";
 import { SOMARModel, type Atlas } from "./somar";
-import { cellAt, paintStroke, pictureRGBA, unitAt } from "./somar_grid";
+import { cellAt, paintStroke, pictureRGBA, unitAt, unitAtCell } from "./somar_grid";
 import type { Sampler } from "./diffusion";
 import { Random } from "./rng";
 import { GreatCircleWalk, randomPoint, slerp2d } from "./sphere";
@@ -703,6 +703,17 @@ function setupPaint(): void {
     const unit = unitAt(model.grid, state.paint.atlas.geometry, x, y);
     if (unit === null) return;
     state.paint.unit = unit;
+    drawAtlas(model);
+  };
+  atlas.onkeydown = (event) => {
+    const model = state.model;
+    const step = { ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1] }[event.key];
+    if (!(model instanceof SOMARModel) || !state.paint.atlas || !step) return;
+    event.preventDefault();
+    const unit = state.paint.unit;
+    const next = unitAtCell(model.grid, model.grid[2 * unit] + step[0], model.grid[2 * unit + 1] + step[1]);
+    if (next === null) return; // the edge of the map, or a pruned cell
+    state.paint.unit = next;
     drawAtlas(model);
   };
   const tokens = $<HTMLCanvasElement>("paint-tokens");

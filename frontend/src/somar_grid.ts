@@ -190,6 +190,11 @@ export function unitAt(grid: Float32Array, geometry: AtlasGeometry, x: number, y
   const inCell = x - geometry.pad - col * (geometry.cellW + geometry.pad) < geometry.cellW;
   const inRow = y - geometry.pad - row * (geometry.cellH + geometry.pad) < geometry.cellH;
   if (x < geometry.pad || y < geometry.pad || !inCell || !inRow) return null;
+  return unitAtCell(grid, row, col);
+}
+
+/** The unit at SOM grid cell (row, col), or null (outside the grid, a pruned cell). */
+export function unitAtCell(grid: Float32Array, row: number, col: number): number | null {
   for (let k = 0; 2 * k < grid.length; k++) if (grid[2 * k] === row && grid[2 * k + 1] === col) return k;
   return null;
 }

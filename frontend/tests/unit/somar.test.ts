@@ -19,6 +19,7 @@ import {
   tokenMaps,
   tokenRegion,
   unitAt,
+  unitAtCell,
   unpatchify,
 } from "../../src/somar_grid";
 import { readBuffer, readTensors, withHeader } from "./fixtures";
@@ -113,6 +114,7 @@ describe("painting", () => {
     expect(unitAt(grid, geometry, 8, 8)).toBe(2);
     expect(unitAt(grid, geometry, 5, 1)).toBeNull(); // the gap between cells
     expect(unitAt(grid, geometry, 2, 7)).toBeNull(); // the pruned cell
+    expect([unitAtCell(grid, 1, 1), unitAtCell(grid, 1, 0), unitAtCell(grid, 0, 2)]).toEqual([2, null, null]);
     expect(Array.from(gridColors(grid).subarray(6, 9))).toEqual([1, 1, Math.fround(0.2)]);
   });
 });
