@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 RECON_TERMS = ("l1", "l2")
 
@@ -95,10 +96,12 @@ class SOMARPriorLoss:
 
     def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         core = getattr(model, "module", model)
-        x, labels = batch[0], self.dropped_labels(core, batch[1])
-        tokens = core.tokens(x)
-        loss, logs = core.prior.loss(tokens, labels)
-        return loss, {"loss": float(loss.detach()), **{k: float(v) for k, v in logs.items() if k != "loss"}}
+        tokens = core.tokens(batch[0])  # (B, N_level) per level, from the frozen codebook
+        logits = model(tokens, self.dropped_labels(core, batch[1]))  # through the wrapper: DDP syncs gradients
+        nll = [F.cross_entropy(lg.float().transpose(1, 2), t, reduction="none") for lg, t in zip(logits, tokens)]
+        loss = torch.cat([part.flatten() for part in nll]).mean()
+        values = torch.stack([loss.detach(), *(part.detach().mean() for part in nll)]).tolist()  # one sync
+        return loss, dict(zip(["loss", *(f"nll_seg{k}" for k in range(len(nll)))], values))
 
     def dropped_labels(self, core: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
         """None for an unconditional prior; else labels with a label_dropout share set to the null class."""

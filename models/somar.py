@@ -522,6 +522,10 @@ class SOMARPrior(nn.Module):
         self.codebook.eval()
         return self
 
+    def forward(self, tokens: list[torch.Tensor], labels: torch.Tensor | None) -> list[torch.Tensor]:
+        """Teacher forcing: the prior's logits (B, N_level, K_level) for every level's tokens (the loss's pass)."""
+        return self.prior(tokens, labels)
+
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Images -> the codebook's tokens, one (B, N_level) tensor per segment."""

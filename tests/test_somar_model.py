@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from losses.somar import SOMARAutoencoderLoss, SOMARLossConfig
+from losses.somar import SOMARAutoencoderLoss, SOMARLossConfig, SOMARPriorLoss
 from models import MODELS, build_model
 from models.somar import SOMAR_MODELS, SOMARAutoencoder, SOMARConfig
 
@@ -137,6 +137,11 @@ def test_the_prior_models_the_codebook_tokens_and_samples_images():
     assert set(groups) == {"prior", "codebook"} and all(p.requires_grad for p in groups["prior"])
     with pytest.raises(ValueError, match="cfg must be >= 0"):
         model.sample(1, cfg=-1)
+    loss, logs = SOMARPriorLoss(SOMARLossConfig(label_dropout=0.0), model)(model, (x, torch.tensor([0, 2])))
+    expected, _ = model.prior.loss(model.tokens(x), torch.tensor([0, 2]))  # the same mean cross-entropy
+    assert torch.allclose(loss, expected) and set(logs) == {"loss", "nll_seg0", "nll_seg1"}
+    loss.backward()
+    assert model.prior.heads[1].weight.grad is not None
 
 
 def test_a_prior_config_holds_its_frozen_codebook_and_round_trips():
