@@ -187,3 +187,22 @@ def test_unknown_kind_is_refused_in_one_line():
     config = {**build("codebook").config.to_dict(), "kind": "video"}
     with pytest.raises(WebFormatError, match="kind 'video'"):
         config_of({"config": json.dumps(config)}, "f")
+
+
+def test_a_codebook_checkpoint_exports_with_its_frozen_autoencoder(tmp_path):
+    import export_weights
+
+    model = build("codebook", "ldm")
+    model.config.autoencoder_sha256 = "ab" * 32
+    config = {"model": model.config.to_dict()}
+    ckpt = {"model": model.state_dict(), "ema": None, "config": config, "step": 1, "epoch": 0}
+    torch.save(ckpt, tmp_path / "checkpoint_latest.pth")
+    out = tmp_path / "web" / "somar"
+    argv = ["--checkpoint", str(tmp_path / "checkpoint_latest.pth"), "--output_dir", str(out), "--mode", "q8"]
+    export_weights.main(export_weights.parse_args([*argv, "--no-ema", "--index_root", str(tmp_path / "web")]))
+    loaded = load_model_from_web_weights(out / "model_q8.safetensors")
+    assert loaded.config.autoencoder == model.config.autoencoder and loaded.config.autoencoder_sha256 == "ab" * 32
+    assert torch.equal(loaded.levels[1].grid, model.levels[1].grid)
+    assert relative_l2(outputs(loaded), outputs(model)) <= REL_L2["q8"]
+    (entry,) = json.loads((tmp_path / "web" / "index.json").read_text())
+    assert (entry["name"], entry["kind"], entry["autoencoder_family"]) == ("somar", "codebook", "ldm")
