@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import evaluate
 import prune_codebook
 import sampling
 import training
@@ -206,3 +207,16 @@ def test_vqvae_and_ldm_autoencoders_serve_as_stage_one_and_a_vqvae_as_the_tokeni
     model, _ = load_model_from_checkpoint(prior / "checkpoints" / "checkpoint_latest.pth")
     assert model.prior.settings.vocab_sizes == (32,) and model.prior.settings.segment_lengths == (16,)
     assert model.sample(2, generator=per_image_generators(0, 0, 2, "cpu")).shape == (2, 3, 16, 16)
+
+
+def test_evaluate_measures_the_prior_samples_and_the_codebook_reconstructions(
+    prior_run, codebook_run, tmp_path, inception_weights_file
+):
+    common = ["--device", "cpu", "--inception_weights", inception_weights_file, "--batch_size", "4"]
+    reference = ["--num_ref", "8", "--ref_cache_dir", str(tmp_path)]
+    argv = ["--checkpoint", str(prior_run), *common, *reference, "--num_samples", "8"]
+    records = evaluate.main(evaluate.parse_args(argv))
+    assert [r["steps"] for r in records if r["metric"] == "fid"] == [1]
+    argv = ["--checkpoint", str(codebook_run), *common, "--num_recon", "8", "--reconstruction"]
+    values = {r["metric"] for r in evaluate.main(evaluate.parse_args(argv)) if r["evaluation"] == "reconstruction"}
+    assert {"psnr", "ssim", "rfid"} <= values
