@@ -547,20 +547,21 @@ class SOMARPrior(nn.Module):
     def sample(
         self, n: int, steps: int = 1, generator=None, labels: torch.Tensor | None = None, cfg: float = 1.0,
         cfg_mode: str = "combo", return_all: bool = False, temperature: float = 1.0, top_k: int | None = None,
-        top_p: float | None = None, beam: int | None = None,
+        top_p: float | None = None, beam: int | None = None, prefix: list[torch.Tensor] | None = None,
     ):  # fmt: skip
         """n images in [-1, 1]: tokens drawn by the prior (class, then coarse to fine; beam > 0: beam search for the
         most likely sequence instead), decoded by the codebook. generator: None, one or a list of n (per image).
         labels: (n,) classes of a conditional prior (None: the null class); cfg: guidance on logits (1 = off); every
-        cfg_mode is the same (one guidance point). steps > 1 adds re-encode cycles through the codebook."""
+        cfg_mode is the same (one guidance point). steps > 1 adds re-encode cycles through the codebook. prefix: the
+        leading levels' tokens [(n, N_0), ...] (tokens(x)[:1]: variations of images that keep their coarse token)."""
         if cfg_mode not in CFG_MODES or not cfg >= 0 or steps < 1:
             raise ValueError(f"cfg must be >= 0, cfg_mode one of {', '.join(CFG_MODES)} and steps >= 1; got {cfg}, "
                              f"{cfg_mode}, {steps}")  # fmt: skip
         labels = self._labels(labels, n)
         if beam:
-            tokens, _ = self.prior.beam_search(n, beam, labels=labels, cfg=cfg)
+            tokens, _ = self.prior.beam_search(n, beam, labels=labels, cfg=cfg, prefix=prefix)
         else:
-            options = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            options = dict(temperature=temperature, top_k=top_k, top_p=top_p, generator=generator, prefix=prefix)
             tokens = self.prior.generate(n, labels=labels, cfg=cfg, **options)
         outputs = [self.codebook.decode_tokens(tokens)]
         outputs += self.reconstruct(outputs[0], steps=steps - 1, return_all=True) if steps > 1 else []

@@ -137,6 +137,10 @@ def test_the_prior_models_the_codebook_tokens_and_samples_images():
     assert set(groups) == {"prior", "codebook"} and all(p.requires_grad for p in groups["prior"])
     with pytest.raises(ValueError, match="cfg must be >= 0"):
         model.sample(1, cfg=-1)
+    coarse = model.tokens(x)[:1]
+    variations = model.sample(2, labels=torch.tensor([1, 2]), prefix=coarse)  # keep each image's level-0 token
+    assert variations.shape == (2, 3, 16, 16)
+    assert torch.equal(model.prior.generate(2, labels=torch.tensor([1, 2]), prefix=coarse)[0], coarse[0])
     loss, logs = SOMARPriorLoss(SOMARLossConfig(label_dropout=0.0), model)(model, (x, torch.tensor([0, 2])))
     expected, _ = model.prior.loss(model.tokens(x), torch.tensor([0, 2]))  # the same mean cross-entropy
     assert torch.allclose(loss, expected) and set(logs) == {"loss", "nll_seg0", "nll_seg1"}
