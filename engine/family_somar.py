@@ -26,6 +26,7 @@ from models.somar import MODEL_CLASSES, SOM_DECAYS, SOM_MODES, SOM_TOPOLOGIES, S
 from .family import Family
 from .family_ldm import state_sha256
 from .flags import ConfigError, Rule, weight_rule
+from .web_somar import SOMAR_WEB
 
 AE_FLAGS = ("ae_width", "ae_mults", "ae_res_blocks", "ae_groups")  # ldm's flags, shared (Family.shared_flags)
 SOM_FLAGS = ("level_patches", "level_sizes", "som_topology", "som_mode", "som_steps", "som_sigma_start")
@@ -277,7 +278,7 @@ SOMAR_FAMILY = Family(
     check_dataset=check_somar_dataset,
     flag_rules=SOMAR_RULES,
     presets={},  # three kinds, three recipes: configs/somar_ae_fashion.yaml, somar_codebook_..., somar_prior_...
-    web=None,
+    web=SOMAR_WEB,
     latent=None,  # discrete tokens, not a sphere
     summary="autoencoder -> SOM codebooks -> autoregressive prior (somar_ae_*, somar_codebook_*, somar_prior_*)",
     prepare_model=prepare_somar_model,
