@@ -37,6 +37,7 @@ from engine.cli import (
     resolve_checkpoint,
     seed_int,
     source_folder_name,
+    top_p_float,
 )
 from engine.data import DatasetError, build_dataset, load_image
 from engine.families import cannot_sample_reason, takes_signals
@@ -163,6 +164,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--eta", type=non_negative_float, default=None, help="diffusion models: DDIM eta (0 = deterministic)"
+    )
+    prior = "somar priors: "
+    parser.add_argument(
+        "--temperature", type=non_negative_float, default=None, help=prior + "logit temperature (1; 0 = greedy)"
+    )
+    parser.add_argument("--top_k", type=positive_int, default=None, help=prior + "sample among the k likeliest codes")
+    parser.add_argument("--top_p", type=top_p_float, default=None, help=prior + "nucleus sampling mass in (0, 1]")
+    parser.add_argument(
+        "--beam", type=positive_int, default=None, help=prior + "beam search (log space) with N beams, not sampling"
     )
     parser.add_argument("--cfg", type=non_negative_float, default=1.0, help="classifier-free guidance scale (1 = off)")
     parser.add_argument("--cfg_mode", choices=CFG_MODES, default="combo", help="where guidance applies")
@@ -292,9 +302,15 @@ def planned_outputs(args, out_dir: Path, can_sample: bool, tokens: bool = False)
     return paths
 
 
+SAMPLING_ONLY = ("noise_angle", "sampler", "eta", "temperature", "top_k", "top_p", "beam")  # sample() options
+
+
 def check_class_flags(model, args) -> None:
     if not model.can_sample and args.cfg != 1.0:
         raise InputError(f"--cfg guides sampling, but {cannot_sample_reason(model)}; drop --cfg")
+    given = [name for name in SAMPLING_ONLY if getattr(args, name) is not None]
+    if not model.can_sample and given:
+        raise InputError(f"--{given[0]} sets how samples are drawn, but {cannot_sample_reason(model)}; drop it")
     num_classes = model.config.num_classes
     if num_classes == 0 and (args.class_label is not None or args.cfg != 1.0):
         raise InputError("--class/--cfg need a class-conditional model (trained with --conditional)")
@@ -316,6 +332,8 @@ def generate(model, args) -> list[torch.Tensor]:
     device = args.device
     given = {"--noise_angle": ("noise_angle", args.noise_angle), "--eta": ("eta", args.eta)}
     given["--sampler"] = ("sampler", args.sampler)
+    for name in ("temperature", "top_k", "top_p", "beam"):
+        given[f"--{name}"] = (name, getattr(args, name))
     options = model_options(model, "sample", given)
     outputs: dict[int, list[torch.Tensor]] = {steps: [] for steps in args.steps}
     for start in tqdm(range(0, args.num_samples, args.batch_size), desc="sampling", leave=False):

@@ -46,6 +46,14 @@ def non_negative_float(text: str) -> float:
     return value
 
 
+def top_p_float(text: str) -> float:
+    """argparse type: a nucleus-sampling mass in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be a probability mass in (0, 1], got {text}")
+    return value
+
+
 def angle_degrees(text: str) -> float:
     """argparse type: a noise angle in degrees, 0 <= angle < 90 (tan(90°) is infinite noise)."""
     value = float(text)

@@ -308,8 +308,8 @@ class VQVAE(nn.Module):
     steps_are_prefix = True  # further steps are deterministic re-encode cycles
     default_eval_steps = (1,)
     cannot_sample_reason = (
-        "a VQ-VAE is a tokenizer with no prior over its tokens (a prior that samples them, the somar family, is "
-        "not in this codebase yet)"
+        "a VQ-VAE is a tokenizer with no prior over its tokens: train a somar_prior_* on it "
+        "(training.py --model_type somar_prior_tiny --codebook <this run>) to sample"
     )
 
     def __init__(self, config: VQVAEConfig):

@@ -10,8 +10,10 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import evaluate
 import prune_codebook
@@ -118,6 +120,21 @@ def test_prior_samples_are_per_image_and_take_the_prior_options(prior_run, tmp_p
     argv = ["--checkpoint", str(prior_run), "--dest_folder", str(tmp_path / "out"), "--device", "cpu"]
     paths = sampling.main(sampling.parse_args([*argv, "--num_samples", "4"]))
     assert paths and all(path.is_file() for path in paths)
+
+
+def test_sampling_script_passes_the_prior_options(prior_run, ae_run, tmp_path):
+    def grid(folder: str, *extra: str) -> torch.Tensor:
+        argv = ["--checkpoint", str(prior_run), "--dest_folder", str(tmp_path / folder), "--device", "cpu"]
+        (path,) = sampling.main(sampling.parse_args([*argv, "--num_samples", "3", *extra]))
+        return torch.from_numpy(np.asarray(Image.open(path)).copy())
+
+    assert torch.equal(grid("top1", "--top_k", "1", "--seed", "1"), grid("greedy", "--temperature", "0"))
+    assert grid("beam", "--beam", "2").shape == grid("nucleus", "--top_p", "0.9", "--temperature", "0.8").shape
+    argv = ["--checkpoint", str(ae_run), "--dest_folder", str(tmp_path / "ae"), "--device", "cpu", "--beam", "2"]
+    with pytest.raises(SystemExit, match="--beam sets how samples are drawn, but .*; drop it"):
+        sampling.main(sampling.parse_args(argv))
+    with pytest.raises(SystemExit):
+        sampling.parse_args(["--top_p", "1.5"])
 
 
 @pytest.mark.parametrize(
