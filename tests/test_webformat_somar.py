@@ -5,13 +5,11 @@ the index.json fields the page reads."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import pytest
 import torch
 
-from engine import families
 from engine.web_somar import SOMAR_WEB, somar_edge_layers
 from engine.webformat import MODES, WebFormatError, export_model, load_model_from_web_weights, read_raw, write_index
 from models import build_model
@@ -22,13 +20,6 @@ LEVELS = dict(level_patches=(0, 2), level_sizes=(4, 16))  # 1 coarse token, 16 f
 PRIOR = dict(prior_width=16, prior_depth=1, prior_heads=2)
 VQVAE = dict(image_size=16, width=16, channel_mults=(1, 2), codebook_size=32)
 LDM_AE = dict(image_size=16, ae_width=16, ae_mults=(1, 2), ae_res_blocks=1, latent_channels=4, ae_groups=8)
-
-
-@pytest.fixture(autouse=True)
-def somar_web(monkeypatch):
-    """The family row with its exporter (engine/family_somar.py's `web=SOMAR_WEB`), whether or not it is set yet."""
-    row = dataclasses.replace(families.FAMILIES["somar"], web=SOMAR_WEB)
-    monkeypatch.setitem(families.FAMILIES, "somar", row)
 
 
 def perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
