@@ -388,8 +388,8 @@ try {
   // and the grid to paint), the codebook atlas is drawn; picking a unit in the atlas and painting a cell re-decodes
   // and the picture changes; a drag paints a row; a prior file shows its codebook the same way and says its prior does
   // not run here
-  const count = (key) => page.evaluate((k) => Number(document.body.dataset[k] ?? 0), key);
-  const atlasBefore = await count("atlas");
+  const counter = (key) => page.evaluate((k) => Number(document.body.dataset[k] ?? 0), key);
+  const atlasBefore = await counter("atlas");
   await pickModel("somar_cb16");
   check((await waitState("ready")) === "ready", "loads somar_cb16");
   check(
@@ -402,7 +402,7 @@ try {
     /somar_prior_\* model samples/.test(await page.textContent("#sampling-note")) && (await page.isHidden("#generate-panel")),
     `a codebook does not sample: ${await page.textContent("#sampling-note")}`,
   );
-  check((await count("atlas")) > atlasBefore && (await page.isVisible("#paint-panel")), "the atlas is drawn and the paint panel shown");
+  check((await counter("atlas")) > atlasBefore && (await page.isVisible("#paint-panel")), "the atlas is drawn and the paint panel shown");
   const atlas = await pixels("#paint-atlas");
   check(atlas.width === 21 && range(atlas.rgb) > 20, `the 4×4 atlas of 4 px patches is not blank (width ${atlas.width})`);
   const somarTokens = await pixels("#recon-tokens");
@@ -425,9 +425,9 @@ try {
     (await page.evaluate(() => window.sphereDemo.paint.unit)) === pick.unit,
     `unit ${pick.unit} is picked: ${await page.textContent("#paint-atlas-caption")}`,
   );
-  const paintCount = await count("painted");
-  const box = await page.locator("#paint-tokens").boundingBox();
-  await page.locator("#paint-tokens").click({ position: { x: box.width / 8, y: box.height / 8 } }); // cell 0 of 4×4
+  const paintCount = await counter("painted");
+  const tokenBox = await page.locator("#paint-tokens").boundingBox();
+  await page.locator("#paint-tokens").click({ position: { x: tokenBox.width / 8, y: tokenBox.height / 8 } }); // cell 0 of 4×4
   await page.waitForFunction((n) => Number(document.body.dataset.painted ?? 0) > n, paintCount, { timeout: 60_000 });
   const paintedAfter = await pixels("#paint-output");
   const differs = paintedAfter.rgb.some((value, i) => value !== paintedBefore.rgb[i]);
@@ -435,10 +435,10 @@ try {
     (await page.evaluate(() => window.sphereDemo.paint.tokens[0])) === pick.unit && differs,
     `painting cell 0 with unit ${pick.unit} changes the decoded picture: ${await page.textContent("#paint-status")}`,
   );
-  const box2 = await page.locator("#paint-tokens").boundingBox();
-  await page.mouse.move(box2.x + box2.width / 8, box2.y + (box2.height * 3) / 8);
+  const dragBox = await page.locator("#paint-tokens").boundingBox();
+  await page.mouse.move(dragBox.x + dragBox.width / 8, dragBox.y + (dragBox.height * 3) / 8);
   await page.mouse.down();
-  await page.mouse.move(box2.x + (box2.width * 7) / 8, box2.y + (box2.height * 3) / 8, { steps: 2 });
+  await page.mouse.move(dragBox.x + (dragBox.width * 7) / 8, dragBox.y + (dragBox.height * 3) / 8, { steps: 2 });
   await page.mouse.up();
   await page.waitForFunction(() => !window.sphereDemo.paint.busy && !window.sphereDemo.paint.pending, null, { timeout: 60_000 });
   const row = await page.evaluate(() => Array.from(window.sphereDemo.paint.tokens.slice(4, 8)));
@@ -447,11 +447,11 @@ try {
     `a drag paints the second row: ${row.join(",")}`,
   );
   await page.locator("#paint-panel").screenshot({ path: path.join(root, "test-results", "e2e-somar.png") });
-  const atlasCount = await count("atlas");
+  const atlasCount = await counter("atlas");
   await pickModel("somar_prior16");
   check((await waitState("ready")) === "ready", "loads somar_prior16");
   check(
-    /does not run in this page/.test(await page.textContent("#sampling-note")) && (await count("atlas")) > atlasCount,
+    /does not run in this page/.test(await page.textContent("#sampling-note")) && (await counter("atlas")) > atlasCount,
     `a prior shows its codebook's atlas and says why it does not sample: ${await page.textContent("#sampling-note")}`,
   );
   check(errors.length === 0, `no page errors after the somar checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
