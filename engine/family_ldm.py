@@ -26,7 +26,7 @@ from models.diffusion import BETA_SCHEDULES, PREDICTIONS, SAMPLERS
 from models.ldm import LDM_MODELS, DiffusionModel, KLAutoencoder, LDMConfig, build_ldm
 
 from .family import Family
-from .flags import ConfigError, Rule, probability_rule, weight_rule
+from .flags import ConfigError, Rule, check_kind_flags, probability_rule, weight_rule
 from .gan_flags import GAN_FLAGS, GAN_RULES, check_patch_grid, gan_values
 from .web_ldm import LDM_WEB
 
@@ -46,7 +46,9 @@ KIND_WORDS["pixel"] = "pixel diffusion model (ddpm_*)"
 
 def add_ldm_flags(group: argparse._ArgumentGroup) -> None:
     """Stage-2 input, architecture, diffusion and autoencoder-loss flags (None: the size's default)."""
-    group.add_argument("--autoencoder", default=None, metavar="RUN_OR_CHECKPOINT", help="ldm_*, somar_codebook_*: the stage-1 run")
+    group.add_argument(
+        "--autoencoder", default=None, metavar="RUN_OR_CHECKPOINT", help="ldm_*, somar_codebook_*: the stage-1 run"
+    )
     group.add_argument("--ae_width", type=int, default=None, help="ldm_ae_*: channels of the first level")
     group.add_argument("--ae_mults", type=int, nargs="+", default=None, help="ldm_ae_*: multiplier per level")
     group.add_argument("--ae_res_blocks", type=int, default=None, help="ldm_ae_*: ResBlocks per level")
@@ -221,20 +223,10 @@ def ldm_overrides(args: argparse.Namespace, dataset) -> dict:
     return overrides
 
 
-def check_kind_flags(args: argparse.Namespace, kind: str) -> None:
-    """ConfigError for a typed (or config-file) flag that belongs to another kind of ldm model."""
-    owned = set().union(*KIND_FLAGS.values())
-    for name in sorted(owned & set(getattr(args, "explicit", ())) - KIND_FLAGS[kind]):
-        if getattr(args, name, None) is None:
-            continue
-        kinds = " or a ".join(KIND_WORDS[k] for k in KIND_FLAGS if name in KIND_FLAGS[k])
-        raise ConfigError(f"--{name} is for a {kinds}; {args.model_type} is a {KIND_WORDS[kind]}: remove it")
-
-
 def check_ldm_dataset(args: argparse.Namespace, dataset) -> None:
     """Kind-specific flags, --autoencoder for stage 2, image data, an unconditional autoencoder, a patch left."""
     kind = ldm_kind(args.model_type)
-    check_kind_flags(args, kind)
+    check_kind_flags(args, kind, KIND_FLAGS, KIND_WORDS)
     if kind == "latent" and not args.autoencoder:
         raise ConfigError(
             f"{args.model_type} is a stage-2 model: pass --autoencoder RUN_OR_CHECKPOINT (a trained ldm_ae_* run)"

@@ -25,7 +25,7 @@ from models.somar import MODEL_CLASSES, SOM_DECAYS, SOM_MODES, SOM_TOPOLOGIES, S
 
 from .family import Family
 from .family_ldm import state_sha256
-from .flags import ConfigError, Rule, weight_rule
+from .flags import ConfigError, Rule, check_kind_flags, weight_rule
 from .web_somar import SOMAR_WEB
 
 AE_FLAGS = ("ae_width", "ae_mults", "ae_res_blocks", "ae_groups")  # ldm's flags, shared (Family.shared_flags)
@@ -194,20 +194,10 @@ def somar_overrides(args: argparse.Namespace, dataset) -> dict:
     return overrides
 
 
-def check_kind_flags(args: argparse.Namespace, kind: str) -> None:
-    """ConfigError for a typed (or config-file) flag that belongs to another kind of somar model."""
-    owned = set().union(*KIND_FLAGS.values())
-    for name in sorted(owned & set(getattr(args, "explicit", ())) - KIND_FLAGS[kind]):
-        if getattr(args, name, None) is None:
-            continue
-        kinds = " or a ".join(KIND_WORDS[k] for k in KIND_FLAGS if name in KIND_FLAGS[k])
-        raise ConfigError(f"--{name} is for a {kinds}; {args.model_type} is a {KIND_WORDS[kind]}: remove it")
-
-
 def check_somar_dataset(args: argparse.Namespace, dataset) -> None:
     """Kind-specific flags, the earlier stage's flag, image data, labels only for the prior."""
     kind = somar_kind(args.model_type)
-    check_kind_flags(args, kind)
+    check_kind_flags(args, kind, KIND_FLAGS, KIND_WORDS)
     if kind != "autoencoder" and not getattr(args, STAGE_OF[kind][0], None):
         flag, words = STAGE_OF[kind][0], ACCEPTED[STAGE_OF[kind][0]][1]
         raise ConfigError(f"{args.model_type} is a {KIND_WORDS[kind]}: pass --{flag} RUN_OR_CHECKPOINT ({words})")

@@ -41,6 +41,17 @@ def check_rules(args: argparse.Namespace, rules: list[Rule]) -> None:
             raise ConfigError(f"{flag} {value} {requirement}")
 
 
+def check_kind_flags(args: argparse.Namespace, kind: str, kind_flags: dict, kind_words: dict) -> None:
+    """ConfigError for a typed (or config-file) flag of a staged family (ldm, somar) that belongs to another kind
+    of its models than `kind`; kind_flags maps each kind to its flags, kind_words each kind to its name in words."""
+    owned = set().union(*kind_flags.values())
+    for name in sorted(owned & set(getattr(args, "explicit", ())) - kind_flags[kind]):
+        if getattr(args, name, None) is None:
+            continue
+        kinds = " or a ".join(kind_words[k] for k in kind_flags if name in kind_flags[k])
+        raise ConfigError(f"--{name} is for a {kinds}; {args.model_type} is a {kind_words[kind]}: remove it")
+
+
 def explicit_flags(parser: argparse.ArgumentParser, argv: list[str]) -> set[str]:
     """Destinations of the flags the user actually typed (these override a resumed run's saved config)."""
     typed = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
