@@ -233,8 +233,8 @@ def free_port() -> int:
 def test_ranks_sum_their_statistics_and_keep_identical_codebooks(tmp_path):
     """2 gloo processes, each with half of every batch == one process with the whole batch (rank 0's half first):
     batch SOM sums its statistics over ranks, online SOM runs through all ranks' vectors in rank order."""
-    # fork: the children inherit the imported torch (spawning two fresh interpreters costs seconds)
-    mp.start_processes(_distributed_fit, args=(2, free_port(), str(tmp_path)), nprocs=2, start_method="fork")
+    # spawn, not fork: a child forked after the parent's OpenMP pool has run can hang in its first parallel op
+    mp.spawn(_distributed_fit, args=(2, free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in (0, 1)]
     for mode in ("batch", "online"):
         som = SOMCodebook(16, 2, som_steps=5, mode=mode)
