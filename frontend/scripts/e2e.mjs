@@ -333,6 +333,7 @@ try {
   check(/10 steps/.test(await page.textContent("#generate-status")), `status: ${await page.textContent("#generate-status")}`);
   const ldmHidden = await Promise.all(["#interpolate-panel", "#roam-panel"].map((s) => page.isHidden(s)));
   check(ldmHidden.every(Boolean) && (await page.isVisible("#generate-panel")), "Generate shown, the pad and roam hidden");
+  check(await page.locator("#recon-steps").isHidden(), "no reconstruction rounds (one autoencoder round trip)");
   const ldmImages = [await pixels("#grid canvas:nth-child(1)")];
   check(
     ldmImages.every((img) => img.width === 16 && range(img.rgb) > 20),

@@ -419,8 +419,11 @@ function configurePanels(model: WebModel): void {
   $("sampling-note").hidden = model.canSample;
   const reason = model instanceof LDMModel ? AE_CANNOT_SAMPLE : model instanceof SOMARModel ? model.cannotSample : CANNOT_SAMPLE;
   setStatus("sampling-note", model.canSample ? "" : `Generate, Loop, the pad and roam are hidden: ${reason}.`);
-  $("recon-steps").closest("label")!.hidden = !model.canSample; // one round: re-encoding a tokenizer's output is not a refinement
-  if (!model.canSample) $<HTMLSelectElement>("recon-steps").value = "1";
+  // one round: re-encoding a tokenizer's output is not a refinement, and a diffusion model reconstructs through its
+  // autoencoder once
+  const rounds = model.canSample && !diffusion;
+  $("recon-steps").closest("label")!.hidden = !rounds;
+  if (!rounds) $<HTMLSelectElement>("recon-steps").value = "1";
   const painted = model instanceof SOMARModel && model.layout !== null;
   $("recon-tokens-figure").hidden = !(model instanceof VQVAEModel || painted);
   $("paint-panel").hidden = !painted;
