@@ -171,7 +171,8 @@ class DiffusionLoss:
         per_sample = (prediction.float() - target).pow(2).flatten(1).mean(1)  # (B,)
         self.bins.add(per_sample, t)
         loss = per_sample.mean()
-        return loss, {"loss": float(loss.detach()), "mse": float(loss.detach())}
+        value = float(loss.detach())  # one host sync per step
+        return loss, {"loss": value, "mse": value}
 
     def epoch_stats(self) -> dict[str, float]:
         """The epoch's mean loss per timestep bin, over every sample it trained (images/timestep_loss.png)."""

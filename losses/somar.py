@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .gan import GANSettings, ImageGANLoss
+
 RECON_TERMS = ("l1", "l2")
 
 
@@ -34,28 +36,22 @@ class SOMARLossConfig:
         if not self.perceptual_weight >= 0 or not 0 <= self.label_dropout <= 1:
             raise ValueError("perceptual_weight must be >= 0 and label_dropout in [0, 1]")
 
+    def gan_settings(self) -> GANSettings:
+        """No discriminator: somar autoencoders train on reconstruction terms alone."""
+        return GANSettings()
+
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-class SOMARAutoencoderLoss:
-    """loss(model, batch, step) for kind "autoencoder"; `perceptual` a frozen LPIPS on [-1, 1] images (None when
-    perceptual_weight is 0). A plain class: the LPIPS network is not state to save."""
-
-    def __init__(self, config: SOMARLossConfig, perceptual: nn.Module | None = None):
-        if config.perceptual_weight > 0 and perceptual is None:
-            raise ValueError("perceptual_weight is > 0 but no LPIPS module was given")
-        self.config, self.perceptual = config, perceptual
+class SOMARAutoencoderLoss(ImageGANLoss):
+    """loss(model, batch, step) for kind "autoencoder": the L1/L2 and LPIPS terms shared with the vqvae and ldm
+    autoencoders (losses/gan.py), without a discriminator; `perceptual` a frozen LPIPS on [-1, 1] images (None when
+    perceptual_weight is 0)."""
 
     def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
         x = batch[0]
-        x_hat = model(x).float()
-        difference = (x_hat - x.float()) / 2  # the [0, 1] scale
-        rec = difference.abs().mean() if self.config.recon == "l1" else difference.pow(2).mean()
-        loss, terms = rec, {"rec": rec}
-        if self.config.perceptual_weight > 0:
-            terms["perc"] = self.perceptual(x_hat, x.float()).mean()
-            loss = loss + self.config.perceptual_weight * terms["perc"]
+        terms, loss = self.image_terms(model(x).float(), x)
         values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).tolist()  # one sync
         return loss, dict(zip(["loss", *terms], values))
 

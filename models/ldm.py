@@ -10,7 +10,7 @@ kind "pixel": the UNet on images directly (the seed's MNIST sanity check).
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
 
 import torch
@@ -29,6 +29,7 @@ from .diffusion import (
 )
 from .layers import Upsample
 from .sphere import CFG_MODES
+from .typed_config import TypedConfig
 from .vqvae import AttnBlock, Decoder, Downsample, Encoder, ResBlock, group_norm
 
 KINDS = ("autoencoder", "latent", "pixel")
@@ -37,7 +38,7 @@ TIME_PERIOD = 10000.0  # longest period of the sinusoidal time features (Transfo
 
 
 @dataclass
-class LDMConfig:
+class LDMConfig(TypedConfig):
     """Every architecture setting of an ldm-family model (one of KINDS); what config.json and checkpoints store."""
 
     family: str = "ldm"
@@ -97,18 +98,6 @@ class LDMConfig:
         else:
             self._validate_unet()
 
-    def _validate_types(self) -> None:
-        """JSON types only: a string "False" or "1000" is refused, never read as True or cast (the seed's trap)."""
-        for f in fields(self):
-            value, kind = getattr(self, f.name), _FIELD_TYPES.get(f.name)
-            if kind is None or (value is None and f.name in _OPTIONAL):
-                continue
-            ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-            if f.name in _TUPLES:
-                ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            if not ok:
-                raise ValueError(f"ldm config '{f.name}' must be a {_type_name(kind)}, got {value!r}")
-
     def _validate_autoencoder(self) -> None:
         if self.num_classes != 0:
             raise ValueError(f"an ldm autoencoder is unconditional; got num_classes={self.num_classes}: drop labels")
@@ -159,20 +148,6 @@ class LDMConfig:
         """Side of what the UNet sees: image_size / f (latent) or image_size (pixel)."""
         return self.image_size // self.autoencoder_config().ae_factor if self.kind == "latent" else self.image_size
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        for name in _TUPLES:
-            out[name] = list(getattr(self, name))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> LDMConfig:
-        """Build from a saved dict; unknown keys (and another family) are an error, never silently dropped."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown ldm config keys {unknown}")
-        return cls(**data)
-
 
 _TUPLES = ("ae_mults", "unet_mults", "unet_attn_levels")
 _OPTIONAL = ("autoencoder", "autoencoder_sha256", "latent_scale")
@@ -185,10 +160,7 @@ _FIELD_TYPES = {
     **dict.fromkeys(_TUPLES, (tuple, list)),
     "autoencoder": dict,
 }
-
-
-def _type_name(kind) -> str:
-    return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+LDMConfig.FIELD_TYPES, LDMConfig.TUPLES, LDMConfig.OPTIONAL = _FIELD_TYPES, _TUPLES, _OPTIONAL
 
 
 def _check_levels(name: str, mults: tuple[int, ...], width: int, groups: int) -> list[int]:

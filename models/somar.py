@@ -12,7 +12,7 @@ model, or over a vqvae run's token grid (one segment): the codebook then decodes
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from types import SimpleNamespace
 
 import torch
@@ -23,6 +23,7 @@ from .ar_prior import ARPrior, PriorSettings
 from .ldm import KLAutoencoder, LDMConfig
 from .som import SOMCodebook, patchify, unpatchify
 from .sphere import CFG_MODES
+from .typed_config import TypedConfig
 from .vqvae import VQVAE, Decoder, Encoder, VQVAEConfig
 
 KINDS = ("autoencoder", "codebook", "prior")
@@ -34,7 +35,7 @@ STAGE_FIELDS = ("autoencoder", "autoencoder_family", "autoencoder_sha256", "code
 
 
 @dataclass
-class SOMARConfig:
+class SOMARConfig(TypedConfig):
     """Every architecture setting of a somar-family model (one of KINDS); what config.json and checkpoints store."""
 
     family: str = "somar"
@@ -100,18 +101,6 @@ class SOMARConfig:
             raise ValueError("a somar autoencoder config holds no autoencoder fields (a codebook's)")
         getattr(self, f"_validate_{self.kind}")()
 
-    def _validate_types(self) -> None:
-        """JSON types only: a string "2" or "False" is refused, never cast."""
-        for f in fields(self):
-            value, kind = getattr(self, f.name), _FIELD_TYPES[f.name]
-            if value is None and f.name in _OPTIONAL:
-                continue
-            ok = isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)
-            if f.name in _TUPLES:
-                ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
-            if not ok:
-                raise ValueError(f"somar config '{f.name}' must be a {_type_name(kind)}, got {value!r}")
-
     def _validate_autoencoder(self) -> None:
         if not self.ae_mults or min(self.ae_mults) < 1 or min(self.ae_width, self.ae_res_blocks) < 1:
             raise ValueError("ae_mults needs positive entries, ae_width and ae_res_blocks must be >= 1")
@@ -176,20 +165,6 @@ class SOMARConfig:
         own = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _PRIOR_ONLY}
         return SOMARConfig(**{**own, "kind": "codebook"})
 
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        for name in _TUPLES:
-            out[name] = list(getattr(self, name))
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> SOMARConfig:
-        """Build from a saved dict; unknown keys (and another family) are an error, never silently dropped."""
-        unknown = sorted(set(data) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown somar config keys {unknown}")
-        return cls(**data)
-
 
 _TUPLES = ("ae_mults", "level_patches", "level_sizes")
 _OPTIONAL = (*STAGE_FIELDS, "som_sigma_start")
@@ -203,10 +178,7 @@ _FIELD_TYPES = {
     **dict.fromkeys(_TUPLES, (tuple, list)),
     **dict.fromkeys(("autoencoder", "codebook"), dict),
 }
-
-
-def _type_name(kind) -> str:
-    return " or ".join(k.__name__ for k in kind) if isinstance(kind, tuple) else kind.__name__
+SOMARConfig.FIELD_TYPES, SOMARConfig.TUPLES, SOMARConfig.OPTIONAL = _FIELD_TYPES, _TUPLES, _OPTIONAL
 
 
 def frozen_config(family: str, data: dict):
