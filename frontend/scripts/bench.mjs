@@ -1,10 +1,18 @@
-// Decode (and encode) latency per model and precision in headless Chromium: median of --runs timed calls
-// after --warmup calls, batch --batch, each timed from submit to the result read back on the CPU.
+// Latency of the page's WebGPU kernels against onnxruntime-web (WebGPU and WebAssembly) on the same model's ONNX
+// files and against PyTorch on the CPU (1 thread and torch's default), batch --batch, in headless Chromium.
+// Per model, every runner is called once per round, rounds interleaved (page fp32, fp16, q8, q4, ORT WebGPU,
+// ORT wasm, torch 1 thread, torch default, then the next round), so a load spike from other processes hits
+// every runner alike; each call is timed from input upload to the result back on the CPU (PyTorch: the call).
+// Prints median [p25–p75] and min per runner and the ratio page/ORT-WebGPU of medians; --json FILE writes it all.
 // Models: --models DIR (a folder with index.json, as batch_export.py writes), default public/models/ when it
-// has an index.json, else test-results/bench-models/ (python scripts/make_bench_models.py), else the tiny
-// test fixtures. Usage: node scripts/bench.mjs [--models DIR] [--runs 10] [--warmup 2] [--batch 1] [--only vit]
+// has an index.json, else test-results/bench-models/ (npm run bench:models), else the tiny test fixtures.
+// ONNX files: model_decoder.onnx / model_encoder.onnx beside a model's web files (ORT rows are skipped without).
+// Usage: node scripts/bench.mjs [--models DIR] [--rounds 10] [--warmup 2] [--batch 1] [--only vit_tiny]
+//        [--encode] [--wasm-threads 1] [--no-torch] [--no-ort] [--modes fp32,q4] [--json out.json]
+import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
+import readline from "node:readline";
 import { createServer } from "vite";
 import { launchChromium } from "./chromium.mjs";
 
@@ -17,89 +25,248 @@ const candidates = [
   path.join(root, "test-results", "bench-models"),
   path.join(root, "test-fixtures"),
 ];
-const modelsDir = candidates.find((dir) => dir && fs.existsSync(path.join(dir, "index.json")));
-if (!modelsDir) throw new Error("no index.json found: export models (python batch_export.py) or run python scripts/make_bench_models.py");
+const modelsDir = path.resolve(candidates.find((dir) => dir && fs.existsSync(path.join(dir, "index.json"))) ?? "");
+if (!fs.existsSync(path.join(modelsDir, "index.json")))
+  throw new Error("no index.json found: export models (python batch_export.py) or run npm run bench:models");
 const settings = {
-  runs: Number(option("--runs", 10)),
+  rounds: Number(option("--rounds", 10)),
   warmup: Number(option("--warmup", 2)),
   batch: Number(option("--batch", 1)),
   only: option("--only", ""),
+  modes: option("--modes", "fp32,fp16,q8,q4").split(","),
+  parts: args.includes("--encode") ? ["decode", "encode"] : ["decode"],
+  wasmThreads: Number(option("--wasm-threads", 1)),
+  ort: !args.includes("--no-ort"),
+  torch: !args.includes("--no-torch"),
 };
+const ortDist = path.join(root, "node_modules", "onnxruntime-web", "dist");
+if (settings.ort && !fs.existsSync(ortDist)) throw new Error(`${ortDist} is missing: run npm ci in frontend/`);
 
-// serve the chosen folder at /bench-models/ next to the sources
-const serveModels = {
-  name: "bench-models",
-  configureServer(server) {
-    server.middlewares.use("/bench-models", (request, response, next) => {
-      const file = path.join(modelsDir, decodeURIComponent(request.url.split("?")[0]));
-      if (!file.startsWith(modelsDir) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) return next();
-      response.setHeader("content-type", file.endsWith(".json") ? "application/json" : "application/octet-stream");
-      fs.createReadStream(file).pipe(response);
-    });
-  },
+// ---------------------------------------------------------------------------------------------------------
+// PyTorch: a persistent python process (make_bench_models.py --serve), one timed call per request
+
+function startTorch() {
+  const python = process.env.PYTHON || "python";
+  const env = { ...process.env };
+  delete env.OMP_NUM_THREADS; // "torch's default" means torch's own choice, not an inherited limit
+  const child = spawn(python, [path.join(root, "scripts", "make_bench_models.py"), "--serve"], { env, stdio: ["pipe", "pipe", "inherit"] });
+  const lines = readline.createInterface({ input: child.stdout });
+  const waiting = [];
+  lines.on("line", (line) => waiting.shift()?.(line));
+  const next = () => new Promise((resolve) => waiting.push(resolve));
+  const ready = next().then((line) => {
+    if (!line.startsWith("ready ")) throw new Error(`PyTorch server said '${line}'`);
+    return Number(line.split(" ")[1]);
+  });
+  child.on("exit", (code) => {
+    for (const resolve of waiting.splice(0)) resolve(`error PyTorch server exited with code ${code}`);
+  });
+  return {
+    defaultThreads: ready,
+    async time(folder, part, batch, threads) {
+      const answer = next();
+      child.stdin.write(`${folder} ${part} ${batch} ${threads}\n`);
+      const line = await answer;
+      if (line.startsWith("error")) throw new Error(`PyTorch: ${line}`);
+      return Number(line);
+    },
+    close: () => child.kill(),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The browser side: runners for one model, each `run()` one timed call (installed on window.bench)
+
+function installBench({ batch, wasmThreads }) {
+  const state = { runners: new Map() };
+  const timed = async (fn) => {
+    const start = performance.now();
+    await fn();
+    return performance.now() - start;
+  };
+  window.bench = {
+    async init() {
+      const { Gpu } = await import("/src/gpu.ts");
+      state.gpu = await Gpu.create();
+      return state.gpu.adapter;
+    },
+    async initOrt() {
+      state.ort = await import("/ort/ort.webgpu.min.mjs");
+      state.ort.env.wasm.wasmPaths = "/ort/";
+      state.ort.env.wasm.numThreads = wasmThreads;
+      return state.ort.env.versions?.web ?? "";
+    },
+    /** Load the page model of one mode; returns its runner names. */
+    async loadPage(name, part, file) {
+      const { loadModel } = await import("/src/family.ts");
+      const { Random } = await import("/src/rng.ts");
+      const { randomPoint } = await import("/src/sphere.ts");
+      const buffer = await (await fetch(`/bench-models/${file}`)).arrayBuffer();
+      const model = await loadModel(state.gpu, buffer, file);
+      if (part === "encode" && !model.canEncode) {
+        await model.dispose();
+        return false;
+      }
+      const random = new Random(1);
+      const latents = new Float32Array(batch * model.latentSize);
+      for (let i = 0; i < batch; i++) latents.set(randomPoint(model.latentSize, random, model.radius), i * model.latentSize);
+      const images = new Float32Array(batch * model.imageSize).map(() => random.uniform() * 2 - 1);
+      const run = part === "decode" ? () => model.decode(latents) : () => model.encode(images);
+      state.runners.set(name, { run: () => timed(run), dispose: () => model.dispose() });
+      return true;
+    },
+    /** An onnxruntime-web session on `provider` ("webgpu" | "wasm") for one ONNX file. */
+    async loadOrt(name, file, provider, numClasses) {
+      const ort = state.ort;
+      const bytes = new Uint8Array(await (await fetch(`/bench-models/${file}`)).arrayBuffer());
+      const session = await ort.InferenceSession.create(bytes, { executionProviders: [provider], graphOptimizationLevel: "all" });
+      const feeds = {};
+      for (const input of session.inputNames) {
+        const meta = session.inputMetadata?.find?.((m) => m.name === input);
+        if (input === "labels") {
+          feeds.labels = new ort.Tensor("int64", new BigInt64Array(batch).fill(BigInt(numClasses)), [batch]);
+          continue;
+        }
+        const shape = (meta?.shape ?? []).map((d, i) => (i === 0 ? batch : d));
+        if (!shape.length || shape.some((d) => typeof d !== "number")) throw new Error(`${file}: input '${input}' has no static shape`);
+        const data = new Float32Array(shape.reduce((a, b) => a * b, 1)).map(() => Math.random() * 2 - 1);
+        feeds[input] = new ort.Tensor("float32", data, shape);
+      }
+      state.runners.set(name, { run: () => timed(() => session.run(feeds)), dispose: () => session.release() });
+    },
+    run: (name) => state.runners.get(name).run(),
+    async disposeAll() {
+      for (const runner of state.runners.values()) await runner.dispose();
+      state.runners.clear();
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Statistics and the table
+
+function quantile(sorted, q) {
+  const position = (sorted.length - 1) * q;
+  const low = Math.floor(position);
+  return sorted[low] + (sorted[Math.min(low + 1, sorted.length - 1)] - sorted[low]) * (position - low);
+}
+
+function summary(times) {
+  const sorted = [...times].sort((a, b) => a - b);
+  return {
+    median: quantile(sorted, 0.5),
+    p25: quantile(sorted, 0.25),
+    p75: quantile(sorted, 0.75),
+    min: sorted[0],
+    max: sorted.at(-1),
+    times,
+  };
+}
+
+const ms = (value) => (value >= 100 ? value.toFixed(0) : value.toFixed(1));
+
+function printRow(runner, stats, reference) {
+  const ratio = reference ? `${(stats.median / reference.median).toFixed(2)}x` : "";
+  console.log(
+    `  ${runner.padEnd(18)} ${ms(stats.median).padStart(8)} ms  [${ms(stats.p25)}–${ms(stats.p75)}]`.padEnd(52) +
+      ` min ${ms(stats.min).padStart(7)}  ${ratio.padStart(7)}`,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------------------
+
+const serveFolder = (folder) => (request, response, next) => {
+  const file = path.join(folder, decodeURIComponent(request.url.split("?")[0]));
+  if (!file.startsWith(folder) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) return next();
+  const types = { ".json": "application/json", ".mjs": "text/javascript", ".wasm": "application/wasm" };
+  response.setHeader("content-type", types[path.extname(file)] ?? "application/octet-stream");
+  fs.createReadStream(file).pipe(response);
 };
 const server = await createServer({
   configFile: false,
   root,
   logLevel: "warn",
-  plugins: [serveModels],
-  server: { host: "127.0.0.1", port: 0 },
+  plugins: [
+    {
+      name: "bench-files",
+      configureServer(vite) {
+        vite.middlewares.use("/bench-models", serveFolder(modelsDir));
+        vite.middlewares.use("/ort", serveFolder(ortDist));
+      },
+    },
+  ],
+  // cross-origin isolation lets onnxruntime-web's wasm use threads when --wasm-threads > 1
+  server: {
+    host: "127.0.0.1",
+    port: 0,
+    headers: { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp" },
+  },
 });
 await server.listen();
 const { browser, close } = await launchChromium();
+const torch = settings.torch ? startTorch() : null;
+const results = { settings, models: [] };
 try {
   const page = await browser.newPage();
   page.on("console", (message) => {
-    if (message.type() === "log") console.log(message.text());
+    if (message.type() === "error") console.error(`page: ${message.text()}`);
   });
   await page.goto(`${server.resolvedUrls.local[0]}tests/browser/index.html`);
-  await page.waitForFunction(() => "runParityTests" in window);
+  await page.evaluate(installBench, settings);
+  results.adapter = await page.evaluate(() => window.bench.init());
+  results.ortVersion = settings.ort ? await page.evaluate(() => window.bench.initOrt()) : null;
+  results.torchThreads = torch ? await torch.defaultThreads : null;
   console.log(
-    `models: ${path.relative(process.cwd(), modelsDir) || "."}; batch ${settings.batch}, median of ${settings.runs} after ${settings.warmup} warm-up`,
+    `models: ${path.relative(process.cwd(), modelsDir) || "."}; batch ${settings.batch}; ${settings.rounds} interleaved rounds after ${settings.warmup} warm-up`,
   );
-  const rows = await page.evaluate(async ({ runs, warmup, batch, only }) => {
-    const { Gpu } = await import("/src/gpu.ts");
-    const { entryProblem, loadModel } = await import("/src/family.ts");
-    const { Random } = await import("/src/rng.ts");
-    const { randomPoint } = await import("/src/sphere.ts");
-    const gpu = await Gpu.create();
-    const index = await (await fetch("/bench-models/index.json")).json();
-    const median = (values) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)];
-    const timed = async (fn) => {
-      for (let i = 0; i < warmup; i++) await fn();
-      const times = [];
-      for (let i = 0; i < runs; i++) {
-        const start = performance.now();
-        await fn();
-        times.push(performance.now() - start);
+  console.log(
+    `adapter: ${JSON.stringify(results.adapter)}; onnxruntime-web ${results.ortVersion ?? "off"} (wasm ${settings.wasmThreads} thread(s)); PyTorch default ${results.torchThreads ?? "off"} threads`,
+  );
+  const index = JSON.parse(fs.readFileSync(path.join(modelsDir, "index.json"), "utf8"));
+  for (const entry of index) {
+    if (settings.only && !entry.name.includes(settings.only)) continue;
+    const files = Object.entries(entry.modes).filter(([mode]) => settings.modes.includes(mode));
+    if (!files.length) continue;
+    const folder = path.dirname(Object.values(entry.modes)[0].file);
+    for (const part of settings.parts) {
+      const runners = [];
+      for (const [mode, file] of files) {
+        if (await page.evaluate((a) => window.bench.loadPage(...a), [`page ${mode}`, part, file.file])) runners.push(`page ${mode}`);
       }
-      return median(times);
-    };
-    const rows = [];
-    for (const entry of index) {
-      if (entryProblem(entry)) continue; // a model the page does not show (a 1-D psvae, an unknown family)
-      for (const [mode, file] of Object.entries(entry.modes)) {
-        if (only && !`${entry.name}/${mode}`.includes(only)) continue;
-        const buffer = await (await fetch(`/bench-models/${file.file}`)).arrayBuffer();
-        const model = await loadModel(gpu, buffer, file.file);
-        const random = new Random(1);
-        const latents = new Float32Array(batch * model.latentSize);
-        for (let i = 0; i < batch; i++) latents.set(randomPoint(model.latentSize, random, model.radius), i * model.latentSize);
-        const images = new Float32Array(batch * model.imageSize).map(() => random.uniform() * 2 - 1);
-        const decodeMs = await timed(() => model.decode(latents));
-        const encodeMs = model.canEncode ? await timed(() => model.encode(images)) : NaN; // NaN: a decoder-only file
-        const row = { model: entry.name, mode, mb: file.bytes / 1e6, decodeMs, encodeMs };
-        console.log(
-          `${row.model.padEnd(24)} ${mode.padEnd(5)} ${row.mb.toFixed(2).padStart(7)} MB  decode ${decodeMs.toFixed(1).padStart(8)} ms  encode ${encodeMs.toFixed(1).padStart(8)} ms`,
-        );
-        rows.push(row);
-        await model.dispose();
+      if (!runners.length) continue; // a decoder-only file asked to encode
+      const onnx = path.posix.join(folder, `model_${part === "decode" ? "decoder" : "encoder"}.onnx`);
+      if (settings.ort && fs.existsSync(path.join(modelsDir, onnx))) {
+        for (const provider of ["webgpu", "wasm"]) {
+          await page.evaluate((a) => window.bench.loadOrt(...a), [`ort ${provider}`, onnx, provider, entry.num_classes ?? 0]);
+          runners.push(`ort ${provider}`);
+        }
       }
+      const torchThreads = torch ? [...new Set([1, results.torchThreads])] : [];
+      const timeOne = async (runner) => {
+        if (!runner.startsWith("torch")) return page.evaluate((name) => window.bench.run(name), runner);
+        return torch.time(path.join(modelsDir, folder), part, settings.batch, Number(runner.split(" ")[1]));
+      };
+      runners.push(...torchThreads.map((n) => `torch ${n} thread${n > 1 ? "s" : ""}`));
+      const times = Object.fromEntries(runners.map((r) => [r, []]));
+      for (let round = 0; round < settings.warmup + settings.rounds; round++) {
+        for (const runner of runners) {
+          const elapsed = await timeOne(runner);
+          if (round >= settings.warmup) times[runner].push(elapsed);
+        }
+      }
+      await page.evaluate(() => window.bench.disposeAll());
+      const stats = Object.fromEntries(runners.map((r) => [r, summary(times[r])]));
+      const reference = stats["ort webgpu"];
+      console.log(
+        `${entry.name} ${part} (${entry.param_count ? `${(entry.param_count / 1e6).toFixed(2)}M params, ` : ""}ratio = median / ORT WebGPU's)`,
+      );
+      for (const runner of runners) printRow(runner, stats[runner], reference);
+      results.models.push({ model: entry.name, part, stats });
     }
-    return { adapter: gpu.adapter, rows };
-  }, settings);
-  console.log(`adapter: ${JSON.stringify(rows.adapter)}`);
+  }
+  if (option("--json", null)) fs.writeFileSync(option("--json", null), JSON.stringify(results, null, 2) + "\n");
 } finally {
+  torch?.close();
   await close();
   await server.close();
 }

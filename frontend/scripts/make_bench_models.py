@@ -1,16 +1,19 @@
-"""Randomly initialised Sphere Encoders of the registry sizes, exported in every mode for `npm run bench`,
-plus their PyTorch CPU decode latency for comparison (trained weights time the same as random ones).
+"""Randomly initialised Sphere Encoders of the registry sizes for `npm run bench`: every web mode plus the ONNX
+files onnxruntime-web runs (trained weights time the same as random ones).
 
     python frontend/scripts/make_bench_models.py [--models vit_tiny vit_small convnet_small] [--image_size 32]
 
-Writes frontend/test-results/bench-models/<model>_<size>px/model_<mode>.safetensors and index.json (git-ignored);
-prints the median PyTorch CPU decode time per model (batch 1, float32, after warm-up).
+Writes frontend/test-results/bench-models/<model>_<size>px/model_<mode>.safetensors, model_decoder.onnx,
+model_encoder.onnx and index.json (git-ignored).
+
+`--serve` is the PyTorch side of `npm run bench`: a persistent process that reads one request per line on stdin,
+`<model folder> <decode|encode> <batch> <threads>` (threads 0 = torch's default), times one call of the model
+built from the folder's model_fp32.safetensors and answers `<milliseconds>` (or `error <message>`).
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,7 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
-from engine.webformat import MODES, export_model, write_index  # noqa: E402
+from engine.webformat import MODES, export_model, load_model_from_web_weights, web_file_name, write_index  # noqa: E402
 from models import build_model  # noqa: E402
 from models.layers import sphere_project  # noqa: E402
 
@@ -30,42 +33,109 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--models", nargs="+", default=["vit_tiny", "vit_small", "convnet_tiny", "convnet_small"])
     parser.add_argument("--image_size", type=int, default=32)
     parser.add_argument("--out", default=str(REPO / "frontend" / "test-results" / "bench-models"))
-    parser.add_argument("--runs", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = torch's default")
+    parser.add_argument("--serve", action="store_true", help="answer timing requests on stdin (used by bench.mjs)")
     return parser.parse_args(argv)
 
 
-@torch.no_grad()
-def cpu_decode_ms(model, runs: int) -> float:
-    """Median wall time of model.decode on one random point of the sphere (batch 1)."""
-    v = sphere_project(torch.randn(1, *model.latent_shape))
-    for _ in range(2):
-        model.decode(v)
-    times = []
-    for _ in range(runs):
+def write_onnx(model: torch.nn.Module, folder: Path) -> dict | None:
+    """model_decoder.onnx / model_encoder.onnx beside the web files (the exporter of engine/onnx_export.py)."""
+    try:
+        from engine.onnx_export import export_onnx
+    except ImportError:  # TEMPORARY until engine/onnx_export.py lands
+        return _export_onnx_local(model, folder)
+    return export_onnx(model, folder)
+
+
+def _export_onnx_local(model, folder: Path) -> dict:
+    class Part(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.model, self.fn = model, fn
+
+        def forward(self, x):
+            return getattr(self.model, self.fn)(x)
+
+    size = model.config.image_size
+    batch = torch.export.Dim("batch", min=1)
+    out = {}
+    for part, fn, example in [
+        ("decoder", "decode", torch.randn(2, *model.latent_shape)),
+        ("encoder", "encode", torch.randn(2, model.config.in_channels, size, size)),
+    ]:
+        path = folder / f"model_{part}.onnx"
+        shapes = ({0: batch},)
+        torch.onnx.export(Part(fn), (example,), str(path), dynamo=True, dynamic_shapes=shapes, external_data=False)
+        out[part] = {"file": path.name, "bytes": path.stat().st_size}
+    return out
+
+
+def export_bench_model(name: str, image_size: int, out: Path) -> str:
+    """Export one random model in every mode and as ONNX; a one-line summary."""
+    torch.manual_seed(0)
+    model = build_model(name, image_size=image_size).eval()
+    with torch.no_grad():
+        for param in model.parameters():  # zero-initialised heads would make every image flat
+            param.normal_(0, 0.02)
+    folder = out / f"{name}_{image_size}px"
+    sizes = {mode: export_model(model, folder / web_file_name(mode), mode)["bytes"] for mode in MODES}
+    onnx = write_onnx(model, folder) or {}
+    sizes.update({f"onnx {part}": entry["bytes"] for part, entry in onnx.items()})
+    params = sum(p.numel() for p in model.parameters())
+    return f"{folder.name}: {params / 1e6:.2f}M params; " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --serve: PyTorch CPU latency, one timed call per request (bench.mjs interleaves and takes medians)
+
+
+class TorchTimer:
+    """Models loaded once per folder; inputs drawn once per (folder, batch)."""
+
+    def __init__(self):
+        self.models: dict[str, torch.nn.Module] = {}
+        self.default_threads = torch.get_num_threads()
+
+    def model(self, folder: str) -> torch.nn.Module:
+        if folder not in self.models:
+            self.models[folder] = load_model_from_web_weights(Path(folder) / web_file_name("fp32")).eval()
+        return self.models[folder]
+
+    @torch.no_grad()
+    def time_ms(self, folder: str, part: str, batch: int, threads: int) -> float:
+        model = self.model(folder)
+        torch.set_num_threads(threads or self.default_threads)
+        if part == "decode":
+            generator = torch.Generator().manual_seed(batch)
+            args = (sphere_project(torch.randn(batch, *model.latent_shape, generator=generator)),)
+            call = model.decode
+        else:
+            size = model.config.image_size
+            args = (torch.rand(batch, model.config.in_channels, size, size).mul(2).sub(1),)
+            call = model.encode
         start = time.perf_counter()
-        model.decode(v)
-        times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+        call(*args)
+        return 1000 * (time.perf_counter() - start)
+
+
+def serve() -> None:
+    timer = TorchTimer()
+    print(f"ready {timer.default_threads}", flush=True)
+    for line in sys.stdin:
+        try:
+            folder, part, batch, threads = line.split()
+            answer = f"{timer.time_ms(folder, part, int(batch), int(threads)):.3f}"
+        except Exception as error:  # one bad request must not end the benchmark
+            answer = f"error {type(error).__name__}: {error}".replace("\n", " ")
+        print(answer, flush=True)
 
 
 def main(args: argparse.Namespace) -> None:
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.serve:
+        serve()
+        return
     out = Path(args.out)
     for name in args.models:
-        model = build_model(name, image_size=args.image_size).eval()
-        with torch.no_grad():
-            for param in model.parameters():  # zero-initialised heads would make every image flat
-                param.normal_(0, 0.02)
-        folder = out / f"{name}_{args.image_size}px"
-        sizes = {mode: export_model(model, folder / f"model_{mode}.safetensors", mode)["bytes"] for mode in MODES}
-        params = sum(p.numel() for p in model.parameters())
-        print(
-            f"{folder.name}: {params / 1e6:.2f}M params, PyTorch CPU decode (batch 1, {torch.get_num_threads()} "
-            f"threads) {cpu_decode_ms(model, args.runs):.1f} ms; files "
-            + ", ".join(f"{mode} {size / 1e6:.2f} MB" for mode, size in sizes.items())
-        )
+        print(export_bench_model(name, args.image_size, out), flush=True)
     write_index(out)
 
 
