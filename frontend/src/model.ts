@@ -5,7 +5,7 @@
  * Nothing is allocated per call but the command buffers. src/family.ts picks the class of a file's family.
  */
 
-import { latentShape, sigmaForAngle, type ModelConfig, type SphereConfig } from "./config";
+import { latentShape, sigmaForAngle, type FamilyName, type ModelConfig, type SphereConfig } from "./config";
 import { parseWeightFile, WebFormatError, type Mode, type WeightFile } from "./format";
 import { encodeSteps, type BufferRef, type Gpu, type Step, Workspace } from "./gpu";
 import { buildGraphs, type GraphCache, type GraphIO } from "./graph";
@@ -45,6 +45,32 @@ export interface Timings {
   encodeMs: number;
   decodeMs: number;
   totalMs: number;
+}
+
+/** Where a model runs: the page's WebGPU kernels, or onnxruntime-web's WebAssembly backend (src/cpu_model.ts). */
+export type Backend = "webgpu" | "cpu";
+
+/**
+ * What the page uses of a model, whichever backend runs it: `WebModel` (WebGPU, every family) and `CpuModel`
+ * (WebAssembly, sphere and psvae models with ONNX files) implement it.
+ */
+export interface PageModel {
+  readonly backend: Backend;
+  readonly config: ModelConfig;
+  readonly mode: Mode; // the precision of the weights that run (the CPU path runs the fp32 ONNX files)
+  readonly family: FamilyName;
+  readonly imageSize: number; // values per image: C * S * S
+  readonly latentShape: number[];
+  readonly latentSize: number;
+  readonly radius: number;
+  readonly canEncode: boolean;
+  readonly canSample: boolean;
+  lastTimings: Timings;
+  sample(n: number, options?: CommonSampleOptions): Promise<Float32Array>;
+  reconstruct(images: Float32Array, options?: CommonReconstructOptions): Promise<{ images: Float32Array; timings: Timings }>;
+  encode(images: Float32Array, labels?: number[]): Promise<Float32Array>;
+  decode(latents: Float32Array, labels?: number[]): Promise<Float32Array>;
+  dispose(): Promise<void>;
 }
 
 /** Buffers and steps of one batch size (and guidance on/off: guided sessions run a doubled batch). */
@@ -152,7 +178,8 @@ export interface Graphs {
  * A model of any family on the GPU: latents of `latentSize` values on a sphere of `radius`, images of
  * `imageSize` values in [-1, 1]. Subclasses build the graphs and define sampling and reconstruction.
  */
-export abstract class WebModel<C extends ModelConfig = ModelConfig> {
+export abstract class WebModel<C extends ModelConfig = ModelConfig> implements PageModel {
+  readonly backend: Backend = "webgpu";
   readonly config: C;
   readonly mode: Mode;
   readonly imageSize: number; // values per image: C * S * S
