@@ -63,7 +63,7 @@ from engine.setup import (  # noqa: E402
     train_settings,
     validate_args,
 )
-from engine.trainer import Trainer, TrainingError  # noqa: E402
+from engine.trainer import Trainer, TrainingError, enable_tf32, prefers_channels_last  # noqa: E402
 from engine.training_flags import PRESET_CHOICES, add_family_flag_groups, parse_training_flags  # noqa: E402
 from losses import PerceptualWeightsError  # noqa: E402
 from losses.psvae import RECON_TERMS as PSVAE_RECON_TERMS  # noqa: E402
@@ -192,7 +192,21 @@ def add_optim_flags(parser: argparse.ArgumentParser) -> None:
         default="auto",
         help="auto: bf16 autocast on CUDA, fp32 on CPU",
     )
-    optim.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False)
+    optim.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model's forward (default: on CUDA, off on the CPU); if compiling fails at the first "
+        "step, one line says so and training goes on uncompiled",
+    )
+    optim.add_argument(
+        "--data_on_device",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep an in-memory dataset (embedded, CIFAR-10, .npz, Parquet) on the training device as one tensor and "
+        "batch it there, no DataLoader (default: when it fits in a quarter of the GPU's memory, 2 GiB on the CPU); "
+        "image folders always use the DataLoader",
+    )
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -279,17 +293,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def build_training(args, dataset, info: DistInfo) -> tuple:
-    """Model (on device), the model used for the forward (DDP / compiled), EMA, optimizer, schedule."""
+    """Model (on device; channels_last for a conv model on CUDA, TF32 for fp32 math there), the model used for the
+    forward (DDP; the trainer compiles it), EMA, fused optimizer, schedule."""
     model = build_model(args.model_type, **model_overrides(args, dataset)).to(info.device)
     family_of_model(args.model_type).prepare_model(args, model, dataset)  # e.g. a frozen autoencoder's weights
+    if info.device.type == "cuda":
+        enable_tf32()
+    if prefers_channels_last(model, info.device):
+        model = model.to(memory_format=torch.channels_last)
     trainable = any(p.requires_grad for p in model.parameters())  # DDP refuses a model with nothing to train
     train_model = (
         DistributedDataParallel(model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
         if info.enabled and trainable
         else model
     )
-    if args.compile:
-        train_model = torch.compile(train_model)
     ema = EMA(model, args.ema_decay)
     lr = scaled_lr(args.lr, args.batch_size)
     optimizer = build_optimizer(model, lr, lr_multipliers(args), (args.beta1, args.beta2), args.weight_decay)

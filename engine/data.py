@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision.transforms import InterpolationMode, v2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -90,6 +90,7 @@ class ArrayDataset(Dataset):
         self.native_size = min(images.shape[-2:])
         self.image_size = image_size or self.native_size
         self.transform = build_transform(self.native_size, self.image_size, hflip)
+        self.in_memory = not hflip  # items are fixed: they can be made once and kept (stack_items)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -97,6 +98,10 @@ class ArrayDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = self.transform(self.images[index]).as_subclass(torch.Tensor)
         return image, self.labels[index]
+
+    def items(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Items start..stop-1 stacked, transformed as one batch (the same values as item by item)."""
+        return self.transform(self.images[start:stop]).as_subclass(torch.Tensor), self.labels[start:stop]
 
 
 class ImageFolderDataset(Dataset):
@@ -154,7 +159,7 @@ class FloatImageDataset(Dataset):
     ):
         self.images, self.labels, self.errors = images, labels, errors  # (N, 3, H, W), (N,), (N, 3, H, W) | None
         self.name, self.num_classes, self.split, self.class_names = name, num_classes, split, class_names
-        self.has_sigma, self.hflip = errors is not None, hflip
+        self.has_sigma, self.hflip, self.in_memory = errors is not None, hflip, not hflip  # see ArrayDataset
         self.native_size = min(images.shape[-2:])
         self.image_size = image_size or self.native_size
 
@@ -212,7 +217,7 @@ class SignalDataset(Dataset):
     """In-memory 1-D signals (N, C, L), already normalised, with int64 labels (N,) and optional per-value sigma
     (N, C, L) in the same units; image_size = native_size = signal_length (no resampling, no flips)."""
 
-    kind = "signal"
+    kind, in_memory = "signal", True
 
     def __init__(
         self,
@@ -237,6 +242,32 @@ class SignalDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         item = (self.signals[index], self.labels[index])
         return item if self.errors is None else (*item, self.errors[index])
+
+
+STACK_CHUNK = 1024  # items made at once while stacking a dataset (bounds the host memory it takes)
+
+
+def item_range(dataset: Dataset, start: int, stop: int) -> tuple[torch.Tensor, ...]:
+    """Items start..stop-1 stacked: the dataset's own batch method where it has one, else item by item."""
+    if callable(getattr(dataset, "items", None)):
+        return tuple(dataset.items(start, stop))
+    return tuple(default_collate([dataset[index] for index in range(start, stop)]))
+
+
+def stacked_bytes(dataset: Dataset) -> int:
+    """Bytes that stack_items would take: the first item's tensors times the number of items."""
+    return len(dataset) * sum(t.numel() * t.element_size() for t in map(torch.as_tensor, dataset[0]))
+
+
+def stack_items(dataset: Dataset, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """Every item of an in-memory dataset (`in_memory`: its items are fixed) as tensors (N, ...) on `device`,
+    (x, labels[, sigma]) in item order; made STACK_CHUNK items at a time and copied into place."""
+    first = item_range(dataset, 0, 1)
+    stacked = [torch.empty((len(dataset), *t.shape[1:]), dtype=t.dtype, device=device) for t in first]
+    for start in range(0, len(dataset), STACK_CHUNK):
+        for target, part in zip(stacked, item_range(dataset, start, min(start + STACK_CHUNK, len(dataset)))):
+            target[start : start + len(part)].copy_(part)
+    return tuple(stacked)
 
 
 def common_size(shorter_sides: list[int], root: Path, strict: bool) -> int:

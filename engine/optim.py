@@ -7,6 +7,9 @@ import math
 
 import torch
 import torch.nn as nn
+from torch.optim.optimizer import _get_fused_kernels_supported_devices
+
+FUSED_DEVICES = set(_get_fused_kernels_supported_devices())  # where fused AdamW runs (CUDA, CPU, MPS...)
 
 
 def scaled_lr(base_lr: float, global_batch: int, reference_batch: int = 256) -> float:
@@ -37,8 +40,9 @@ def build_optimizer(
     betas: tuple[float, float],
     weight_decay: float,
 ) -> torch.optim.AdamW:
-    """AdamW with one group per model.parameter_groups() entry at lr * its multiplier (1 when not given). A model
-    with nothing to train (a stage fitted without gradients) gets empty groups: the schedule still runs."""
+    """AdamW with one group per model.parameter_groups() entry at lr * its multiplier (1 when not given), fused (one
+    kernel; it skips a step whose `found_inf` is set, on the device). A model with nothing to train (a stage fitted
+    without gradients) gets empty groups: the schedule still runs."""
     groups = trainable_groups(model)
     unknown = sorted(set(lr_multipliers) - set(groups))
     if unknown:
@@ -47,7 +51,7 @@ def build_optimizer(
         {"params": params, "lr": lr * lr_multipliers.get(name, 1.0), "name": name} for name, params in groups.items()
     ] or [{"params": [], "lr": lr, "name": "all"}]  # torch refuses an optimizer without any group
     params = [p for group in param_groups for p in group["params"]]
-    fused = bool(params) and all(p.is_cuda for p in params)
+    fused = bool(params) and all(p.device.type in FUSED_DEVICES for p in params)  # fused skips on `found_inf`
     return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
 
 
@@ -79,13 +83,20 @@ class EMA:
         self.updates = 0
 
     @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
+    def update(self, model: nn.Module, skip: torch.Tensor | None = None) -> None:
+        """One step towards the model's weights. skip: a 0-dim 0/1 tensor on the weights' device (the optimizer's
+        found_inf); when 1, the average stays as it is, decided on the device (no host sync)."""
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        ema_params = list(self.model.parameters())
-        torch._foreach_lerp_(ema_params, [p.detach() for p in model.parameters()], 1 - decay)
+        ema_params, params = list(self.model.parameters()), [p.detach() for p in model.parameters()]
+        if skip is None:
+            torch._foreach_lerp_(ema_params, params, 1 - decay)
+        else:  # foreach lerp takes no tensor weight: ema += (1 - skip)(1 - decay)(p - ema)
+            steps = torch._foreach_sub(params, ema_params)
+            torch._foreach_mul_(steps, (1 - skip) * (1 - decay))
+            torch._foreach_add_(ema_params, steps)
         for ema_buffer, buffer in zip(self.model.buffers(), model.buffers()):
-            ema_buffer.copy_(buffer)
+            ema_buffer.copy_(buffer if skip is None else torch.where(skip > 0, ema_buffer, buffer))
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "updates": self.updates, "decay": self.decay}

@@ -26,7 +26,10 @@ from .runs import (
 from .trainer import TrainSettings
 
 # Flags that describe where/how this invocation runs, never taken from a resumed run's saved config.
-_PER_INVOCATION = {"explicit", "resume", "stop_after_steps", "device", "num_workers", "results_dir", "config"}
+_PER_INVOCATION = {
+    *("explicit", "resume", "stop_after_steps", "device", "num_workers", "results_dir", "config"),
+    *("compile", "data_on_device", "threads"),  # how fast it runs here, not what it trains
+}
 MAX_EVAL_SAMPLES = 256  # render grids are one batch through the model; more would only risk running out of memory
 
 
@@ -134,9 +137,11 @@ def lr_multipliers(args) -> dict[str, float]:
 
 
 def train_settings(args, dataset, info: DistInfo) -> TrainSettings:
-    """The loop's settings from the (validated) flags; precision "auto" becomes bf16 on CUDA, fp32 on CPU."""
+    """The loop's settings from the (validated) flags; precision "auto" becomes bf16 on CUDA, fp32 on CPU, and
+    --compile (None) is on on CUDA, off on the CPU."""
     steps = args.steps or max(1, len(dataset) // args.batch_size)
-    precision = args.precision if args.precision != "auto" else ("bf16" if info.device.type == "cuda" else "fp32")
+    on_cuda = info.device.type == "cuda"
+    precision = args.precision if args.precision != "auto" else ("bf16" if on_cuda else "fp32")
     return TrainSettings(
         epochs=args.epochs,
         steps_per_epoch=steps,
@@ -154,6 +159,8 @@ def train_settings(args, dataset, info: DistInfo) -> TrainSettings:
         fid_samples=args.fid_samples,
         fid_steps=list(args.fid_steps),
         inception_weights=args.inception_weights,
+        compile=on_cuda if args.compile is None else args.compile,
+        data_on_device=args.data_on_device,
     )
 
 

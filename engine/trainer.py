@@ -12,16 +12,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, atomic_save, capture_rng_state, load_model_state, restore_rank_rng_state
+from .checkpoint import (
+    CheckpointError,
+    atomic_save,
+    capture_rng_state,
+    load_model_state,
+    restore_rank_rng_state,
+    restore_rng_state,
+)
 from .curves import write_timestep_chart, write_usage_chart
+from .data import stack_items, stacked_bytes
 from .distributed import DistInfo, any_rank, barrier, broadcast_object, gather_objects
 from .globe import end_of_training_globe
 from .images import render_eval_images, render_verdict
 from .optim import EMA
+
+CPU_DATA_BUDGET = 2 * 2**30  # bytes of stacked items kept in host memory by default (CIFAR-10 at 32 px: 0.6 GB)
 
 
 class TrainingError(RuntimeError):
@@ -47,14 +58,32 @@ class ResumableBatchSampler(Sampler):
         perms = [torch.randperm(self.size, generator=generator) for _ in range(math.ceil(needed / self.size))]
         return torch.cat(perms)[:needed]
 
-    def __iter__(self):
+    def epoch_indices(self) -> torch.Tensor:
+        """This rank's item indices for the rest of the epoch, one row per step: (steps - start_step, local_batch)."""
         order = self._epoch_order().view(self.steps, self.global_batch)
         begin = self.rank * self.local_batch
-        for step in range(self.start_step, self.steps):
-            yield order[step, begin : begin + self.local_batch].tolist()
+        return order[self.start_step :, begin : begin + self.local_batch]
+
+    def __iter__(self):
+        yield from self.epoch_indices().tolist()
 
     def __len__(self) -> int:
         return self.steps - self.start_step
+
+
+class DeviceBatches:
+    """The batches of an in-memory dataset whose items are stacked on the training device: each step indexes the
+    tensors with the sampler's row (same order, resumes and DDP shards as the DataLoader), no copy from the host."""
+
+    def __init__(self, items: tuple[torch.Tensor, ...], sampler: ResumableBatchSampler):
+        self.items, self.sampler = items, sampler
+
+    def __iter__(self):
+        for row in self.sampler.epoch_indices().to(self.items[0].device):  # one copy per epoch
+            yield tuple(tensor[row] for tensor in self.items)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 @dataclass
@@ -84,6 +113,8 @@ class TrainSettings:
     fid_samples: int = 0
     fid_steps: list[int] = field(default_factory=lambda: [1])
     inception_weights: str | None = None
+    compile: bool = False  # torch.compile the forward (a failure at the first step falls back to eager)
+    data_on_device: bool | None = None  # in-memory data stacked on the device; None = when it fits the budget
 
 
 class StopFlag:
@@ -146,14 +177,70 @@ def model_epoch_stats(model: nn.Module) -> dict[str, float]:
     return {"codebook_usage": float(stats["usage"]), "codebook_perplexity": float(stats["perplexity"])}
 
 
-def epoch_summary(history: dict[str, list[float]]) -> str:
-    """'loss 0.0312 | recon 0.0301 | kappa_max 80.1 ...': the mean of each logged term over the steps this process
-    trained in the epoch (the largest value for *_max terms)."""
-    parts = []
-    for name, values in history.items():
-        value = max(values) if name.endswith("_max") else sum(values) / len(values)
-        parts.append(f"{name} {value:.4g}")
-    return " | ".join(parts)
+def larger(a, b):
+    """max() of two logged values, floats or 0-dim tensors (NaN wins, as it should in a log)."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return torch.maximum(torch.as_tensor(a), torch.as_tensor(b))
+    return max(a, b)
+
+
+class LogSums:
+    """Sums (the largest value for *_max terms) and counts of the logged terms over some steps. A loss logs 0-dim
+    tensors: they are added where they are, on the device, and `means()` reads them all with one host sync."""
+
+    def __init__(self):
+        self.totals: dict[str, torch.Tensor | float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, logs: dict) -> None:
+        for name, value in logs.items():
+            value = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+            if name in self.totals:
+                value = larger(self.totals[name], value) if name.endswith("_max") else self.totals[name] + value
+            self.totals[name], self.counts[name] = value, self.counts.get(name, 0) + 1
+
+    def means(self) -> dict[str, float]:
+        """Each term's mean over the steps that logged it (the largest value for *_max terms)."""
+        tensors = {name: value for name, value in self.totals.items() if isinstance(value, torch.Tensor)}
+        read = dict(zip(tensors, torch.stack(list(tensors.values())).tolist())) if tensors else {}
+        totals = {name: read.get(name, value) for name, value in self.totals.items()}
+        return {name: v if name.endswith("_max") else v / self.counts[name] for name, v in totals.items()}
+
+
+def epoch_summary(means: dict[str, float]) -> str:
+    """'loss 0.0312 | recon 0.0301 | kappa_max 80.1 ...': each logged term's mean over the steps this process
+    trained in the epoch (LogSums.means)."""
+    return " | ".join(f"{name} {value:.4g}" for name, value in means.items())
+
+
+class NonFiniteGuard:
+    """A sticky flag on the device, set by the first step whose loss or gradient norm is not finite on any rank,
+    with that step's number and values. The fused optimizer reads it as `found_inf` (GradScaler's protocol) and
+    skips every update from then on, the EMA too; `first()` reads it where the loop syncs anyway."""
+
+    def __init__(self, device: torch.device):
+        self.found = torch.zeros((), device=device)  # float32 0/1, the layout fused AdamW reads
+        self.step = torch.zeros((), dtype=torch.int64, device=device)
+        self.values = torch.zeros(2, device=device)  # (loss, gradient norm) of that step
+
+    def update(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor | None, info: DistInfo) -> None:
+        """Record step (1-based) when its loss or gradient norm is not finite here or on another rank."""
+        loss = loss.detach().float()
+        grad_norm = torch.zeros_like(loss) if grad_norm is None else grad_norm.detach().float()
+        bad = (~(torch.isfinite(loss) & torch.isfinite(grad_norm))).float()
+        if info.enabled:  # on the device too: no host sync, every rank skips the same steps
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        first = (bad > 0) & (self.found == 0)
+        self.step.copy_(torch.where(first, step, self.step))
+        self.values.copy_(torch.where(first, torch.stack([loss, grad_norm]), self.values))
+        torch.maximum(self.found, bad, out=self.found)
+
+    def first(self) -> tuple[int, float, float] | None:
+        """(step, loss, gradient norm) of the first non-finite step; None while every step was finite."""
+        if not bool(self.found):  # the host sync
+            return None
+        loss, grad_norm = self.values.tolist()
+        return int(self.step), loss, grad_norm
 
 
 def write_failure(path: Path, error: OSError) -> str:
@@ -177,6 +264,29 @@ def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def enable_tf32() -> None:
+    """fp32 matmuls and convolutions on CUDA in TF32 (tensor cores, fp32 accumulation): what bf16 autocast keeps
+    in fp32 and --precision fp32 runs."""
+    torch.backends.cuda.matmul.fp32_precision = "tf32"
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+
+
+def prefers_channels_last(model: nn.Module, device: torch.device) -> bool:
+    """Conv models on CUDA train in channels_last (cuDNN's fast layout): models whose 2-D convolutions hold most
+    of the weights (a ViT's patch embedding does not make it one)."""
+    if device.type != "cuda":
+        return False
+    conv = sum(p.numel() for m in model.modules() if isinstance(m, nn.Conv2d) for p in m.parameters(recurse=False))
+    return 2 * conv > sum(p.numel() for p in model.parameters())
+
+
+def device_data_budget(device: torch.device) -> int:
+    """Bytes an in-memory dataset may take when stacked on the device: a quarter of a GPU, 2 GiB of host memory."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory // 4
+    return CPU_DATA_BUDGET
 
 
 def random_hflip(images: torch.Tensor, *alike: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -216,8 +326,15 @@ class Trainer:
         self.eval_dataset = dataset if eval_dataset is None else eval_dataset  # reconstructions: held out if any
         self.run_dir, self.run_config, self.logger, self.metrics = run_dir, run_config, logger, metrics
         self.state = TrainState()
-        self.history: dict[str, list[float]] = {}  # the epoch's logged terms, step by step, for its log line
+        self.epoch_logs, self.window_logs = LogSums(), LogSums()  # the epoch's logged terms; those since the last log
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, step) of the last checkpoint written or loaded
+        self.guard = NonFiniteGuard(info.device)
+        if getattr(optimizer, "defaults", {}).get("fused"):
+            optimizer.found_inf = self.guard.found  # skips the update on the device (GradScaler's protocol)
+        self.channels_last = prefers_channels_last(model, info.device)
+        self.eager_model = train_model  # what a failed compilation falls back to
+        self.train_model = torch.compile(train_model) if settings.compile else train_model
+        self.compile_pending = settings.compile  # the first step compiles (checked_step)
         self.sampler = ResumableBatchSampler(
             len(dataset),
             settings.global_batch,
@@ -226,13 +343,26 @@ class Trainer:
             info.rank,
             info.world_size,
         )
+        self.loader = self.batches(dataset if train_items is None else train_items, num_workers)
+
+    def batches(self, items, num_workers: int):
+        """DeviceBatches for an in-memory dataset that fits the device budget (or --data_on_device), else a
+        DataLoader over the same sampler; the log says which."""
+        device, wanted = self.info.device, self.settings.data_on_device
+        in_memory = bool(getattr(items, "in_memory", False))
+        size = stacked_bytes(items) if in_memory else 0
+        if in_memory and (wanted or (wanted is None and size <= device_data_budget(device))):
+            self.logger.info(f"training data: {len(items)} items stacked on {device} ({size / 2**20:.0f} MiB)")
+            return DeviceBatches(stack_items(items, device), self.sampler)
+        if wanted:
+            self.logger.warning("--data_on_device: this dataset is read from files; loading it with a DataLoader")
         # its own generator: creating an iterator must not consume the global RNG (exact resume)
-        self.loader = DataLoader(
-            dataset if train_items is None else train_items,  # e.g. cached latents of the dataset's items
+        return DataLoader(
+            items,  # e.g. cached latents of the dataset's items
             batch_sampler=self.sampler,
             num_workers=num_workers,
-            pin_memory=info.device.type == "cuda",
-            generator=torch.Generator().manual_seed(settings.seed),
+            pin_memory=device.type == "cuda",
+            generator=torch.Generator().manual_seed(self.settings.seed),
         )
 
     # ---- checkpoints ------------------------------------------------------------------------------
@@ -327,84 +457,92 @@ class Trainer:
         return contextlib.nullcontext()
 
     def prepare(self, batch) -> tuple[torch.Tensor, ...]:
-        """(x, labels) or (x, labels, sigma) on the device; 4-D image batches flipped, sigma like x."""
+        """(x, labels) or (x, labels, sigma) on the device; 4-D image batches flipped (and channels_last for a
+        conv model on CUDA), sigma like x."""
         images, labels, *rest = (t.to(self.info.device, non_blocking=True) for t in batch)
         if self.settings.hflip and images.ndim == 4:
             images, *rest = random_hflip(images, *rest)
+        if self.channels_last and images.ndim == 4:
+            images, *rest = (t.contiguous(memory_format=torch.channels_last) for t in (images, *rest))
         return (images, labels, *rest)
 
-    def check_loss(self, loss: torch.Tensor) -> None:
-        """Stop every rank (DDP's backward would hang otherwise) when any rank's loss is not finite."""
-        value, where = float(loss.detach()), f"at step {self.state.step + 1} (epoch {self.state.epoch + 1})"
-        if any_rank(not math.isfinite(value), self.info):
-            what = f"the loss is {value}" if not math.isfinite(value) else "another rank's loss is not finite"
-            raise self.non_finite_error(f"{what} {where}")
+    def raise_if_non_finite(self) -> None:
+        """Stop (every rank: the flag is the same on all) with the first non-finite step's message; the updates
+        from that step on were skipped, so the weights and EMA are those before it. Reads the device flag."""
+        first = self.guard.first()
+        if first is None:
+            return
+        step, loss, grad_norm = first
+        where = f"at step {step} (epoch {(step - 1) // self.settings.steps_per_epoch + 1})"
+        if not math.isfinite(loss):
+            what = f"the loss is {loss}"
+        elif not math.isfinite(grad_norm):
+            what = f"the gradient norm is {grad_norm}"
+        else:
+            what = "another rank's loss is not finite"
+        raise self.non_finite_error(f"{what} {where}")
 
-    def train_step(self, batch) -> dict[str, float]:
-        """One update; a non-finite loss or gradient norm stops training before it reaches the weights or EMA."""
+    def skip_update(self) -> torch.Tensor:
+        """The guard's flag after this step's check; without the fused optimizer (which reads it on the device)
+        the check reads it now, one host sync per step."""
+        if "found_inf" not in vars(self.optimizer):
+            self.raise_if_non_finite()
+        return self.guard.found
+
+    def train_step(self, batch) -> dict:
+        """One update without a host sync; a non-finite loss or gradient norm skips it (and every later one) on
+        the device, weights and EMA untouched, and the loop stops at its next sync (raise_if_non_finite)."""
         batch = self.prepare(batch)
         if self.gradient_free:
             return self.gradient_free_step(batch)
         with self.autocast():
             loss, logs = self.loss_fn(self.train_model, batch, self.state.step)
-        self.check_loss(loss)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip))
-        if not math.isfinite(grad_norm):  # the same on every rank: DDP averaged the gradients
-            where = f"at step {self.state.step + 1} (epoch {self.state.epoch + 1})"
-            raise self.non_finite_error(f"the gradient norm is {grad_norm} {where}")
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
+        self.guard.update(self.state.step + 1, loss, grad_norm, self.info)
+        skip = self.skip_update()
         self.optimizer.step()
         self.scheduler.step()
-        self.ema.update(self.model)
-        logs["grad_norm"] = grad_norm
-        return logs
+        self.ema.update(self.model, skip)
+        return {**logs, "grad_norm": grad_norm.detach()}
 
-    def gradient_free_step(self, batch) -> dict[str, float]:
+    def gradient_free_step(self, batch) -> dict:
         """A loss marked gradient_free fits its stage itself (e.g. a SOM) inside the call: no backward; the
         optimizer step (nothing has a gradient), schedule and EMA keep the bookkeeping of a normal step."""
         with torch.no_grad(), self.autocast():
             loss, logs = self.loss_fn(self.train_model, batch, self.state.step)
-        self.check_loss(loss)
+        self.guard.update(self.state.step + 1, loss, None, self.info)
+        skip = self.skip_update()
         self.optimizer.step()  # a no-op without gradients; keeps the scheduler's step order valid
         self.scheduler.step()
-        self.ema.update(self.model)
+        self.ema.update(self.model, skip)
         return logs
+
+    def checked_step(self, batch) -> dict:
+        """train_step; the first step of a compiled model compiles it: a failure there logs one line, and the step
+        runs again uncompiled from the same RNG state."""
+        if not self.compile_pending:
+            return self.train_step(batch)
+        self.compile_pending, rng = False, capture_rng_state(self.info.device)
+        try:
+            return self.train_step(batch)
+        except TrainingError:
+            raise
+        except Exception as error:  # dynamo, inductor and compiler errors have no common base class
+            text = " ".join(str(error).split())[:200] or type(error).__name__
+            self.logger.warning(f"torch.compile failed ({text}); training uncompiled (pass --no-compile to skip it)")
+            self.train_model = self.eager_model
+            restore_rng_state(rng, self.info.device)
+            return self.train_step(batch)
 
     # ---- loop -------------------------------------------------------------------------------------
     def fit(self) -> TrainState:
-        settings, stopped = self.settings, False
-        steps_this_run = 0
+        settings, stopped, steps_this_run = self.settings, False, 0
         with StopFlag() as stop:
             while self.state.epoch < settings.epochs and not stopped:
-                self.sampler.set_epoch(self.state.epoch, self.state.step_in_epoch)
-                bar = tqdm(
-                    total=settings.steps_per_epoch,
-                    initial=self.state.step_in_epoch,
-                    desc=f"epoch {self.state.epoch + 1}/{settings.epochs}",
-                    disable=not self.info.is_main,
-                    dynamic_ncols=True,
-                    leave=False,
-                )
-                window_start, window_images = time.perf_counter(), 0
-                for batch in self.loader:
-                    logs = self.train_step(batch)
-                    for name, value in logs.items():
-                        self.history.setdefault(name, []).append(float(value))
-                    self.state.step += 1
-                    self.state.step_in_epoch += 1
-                    steps_this_run += 1
-                    window_images += settings.global_batch
-                    if self.state.step % settings.log_every_steps == 0:
-                        rate = window_images / max(time.perf_counter() - window_start, 1e-9)
-                        self.log_step(logs, rate, bar)
-                        window_start, window_images = time.perf_counter(), 0
-                    bar.update(1)
-                    limit = settings.stop_after_steps is not None and steps_this_run >= settings.stop_after_steps
-                    if any_rank(stop.raised or limit, self.info):
-                        stopped = True
-                        break
-                bar.close()
+                stopped, steps_this_run = self.run_epoch(stop, steps_this_run)
+                self.raise_if_non_finite()  # before anything renders or saves
                 if self.state.step_in_epoch >= settings.steps_per_epoch:
                     self.end_epoch()
             if stopped:
@@ -412,7 +550,51 @@ class Trainer:
                 self.logger.info(f"stopped at step {self.state.step}; checkpoint saved, run again to resume")
         return self.state
 
-    def log_step(self, logs: dict, images_per_second: float, bar) -> None:
+    def run_epoch(self, stop: StopFlag, steps_this_run: int) -> tuple[bool, int]:
+        """The rest of the current epoch, or up to a stop (a signal, --stop_after_steps): (stopped, steps_this_run).
+        The host waits for the device only every log_every_steps (log_step)."""
+        settings = self.settings
+        self.sampler.set_epoch(self.state.epoch, self.state.step_in_epoch)
+        bar = tqdm(
+            total=settings.steps_per_epoch,
+            initial=self.state.step_in_epoch,
+            desc=f"epoch {self.state.epoch + 1}/{settings.epochs}",
+            disable=not self.info.is_main,
+            dynamic_ncols=True,
+            leave=False,
+        )
+        self.window_start, self.window_images = time.perf_counter(), 0
+        for batch in self.loader:
+            logs = self.checked_step(batch)
+            self.epoch_logs.add(logs)
+            self.window_logs.add(logs)
+            self.state.step, self.state.step_in_epoch = self.state.step + 1, self.state.step_in_epoch + 1
+            steps_this_run, self.window_images = steps_this_run + 1, self.window_images + settings.global_batch
+            log_now = self.state.step % settings.log_every_steps == 0
+            if log_now:
+                self.log_step(bar)
+            bar.update(1)
+            limit = settings.stop_after_steps is not None and steps_this_run >= settings.stop_after_steps
+            if limit or self.stop_requested(stop, log_now):
+                bar.close()
+                return True, steps_this_run
+        bar.close()
+        return False, steps_this_run
+
+    def stop_requested(self, stop: StopFlag, log_now: bool) -> bool:
+        """A signal was caught (any rank's under DDP, asked only at log steps: asking is a host sync)."""
+        if not self.info.enabled:
+            return stop.raised
+        return log_now and any_rank(stop.raised, self.info)
+
+    def log_step(self, bar) -> None:
+        """The loop's host sync: the non-finite check, then the mean of each logged term since the last log line,
+        the throughput over those steps, lr and peak memory to metrics.jsonl."""
+        self.raise_if_non_finite()
+        logs, self.window_logs = self.window_logs.means(), LogSums()
+        now = time.perf_counter()
+        images_per_second = self.window_images / max(now - self.window_start, 1e-9)
+        self.window_start, self.window_images = now, 0
         record = {
             "step": self.state.step,
             "epoch": self.state.epoch + 1,  # the epoch being trained, 1-based like the log and image names
@@ -430,7 +612,7 @@ class Trainer:
         self.state.step_in_epoch = 0
         epoch, settings = self.state.epoch, self.settings
         last = epoch == settings.epochs
-        summary, self.history = epoch_summary(self.history), {}
+        summary, self.epoch_logs = epoch_summary(self.epoch_logs.means()), LogSums()
         stats = epoch_stats(self.model, self.loss_fn)
         summary = " | ".join([part for part in (summary, *(f"{k} {v:.4g}" for k, v in stats.items())) if part])
         done = f"epoch {epoch}/{settings.epochs} done (step {self.state.step})"

@@ -158,12 +158,36 @@ def nan_gradient(loss, model):
     return loss + torch.sqrt(weight - weight)
 
 
+def states_before_each_step(monkeypatch) -> dict:
+    """Step number (1-based) -> copies of (model, EMA, the optimizer's exp_avg) taken just before that step."""
+    from engine.trainer import Trainer
+
+    kept, step = {}, Trainer.train_step
+
+    def recording(self, batch):
+        exp_avg = [state["exp_avg"].clone() for state in self.optimizer.state.values()]
+        kept[self.state.step + 1] = (copy_state(self.model), copy_state(self.ema.model), exp_avg)
+        return step(self, batch)
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    return kept
+
+
+def equal_states(a: dict | list, b: dict | list) -> bool:
+    pairs = zip(a.values(), b.values()) if isinstance(a, dict) else zip(a, b)
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in pairs)
+
+
 @pytest.mark.parametrize("poison, what", [(nan_loss, "the loss is nan"), (nan_gradient, "the gradient norm is nan")])
-def test_non_finite_step_stops_before_the_update(tmp_path, monkeypatch, fits, poison, what):
+@pytest.mark.parametrize("log_every", ["1", "4"])
+def test_non_finite_step_stops_before_the_update(tmp_path, monkeypatch, fits, poison, what, log_every):
+    """The check runs on the device: step 5 and every later one skip their update, and the loop stops at its next
+    sync (step 5 when it logs every step; the end of epoch 2, step 6, when it logs every 4)."""
     poison_loss(monkeypatch, at_step=5, poison=poison)
+    before = states_before_each_step(monkeypatch)
     results = tmp_path / "results"
     with pytest.raises(SystemExit) as caught:
-        run_training(*tiny_flags(results))
+        run_training(*tiny_flags(results, "--log_every", log_every))
     (run_dir,) = results.iterdir()
     latest = run_dir / "checkpoints" / "checkpoint_latest.pth"
     message = str(caught.value.code)
@@ -172,8 +196,11 @@ def test_non_finite_step_stops_before_the_update(tmp_path, monkeypatch, fits, po
     ckpt = state_of(run_dir)
     assert ckpt["step"] == 3 and finite(ckpt)
     trainer = fits[0][0]
-    assert trainer.state.step == 4  # step 5 never happened
-    assert finite({"model": trainer.model.state_dict(), "ema": trainer.ema.model.state_dict()})
+    assert max(before) == (5 if log_every == "1" else 6)
+    model, ema, exp_avg = before[5]  # the weights, EMA and moments before step 5 are those at the stop
+    assert equal_states(copy_state(trainer.model), model) and equal_states(copy_state(trainer.ema.model), ema)
+    assert equal_states([state["exp_avg"] for state in trainer.optimizer.state.values()], exp_avg)
+    assert not equal_states(before[4][0], model)  # step 4 did update: the comparison can fail
 
 
 def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
