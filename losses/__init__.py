@@ -2,7 +2,14 @@
 
 from .gan import GANSettings, PatchDiscriminator, PatchGAN
 from .ldm import DiffusionLoss, DiffusionLossConfig, LDMAELossConfig, LDMAutoencoderLoss
-from .perceptual import PerceptualDistance, PerceptualWeightsError, build_convnext_small, build_lpips, build_perceptual
+from .perceptual import (
+    PerceptualDistance,
+    PerceptualFeatures,
+    PerceptualWeightsError,
+    build_convnext_small,
+    build_lpips,
+    build_perceptual,
+)
 from .psvae import PSVAELoss, PSVAELossConfig, beta_at
 from .somar import SOMARAutoencoderLoss, SOMARCodebookLoss, SOMARLossConfig, SOMARPriorLoss
 from .sphere import SphereLoss, SphereLossConfig, hard_case_levels, stratified_levels
@@ -17,6 +24,7 @@ __all__ = [
     "PatchDiscriminator",
     "PatchGAN",
     "PerceptualDistance",
+    "PerceptualFeatures",
     "PerceptualWeightsError",
     "PSVAELoss",
     "PSVAELossConfig",

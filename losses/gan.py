@@ -22,6 +22,9 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .logs import constant_log
+from .perceptual import perceptual_distance
+
 ADAPTIVE_WEIGHT_MAX = 1e4  # taming-transformers' clamp of lambda
 ADAPTIVE_WEIGHT_EPS = 1e-4  # keeps lambda finite when the generator gradient vanishes
 
@@ -133,15 +136,15 @@ class PatchGAN:
     def on(self, step: int) -> bool:
         return step >= self.settings.start
 
-    def discriminator_step(self, x: torch.Tensor, x_hat: torch.Tensor) -> float:
-        """One Adam step of the discriminator on real x and detached x_hat; returns its hinge loss."""
+    def discriminator_step(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """One Adam step of the discriminator on real x and detached x_hat; returns its hinge loss (detached)."""
         self.discriminator.requires_grad_(True)
         d_loss = hinge_d_loss(self.discriminator(x.detach()), self.discriminator(x_hat.detach()))
         self.optimizer.zero_grad(set_to_none=True)
         d_loss.backward()
         average_gradients(self.discriminator)
         self.optimizer.step()
-        return float(d_loss.detach())
+        return d_loss.detach()
 
     def generator_term(self, model: nn.Module, rec_total: torch.Tensor, x_hat: torch.Tensor):
         """(weight * lambda * g_loss, g_loss, lambda) through the (frozen) discriminator."""
@@ -153,13 +156,13 @@ class PatchGAN:
         return self.settings.weight * weight * g_loss, g_loss, weight
 
     def terms(self, core: nn.Module, x: torch.Tensor, x_hat: torch.Tensor, rec_total: torch.Tensor, step: int):
-        """(generator loss term, logs): zero and disc_factor 0 before the start step."""
+        """(generator loss term, logs of 0-dim tensors): zero and disc_factor 0 before the start step."""
         if not self.on(step):
-            return torch.zeros((), device=x.device), {"disc_factor": 0.0}
+            return torch.zeros((), device=x.device), {"disc_factor": constant_log(0.0, x)}
         d_loss = self.discriminator_step(x, x_hat)
         term, g_loss, weight = self.generator_term(core, rec_total, x_hat)
-        logs = {"g_loss": float(g_loss.detach()), "d_loss": d_loss, "disc_weight_adaptive": float(weight)}
-        return term, {**logs, "disc_factor": 1.0}
+        logs = {"g_loss": g_loss.detach().float(), "d_loss": d_loss.float(), "disc_weight_adaptive": weight.float()}
+        return term, {**logs, "disc_factor": constant_log(1.0, x)}
 
     @torch.no_grad()
     def verdict(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,13 +178,14 @@ def build_gan(settings: GANSettings, in_channels: int, device: torch.device | st
 class ImageGANLoss:
     """What the tokenizer and autoencoder objectives share: an L1/L2 error on the [0, 1] scale, an optional LPIPS
     term and an optional patch-GAN whose discriminator and Adam state are the loss's state (the trainer's
-    stateful-loss hook). `config` has recon, perceptual_weight and gan_settings(); `perceptual` is a frozen LPIPS on
-    [-1, 1] images (None only when perceptual_weight is 0)."""
+    stateful-loss hook). `config` has recon, perceptual_weight and gan_settings(); `perceptual` is a frozen LPIPS
+    (or PerceptualDistance) on [-1, 1] images (None only when perceptual_weight is 0)."""
 
     def __init__(self, config, perceptual: nn.Module | None = None, in_channels: int = 3, device="cpu"):
         if config.perceptual_weight > 0 and perceptual is None:
             raise ValueError("perceptual_weight is > 0 but no LPIPS module was given")
-        self.config, self.perceptual = config, perceptual
+        self.config = config
+        self.perceptual = perceptual_distance(perceptual) if config.perceptual_weight > 0 else None
         self.gan = build_gan(config.gan_settings(), in_channels, device)
 
     @property
@@ -211,12 +215,13 @@ class ImageGANLoss:
         return difference.abs().mean() if self.config.recon == "l1" else difference.pow(2).mean()
 
     def perceptual_term(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-        """Mean LPIPS of images in [-1, 1]; None when its weight is 0."""
-        if self.config.perceptual_weight == 0:
+        """Mean LPIPS of images in [-1, 1] (the real images' features without a graph); None when its weight is 0."""
+        if self.perceptual is None:
             return None
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"LPIPS needs RGB images (B, 3, H, W), got {tuple(x.shape)}; set perceptual_weight 0")
-        return self.perceptual(x_hat.float(), x.float()).mean()
+        perceptual = self.perceptual
+        return perceptual.distance(perceptual.features(x_hat), perceptual.target_features(x)).mean()
 
     def image_terms(self, x_hat: torch.Tensor, x: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """({"rec", "perc" when on}, rec + perceptual_weight * perc): the reconstruction the GAN weight balances."""

@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 
 from .gan import GANSettings, ImageGANLoss, check_gan_settings
+from .logs import detached_logs
 
 RECON_TERMS = ("l1", "l2")
 PREDICTIONS = ("eps", "v")
@@ -86,7 +87,7 @@ class LDMAutoencoderLoss(ImageGANLoss):
     """loss(model, batch, step) -> (loss, logs) for a KLAutoencoder: forward(x) -> (raw x_hat, mean, logvar),
     last_layer(). `perceptual`: a frozen LPIPS on [-1, 1] images (None only when perceptual_weight is 0)."""
 
-    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = batch[0]
         core = getattr(model, "module", model)
         x_hat, mean, logvar = model(x)
@@ -94,8 +95,7 @@ class LDMAutoencoderLoss(ImageGANLoss):
         terms["kl"] = kl_divergence(mean, logvar).mean() / x[0].numel()
         gan, gan_logs = self.gan_terms(core, x, x_hat, rec_total, step)
         loss = rec_total + self.config.kl_weight * terms["kl"] + gan
-        values = torch.stack([loss.detach(), *(t.detach().float() for t in terms.values())]).tolist()  # one sync
-        return loss, {**dict(zip(["loss", *terms], values)), **gan_logs}
+        return loss, {**detached_logs(loss, terms), **gan_logs}
 
 
 def drop_labels(labels: torch.Tensor | None, num_classes: int, probability: float) -> torch.Tensor | None:
@@ -118,7 +118,8 @@ class TimestepBins:
         index = ((t - 1) * self.bins // self.timesteps).clamp(0, self.bins - 1)
         sums = torch.zeros(self.bins, device=t.device, dtype=torch.float64)
         sums.index_add_(0, index, per_sample.detach().double())
-        counts = torch.bincount(index, minlength=self.bins).double()
+        ones = torch.ones(index.shape, device=t.device, dtype=torch.float64)
+        counts = torch.zeros_like(sums).index_add_(0, index, ones)  # torch.bincount reads back to the host on CUDA
         if self.sums.device != t.device:  # follow the model's device: no host sync per step
             self.sums, self.counts = self.sums.to(t.device), self.counts.to(t.device)
         self.sums += sums
@@ -157,7 +158,7 @@ class DiffusionLoss:
         self.config = config
         self.bins = TimestepBins(timesteps, config.timestep_bins)
 
-    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         core = getattr(model, "module", model)
         settings, schedule = core.config, core.schedule
         with torch.no_grad():
@@ -171,8 +172,7 @@ class DiffusionLoss:
         per_sample = (prediction.float() - target).pow(2).flatten(1).mean(1)  # (B,)
         self.bins.add(per_sample, t)
         loss = per_sample.mean()
-        value = float(loss.detach())  # one host sync per step
-        return loss, {"loss": value, "mse": value}
+        return loss, detached_logs(loss, {"mse": loss})
 
     def epoch_stats(self) -> dict[str, float]:
         """The epoch's mean loss per timestep bin, over every sample it trained (images/timestep_loss.png)."""

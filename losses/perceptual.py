@@ -1,11 +1,18 @@
 """Perceptual distances: LPIPS-VGG (the `lpips` package) and the official ConvNeXt-S logit term, with offline paths
-for both backbones."""
+for both backbones.
+
+The losses compare features, not image pairs: `features(images)` runs the backbones once per batch of images and
+`distance(features_a, features_b)` is lpips.LPIPS.forward's arithmetic on them, so an image compared twice (the
+sphere loss's x_small: reconstruction and consistency target) goes through VGG16 once, and real images go through it
+without an autograd graph.
+"""
 
 from __future__ import annotations
 
 import os
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import lpips
 import torch
@@ -95,29 +102,90 @@ def build_convnext_small(convnext_weights: str | None = None) -> nn.Module:
     return model.eval().requires_grad_(False)
 
 
+class PerceptualFeatures(NamedTuple):
+    """What perc(a, b) compares of a batch of images: LPIPS's unit-normalised VGG16 activations, one
+    (B, C_k, H_k, W_k) per layer, and the ConvNeXt-S logits (B, 1000) (None without that term)."""
+
+    lpips: tuple[torch.Tensor, ...]
+    logits: torch.Tensor | None
+
+    def detach(self) -> PerceptualFeatures:
+        """The same features as a stop-gradient target."""
+        logits = None if self.logits is None else self.logits.detach()
+        return PerceptualFeatures(tuple(layer.detach() for layer in self.lpips), logits)
+
+
+def check_lpips(model: lpips.LPIPS) -> lpips.LPIPS:
+    """The LPIPS settings lpips_features / lpips_distance reproduce: v0.1, learned linear layers, not spatial."""
+    if model.version != "0.1" or not model.lpips or model.spatial:
+        raise ValueError("the perceptual loss needs lpips.LPIPS(version='0.1', lpips=True, spatial=False)")
+    return model
+
+
+def lpips_features(model: lpips.LPIPS, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The unit-normalised backbone activations lpips.LPIPS.forward compares, of images in [-1, 1]."""
+    return tuple(lpips.normalize_tensor(layer) for layer in model.net(model.scaling_layer(images)))
+
+
+def lpips_distance(model: lpips.LPIPS, features_a: tuple, features_b: tuple) -> torch.Tensor:
+    """lpips.LPIPS.forward from features: per layer the learned 1x1 conv of the squared difference averaged over
+    space, summed over layers in the package's order. (B,)"""
+    total = 0
+    for linear, a, b in zip(model.lins, features_a, features_b, strict=True):
+        total = total + linear((a - b) ** 2).mean([2, 3], keepdim=True)  # (B, 1, 1, 1)
+    return total.view(-1)
+
+
 class PerceptualDistance(nn.Module):
-    """perc(a, b) of DESIGN §3 for images in [-1, 1]: mean LPIPS-VGG, and with a ConvNeXt-S the official code's
-    (LPIPS + w * MSE(ConvNeXt-S logits at 224 px)) / (1 + w)."""
+    """perc(a, b) of DESIGN §3 for images in [-1, 1]: LPIPS-VGG, and with a ConvNeXt-S the official code's
+    (LPIPS + w * MSE(ConvNeXt-S logits at 224 px)) / (1 + w). forward(a, b) is its batch mean; features() and
+    distance() split it so that each image's features are computed once per step."""
 
     def __init__(self, lpips_model: nn.Module, convnext: nn.Module | None = None, convnext_weight: float = 0.0):
         super().__init__()
         if convnext_weight > 0 and convnext is None:
             raise ValueError("convnext_weight > 0 needs a ConvNeXt-S (build_convnext_small)")
-        self.lpips, self.convnext, self.convnext_weight = lpips_model, convnext, convnext_weight
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.lpips, self.convnext, self.convnext_weight = check_lpips(lpips_model), convnext, convnext_weight
+        device = next(lpips_model.parameters()).device  # a bare LPIPS wrapped by a loss may already be on its GPU
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1), persistent=False)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """ConvNeXt-S logits of images in [-1, 1] (resized to 224 px, ImageNet-normalised)."""
         x = F.interpolate((images + 1) / 2, size=CONVNEXT_SIZE, mode="bilinear", antialias=True)
         return self.convnext((x - self.mean) / self.std)  # (B, 1000)
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        distance = self.lpips(a, b).mean()
+    def features(self, images: torch.Tensor) -> PerceptualFeatures:
+        """Every backbone's features of images in [-1, 1] (float32), with gradients to the images if they have any."""
+        images = images.float()
+        logits = self.logits(images) if self.convnext_weight > 0 else None
+        return PerceptualFeatures(lpips_features(self.lpips, images), logits)
+
+    @torch.no_grad()
+    def target_features(self, images: torch.Tensor) -> PerceptualFeatures:
+        """features() of images no gradient should reach (real images): no autograd graph is kept."""
+        return self.features(images)
+
+    def distance(self, a: PerceptualFeatures, b: PerceptualFeatures) -> torch.Tensor:
+        """perc of each pair of images from their features. (B,)"""
+        distance = lpips_distance(self.lpips, a.lpips, b.lpips)
         if self.convnext_weight == 0:
             return distance
-        mse = F.mse_loss(self.logits(a), self.logits(b))
+        mse = (a.logits - b.logits).pow(2).mean(1)  # (B,); its batch mean is F.mse_loss of the logits
         return (distance + self.convnext_weight * mse) / (1 + self.convnext_weight)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.distance(self.features(a), self.features(b)).mean()
+
+
+def perceptual_distance(module: nn.Module | None) -> PerceptualDistance | None:
+    """The losses' perceptual module: a PerceptualDistance as given, a bare lpips.LPIPS (build_lpips) wrapped
+    without a ConvNeXt term, None as None."""
+    if module is None or isinstance(module, PerceptualDistance):
+        return module
+    if isinstance(module, lpips.LPIPS):
+        return PerceptualDistance(module)
+    raise TypeError(f"perceptual must be an lpips.LPIPS or a PerceptualDistance, got {type(module).__name__}")
 
 
 def build_perceptual(

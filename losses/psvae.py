@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn as nn
 
+from .logs import constant_log, detached_logs
+from .perceptual import perceptual_distance
+
 RECON_TERMS = ("mse", "l1", "gaussian_nll", "truncated_nll", "gaussian_kl")
 NEEDS_SIGMA = ("gaussian_nll", "truncated_nll", "gaussian_kl")
 BETA_SCHEDULES = ("constant", "linear", "cyclic")
@@ -103,12 +106,13 @@ def _data_scale(values: torch.Tensor) -> torch.Tensor:
 class PSVAELoss:
     """loss(model, batch, step) -> (loss, logs); batch is (x, labels) or (x, labels, sigma) with sigma the
     per-value errors of x (same shape, > 0). `perceptual`: a frozen LPIPS taking images in [-1, 1] (None only when
-    perceptual_weight is 0)."""
+    perceptual_weight is 0). The logs are 0-dim detached tensors (no host sync)."""
 
     def __init__(self, config: PSVAELossConfig, perceptual: nn.Module | None = None):
         if config.perceptual_weight > 0 and perceptual is None:
             raise ValueError("perceptual_weight is > 0 but no LPIPS module was given")
-        self.config, self.perceptual = config, perceptual
+        self.config = config
+        self.perceptual = perceptual_distance(perceptual) if config.perceptual_weight > 0 else None
 
     def checked_sigma(self, sigma: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
         """sigma on the data scale, or None when the recon form does not use it; errors when missing or <= 0."""
@@ -139,11 +143,13 @@ class PSVAELoss:
         return truncated_normal_nll(x, x_hat, sigma, self.config.truncation_low, self.config.truncation_high)
 
     def perceptual_per_sample(self, x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
-        if self.config.perceptual_weight == 0:
+        """LPIPS of each reconstruction (the real images' features without a graph); None when its weight is 0."""
+        if self.perceptual is None:
             return None
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"LPIPS needs RGB images (B, 3, H, W), got {tuple(x.shape)}; set perceptual_weight 0")
-        return self.perceptual(x_hat.float(), x.float()).view(-1)  # (B,)
+        perceptual = self.perceptual
+        return perceptual.distance(perceptual.features(x_hat), perceptual.target_features(x))  # (B,)
 
     def drop_labels(self, labels: torch.Tensor | None, num_classes: int) -> torch.Tensor | None:
         if labels is None or num_classes == 0:
@@ -151,7 +157,7 @@ class PSVAELoss:
         drop = torch.rand(labels.shape, device=labels.device) < self.config.label_dropout
         return torch.where(drop, torch.full_like(labels, num_classes), labels)
 
-    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, labels, sigma = (*batch, None)[:3]
         core = getattr(model, "module", model)  # DDP / compiled wrappers keep the real model in .module
         sigma = self.checked_sigma(sigma, x)
@@ -167,5 +173,4 @@ class PSVAELoss:
         if not core.config.deterministic:
             terms.update(kappa_mean=out["kappa"].mean(), kappa_max=out["kappa"].max())
         loss = per_sample.mean()
-        values = torch.stack([loss.detach(), *(t.detach().float() for t in terms.values())]).tolist()  # one sync
-        return loss, {**dict(zip(["loss", *terms], values)), "beta": beta}
+        return loss, {**detached_logs(loss, terms), "beta": constant_log(beta, x)}

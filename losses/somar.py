@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .gan import GANSettings, ImageGANLoss
+from .logs import constant_log, detached_logs
 
 RECON_TERMS = ("l1", "l2")
 
@@ -49,11 +50,10 @@ class SOMARAutoencoderLoss(ImageGANLoss):
     autoencoders (losses/gan.py), without a discriminator; `perceptual` a frozen LPIPS on [-1, 1] images (None when
     perceptual_weight is 0)."""
 
-    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = batch[0]
         terms, loss = self.image_terms(model(x).float(), x)
-        values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).tolist()  # one sync
-        return loss, dict(zip(["loss", *terms], values))
+        return loss, detached_logs(loss, terms)
 
 
 class SOMARCodebookLoss:
@@ -61,12 +61,11 @@ class SOMARCodebookLoss:
 
     gradient_free = True
 
-    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         core = getattr(model, "module", model)
-        logs = core.fit_step(batch[0])
-        last = len(core.levels) - 1
-        loss = torch.tensor(logs[f"level{last}_qerr"])
-        return loss, {"loss": float(loss), **logs}
+        logs = {name: constant_log(value, batch[0]) for name, value in core.fit_step(batch[0]).items()}
+        loss = logs[f"level{len(core.levels) - 1}_qerr"]  # the SOM fit reads its errors back itself (models/som.py)
+        return loss, {"loss": loss, **logs}
 
 
 class SOMARPriorLoss:
@@ -90,14 +89,13 @@ class SOMARPriorLoss:
             self.model.train(was_training)
         return {"heldout_token_nll": float(nll.mean())}
 
-    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         core = getattr(model, "module", model)
         tokens = core.tokens(batch[0])  # (B, N_level) per level, from the frozen codebook
         logits = model(tokens, self.dropped_labels(core, batch[1]))  # through the wrapper: DDP syncs gradients
         nll = [F.cross_entropy(lg.float().transpose(1, 2), t, reduction="none") for lg, t in zip(logits, tokens)]
         loss = torch.cat([part.flatten() for part in nll]).mean()
-        values = torch.stack([loss.detach(), *(part.detach().mean() for part in nll)]).tolist()  # one sync
-        return loss, dict(zip(["loss", *(f"nll_seg{k}" for k in range(len(nll)))], values))
+        return loss, detached_logs(loss, {f"nll_seg{k}": part.mean() for k, part in enumerate(nll)})
 
     def dropped_labels(self, core: nn.Module, labels: torch.Tensor) -> torch.Tensor | None:
         """None for an unconditional prior; else labels with a label_dropout share set to the null class."""

@@ -9,6 +9,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .logs import detached_logs
+from .perceptual import PerceptualDistance, perceptual_distance
+
 
 @dataclass
 class SphereLossConfig:
@@ -72,14 +75,16 @@ def _per_sample(levels: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class SphereLoss:
-    """loss(model, batch, step) -> (loss, logs). Owns its noise and label dropout; `perceptual` is a frozen
-    LPIPS module taking images in [-1, 1] (None only when both perceptual weights are 0)."""
+    """loss(model, batch, step) -> (loss, logs), logs a dict of 0-dim detached tensors (no host sync). Owns its
+    noise and label dropout; `perceptual` is a frozen PerceptualDistance or bare LPIPS on images in [-1, 1] (None
+    only when both perceptual weights are 0)."""
 
     def __init__(self, config: SphereLossConfig, perceptual: nn.Module | None = None):
         needs_perceptual = config.recon_perc_weight > 0 or config.con_perc_weight > 0
         if needs_perceptual and perceptual is None:
             raise ValueError("perceptual weights are > 0 but no LPIPS module was given")
-        self.config, self.perceptual = config, perceptual
+        self.config = config
+        self.perceptual: PerceptualDistance | None = perceptual_distance(perceptual) if needs_perceptual else None
 
     def distance(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Pixel distance on images mapped to [0, 1]."""
@@ -88,10 +93,24 @@ class SphereLoss:
             return F.l1_loss(a, b)
         return F.smooth_l1_loss(a, b, beta=1.0)
 
-    def perceptual_distance(self, a: torch.Tensor, b: torch.Tensor, weight: float) -> torch.Tensor:
-        if weight == 0:
-            return a.new_zeros((), dtype=torch.float32)
-        return self.perceptual(a.float(), b.float()).mean()
+    def perceptual_terms(
+        self, x_small: torch.Tensor, x_big: torch.Tensor, images: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(recon_perc = perc(x_small, x), con_perc = perc(x_big, sg(x_small))), each image's features computed
+        once: x_small's serve both terms (detached as the consistency target), x's without a graph; a term whose
+        weight is 0 is a zero and costs nothing."""
+        cfg, perceptual = self.config, self.perceptual
+        zero = x_small.new_zeros((), dtype=torch.float32)
+        if perceptual is None:
+            return zero, zero
+        if cfg.recon_perc_weight == 0:  # x_small is only the consistency target
+            small = perceptual.target_features(x_small)
+            return zero, perceptual.distance(perceptual.features(x_big), small).mean()
+        small = perceptual.features(x_small)
+        recon = perceptual.distance(small, perceptual.target_features(images)).mean()
+        if cfg.con_perc_weight == 0:
+            return recon, zero
+        return recon, perceptual.distance(perceptual.features(x_big), small.detach()).mean()
 
     def draw_noise(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Scaled noises (r u ratio sigma_max e, r_hard sigma_max e) sharing the same direction e; only v_big
@@ -111,7 +130,7 @@ class SphereLoss:
         drop = torch.rand(labels.shape, device=labels.device) < self.config.label_dropout
         return torch.where(drop, torch.full_like(labels, num_classes), labels)
 
-    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         images, labels = batch
         core = getattr(model, "module", model)  # DDP / compiled wrappers keep the real model in .module
         cfg = self.config
@@ -119,12 +138,13 @@ class SphereLoss:
         latent_like = images.new_empty((images.shape[0], *core.latent_shape), dtype=torch.float32)
         noise_small, noise_big = self.draw_noise(latent_like)
         out = model(images, noise_small, noise_big, labels)
-        x_small, x_big, target = out["x_small"], out["x_big"], out["x_small"].detach()
+        x_small, x_big = out["x_small"], out["x_big"]
+        recon_perc, con_perc = self.perceptual_terms(x_small, x_big, images)
         terms = {
             "recon_dist": self.distance(x_small, images),
-            "recon_perc": self.perceptual_distance(x_small, images, cfg.recon_perc_weight),
-            "con_dist": self.distance(x_big, target),
-            "con_perc": self.perceptual_distance(x_big, target, cfg.con_perc_weight),
+            "recon_perc": recon_perc,
+            "con_dist": self.distance(x_big, x_small.detach()),
+            "con_perc": con_perc,
             "latent": 1
             - F.cosine_similarity(out["z_big"].float().flatten(1), out["z"].detach().float().flatten(1)).mean(),
         }
@@ -136,6 +156,4 @@ class SphereLoss:
             "latent": cfg.latent_weight,
         }
         loss = sum(weights[name] * value for name, value in terms.items())
-        values = torch.stack([loss.detach(), *(t.detach() for t in terms.values())]).tolist()  # one sync
-        logs = dict(zip(["loss", *terms], values))
-        return loss, logs
+        return loss, detached_logs(loss, terms)

@@ -28,6 +28,7 @@ from .gan import (  # noqa: F401  (re-exported: the vqvae's tests and family imp
     hinge_g_loss,
     patch_grid,
 )
+from .logs import detached_logs
 
 RECON_TERMS = ("l1", "l2")
 
@@ -63,8 +64,12 @@ class VQVAELossConfig:
 
 
 def batch_usage(indices: torch.Tensor, codebook_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(fraction of the K codes used, perplexity exp(H(p))) of one batch's assignments (B, h, w)."""
-    counts = torch.bincount(indices.reshape(-1), minlength=codebook_size).float()
+    """(fraction of the K codes used, perplexity exp(H(p))) of one batch's assignments (B, h, w). Counted with
+    index_add_ rather than bincount, which reads the largest index back to the host on CUDA."""
+    flat = indices.reshape(-1)
+    counts = torch.zeros(codebook_size, device=flat.device).index_add_(
+        0, flat, torch.ones_like(flat, dtype=torch.float)
+    )
     p = counts / counts.sum().clamp_min(1)
     entropy = -(p * torch.log(p.clamp_min(1e-12))).sum()
     return (counts > 0).float().mean(), entropy.exp()
@@ -75,7 +80,7 @@ class VQVAELoss(ImageGANLoss):
     aux holding "vq", "commit", "entropy" and "indices". `perceptual`: a frozen LPIPS taking images in [-1, 1]
     (None only when perceptual_weight is 0). With disc_weight > 0 the loss owns a discriminator on `device`."""
 
-    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, float]]:
+    def __call__(self, model: nn.Module, batch, step: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x = batch[0]
         core = getattr(model, "module", model)  # DDP / compiled wrappers keep the real model in .module
         x_hat, aux = model(x)
@@ -84,6 +89,4 @@ class VQVAELoss(ImageGANLoss):
         gan, gan_logs = self.gan_terms(core, x, x_hat, rec_total, step)
         loss = rec_total + terms["vq"] + terms["commit"] + terms["entropy"] + gan
         usage, perplexity = batch_usage(aux["indices"], core.quantizer.codebook_size)
-        values = [loss.detach(), *(t.detach().float() for t in terms.values()), usage, perplexity]
-        logs = dict(zip(["loss", *terms, "usage", "perplexity"], torch.stack(values).tolist()))  # one sync
-        return loss, {**logs, **gan_logs}
+        return loss, {**detached_logs(loss, terms), "usage": usage, "perplexity": perplexity, **gan_logs}

@@ -10,6 +10,7 @@ import torchvision
 
 from losses import (
     PerceptualDistance,
+    PerceptualFeatures,
     PerceptualWeightsError,
     SphereLoss,
     SphereLossConfig,
@@ -19,6 +20,7 @@ from losses import (
     hard_case_levels,
     stratified_levels,
 )
+from losses.perceptual import lpips_distance, lpips_features, perceptual_distance
 from models import build_model
 from tests.conftest import CIFAR_SUBSET, needs_cifar_subset, needs_real_vgg
 from tests.helpers import perturb
@@ -272,3 +274,146 @@ def test_perceptual_loads_convnext_only_when_weighted(monkeypatch, vgg_weights_f
     assert build_perceptual(vgg_weights_file, convnext_weight=0.0).convnext is None
     with pytest.raises(PerceptualWeightsError, match="convnext"):
         build_perceptual(vgg_weights_file, convnext_weight=0.1)
+
+
+# ---- perceptual features once per image ---------------------------------------------------------------------------
+
+
+def _pair(batch: int = 3, size: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    a = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+    return a, (a + 0.3 * torch.randn(a.shape, generator=generator)).clamp(-1, 1)
+
+
+def test_lpips_from_features_equals_the_lpips_package_with_its_gradients(lpips_model):
+    """distance(features(a), features(b)) is lpips.LPIPS.forward(a, b) per image, and so are d/da."""
+    a, b = _pair()
+    a_package, a_ours = a.clone().requires_grad_(True), a.clone().requires_grad_(True)
+    expected = lpips_model(a_package, b).view(-1)  # (B,)
+    value = lpips_distance(lpips_model, lpips_features(lpips_model, a_ours), lpips_features(lpips_model, b))
+    assert value.shape == (3,) and (expected > 0).all()
+    torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-7)
+    weights = torch.tensor([1.0, -2.0, 0.5])  # a different weight per image: per-image gradients are checked
+    (expected * weights).sum().backward()
+    (value * weights).sum().backward()
+    assert a_package.grad.abs().sum() > 0
+    torch.testing.assert_close(a_ours.grad, a_package.grad, rtol=1e-5, atol=1e-8)
+
+
+def test_perceptual_distance_splits_into_features_and_distance(lpips_model):
+    perceptual = perceptual_distance(lpips_model)
+    assert isinstance(perceptual, PerceptualDistance) and perceptual.lpips is lpips_model
+    assert perceptual_distance(perceptual) is perceptual and perceptual_distance(None) is None
+    a, b = _pair(seed=1)
+    features = perceptual.features(a)
+    assert isinstance(features, PerceptualFeatures) and features.logits is None and len(features.lpips) == 5
+    torch.testing.assert_close(perceptual(a, b), lpips_model(a, b).mean(), rtol=1e-6, atol=1e-7)
+    target = perceptual.target_features(b)
+    assert not any(layer.requires_grad for layer in target.lpips)
+    assert all(layer.grad_fn is None for layer in perceptual.features(a.requires_grad_(True)).detach().lpips)
+    with pytest.raises(TypeError, match="lpips.LPIPS or a PerceptualDistance"):
+        perceptual_distance(torch.nn.Identity())
+
+
+class BackboneCalls:
+    """Records each VGG16 pass of an LPIPS module: (batch size, whether autograd was recording)."""
+
+    def __init__(self, lpips_model):
+        self.calls: list[tuple[int, bool]] = []
+        self.handle = lpips_model.net.register_forward_pre_hook(self.record)
+
+    def record(self, module, inputs):
+        self.calls.append((inputs[0].shape[0], torch.is_grad_enabled()))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+SPHERE_PERCEPTUAL_WEIGHTS = [(1.0, 0.5), (1.0, 0.0), (0.0, 0.5)]  # (recon_perc_weight, con_perc_weight)
+
+
+@pytest.mark.parametrize(("recon_weight", "con_weight"), SPHERE_PERCEPTUAL_WEIGHTS)
+def test_sphere_loss_passes_each_image_through_vgg_once(lpips_model, recon_weight, con_weight):
+    """x_small once (with a graph when recon_perc is on), x_big once, the real images once without a graph: the
+    two-call form ran x_small through VGG16 twice."""
+    model = perturb(build_model("vit_tiny", image_size=16))
+    loss_fn = SphereLoss(SphereLossConfig(recon_perc_weight=recon_weight, con_perc_weight=con_weight), lpips_model)
+    with BackboneCalls(lpips_model) as backbone:
+        loss_fn(model, (torch.rand(4, 3, 16, 16) * 2 - 1, None))
+    expected = {  # x_small, the real images, x_big
+        (1.0, 0.5): [(4, True), (4, False), (4, True)],
+        (1.0, 0.0): [(4, True), (4, False)],
+        (0.0, 0.5): [(4, False), (4, True)],
+    }[(recon_weight, con_weight)]
+    assert backbone.calls == expected
+
+
+def _two_call_sphere_loss(loss_fn: SphereLoss, lpips_model, model, images: torch.Tensor) -> torch.Tensor:
+    """The objective as written before the features-once change: lpips.LPIPS(x_small, x) and
+    lpips.LPIPS(x_big, sg(x_small)), the package's own forward."""
+    cfg = loss_fn.config
+    small, big = loss_fn.draw_noise(torch.empty(images.shape[0], *model.latent_shape))
+    out = model(images, small, big)
+    x_small, x_big = out["x_small"], out["x_big"]
+    cosine = F.cosine_similarity(out["z_big"].flatten(1), out["z"].detach().flatten(1)).mean()
+    return (
+        cfg.recon_dist_weight * loss_fn.distance(x_small, images)
+        + cfg.recon_perc_weight * lpips_model(x_small, images).mean()
+        + cfg.con_dist_weight * loss_fn.distance(x_big, x_small.detach())
+        + cfg.con_perc_weight * lpips_model(x_big, x_small.detach()).mean()
+        + cfg.latent_weight * (1 - cosine)
+    )
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "convnet_tiny"])
+@pytest.mark.parametrize(("recon_weight", "con_weight"), SPHERE_PERCEPTUAL_WEIGHTS)
+def test_sphere_features_once_equals_the_two_call_loss_and_gradients(lpips_model, name, recon_weight, con_weight):
+    model = perturb(build_model(name, image_size=16))
+    images = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    config = SphereLossConfig(recon_perc_weight=recon_weight, con_perc_weight=con_weight)
+    loss_fn = SphereLoss(config, lpips_model)
+    torch.manual_seed(0)
+    loss, logs = loss_fn(model, (images, None))
+    grads = _grads(model, loss)
+    torch.manual_seed(0)
+    expected = _two_call_sphere_loss(loss_fn, lpips_model, model, images)
+    expected_grads = _grads(model, expected)
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-7)
+    assert (logs["recon_perc"] > 0) == (recon_weight > 0) and (logs["con_perc"] > 0) == (con_weight > 0)
+    assert expected_grads.abs().sum() > 0
+    torch.testing.assert_close(grads, expected_grads, rtol=1e-5, atol=1e-7)
+
+
+def test_sphere_consistency_target_features_get_no_gradient(lpips_model):
+    """con_perc alone reaches x_small only through x_big (the target's features are detached): its gradient
+    differs from one where the target is not stopped."""
+    model = perturb(build_model("vit_tiny", image_size=16))
+    images = torch.rand(4, 3, 16, 16) * 2 - 1
+    terms = ("recon_dist", "recon_perc", "con_dist", "latent")
+    config = SphereLossConfig(con_perc_weight=1.0, **{f"{term}_weight": 0.0 for term in terms})
+    loss_fn = SphereLoss(config, lpips_model)
+    torch.manual_seed(0)
+    implemented = _grads(model, loss_fn(model, (images, None))[0])
+    torch.manual_seed(0)
+    small, big = loss_fn.draw_noise(torch.empty(4, *model.latent_shape))
+    out = model(images, small, big)
+    assert torch.allclose(implemented, _grads(model, lpips_model(out["x_big"], out["x_small"].detach()).mean()))
+    torch.manual_seed(0)
+    out = model(images, *loss_fn.draw_noise(torch.empty(4, *model.latent_shape)))
+    not_stopped = _grads(model, lpips_model(out["x_big"], out["x_small"]).mean())
+    assert not torch.allclose(implemented, not_stopped)
+
+
+def test_convnext_features_once_equal_the_pairwise_form(convnext_file, lpips_model):
+    """With the ConvNeXt-S term, distance() per image averages to forward's (LPIPS + w MSE(logits)) / (1 + w)."""
+    perceptual = PerceptualDistance(lpips_model, build_convnext_small(str(convnext_file)), convnext_weight=0.1)
+    a, b = _pair(batch=2)
+    features_a = perceptual.features(a)
+    assert features_a.logits.shape == (2, 1000)
+    per_image = perceptual.distance(features_a, perceptual.target_features(b))
+    expected = (lpips_model(a, b).mean() + 0.1 * F.mse_loss(perceptual.logits(a), perceptual.logits(b))) / 1.1
+    assert per_image.shape == (2,)
+    torch.testing.assert_close(per_image.mean(), expected, rtol=1e-5, atol=1e-7)
