@@ -17,7 +17,7 @@ from PIL import Image
 
 import download_cifar
 import download_faces
-from engine.data import DEMO_PATH, DatasetError, build_dataset, load_image, read_rgb
+from engine.data import DEMO_PATH, DatasetError, build_dataset, load_image, read_rgb, stack_items, stacked_bytes
 from tests.conftest import CIFAR_SUBSET, needs_cifar_subset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -510,3 +510,27 @@ def test_download_scripts_reject_unusable_roots_and_sizes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         download_faces.parse_args(["--size", "0"])
     assert "argument --size" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, image_size", [("demo", None), ("demo", 24), ("fashion", 16), ("sines", None)])
+def test_stack_items_equals_the_items_one_by_one(name, image_size, monkeypatch):
+    """The stacked dataset the trainer keeps on the device holds exactly the DataLoader's items (batched resizes
+    included), made in chunks; a dataset whose items flip at random is not in memory."""
+    monkeypatch.setattr("engine.data.STACK_CHUNK", 300)  # several chunks and a partial last one
+    dataset = build_dataset(name, image_size, hflip=False)
+    assert dataset.in_memory
+    if name != "sines":  # signals never flip
+        assert not build_dataset(name, image_size, hflip=True).in_memory
+    stacked = stack_items(dataset, torch.device("cpu"))
+    one_by_one = [torch.stack([torch.as_tensor(item[k]) for item in dataset]) for k in range(len(stacked))]
+    assert all(torch.equal(a, b) for a, b in zip(stacked, one_by_one))
+    assert stacked_bytes(dataset) == sum(t.numel() * t.element_size() for t in stacked)
+
+
+def test_float_images_with_errors_stack_item_by_item(tmp_path):
+    images = np.random.default_rng(0).random((5, 3, 8, 8), dtype=np.float32)
+    np.savez(tmp_path / "f.npz", images=images, errors=images / 10)
+    dataset = build_dataset(str(tmp_path / "f.npz"), 16, hflip=False)
+    x, labels, sigma = stack_items(dataset, torch.device("cpu"))
+    assert dataset.in_memory and x.shape == sigma.shape == (5, 3, 16, 16) and labels.shape == (5,)
+    assert torch.equal(x[3], dataset[3][0]) and torch.equal(sigma[4], dataset[4][2])

@@ -203,6 +203,19 @@ def test_non_finite_step_stops_before_the_update(tmp_path, monkeypatch, fits, po
     assert not equal_states(before[4][0], model)  # step 4 did update: the comparison can fail
 
 
+def test_without_a_fused_optimizer_the_check_runs_every_step(tmp_path, monkeypatch, fits):
+    """An optimizer that cannot read found_inf (no fused kernels on the device): the flag is read on the host at
+    once, so the run stops inside step 5 even when it logs every 4 steps."""
+    monkeypatch.setattr("engine.optim.FUSED_DEVICES", set())
+    poison_loss(monkeypatch, at_step=5, poison=nan_loss)
+    before = states_before_each_step(monkeypatch)
+    with pytest.raises(SystemExit, match=r"error: the loss is nan at step 5 \(epoch 2\)"):
+        run_training(*tiny_flags(tmp_path / "results", "--log_every", "4"))
+    trainer = fits[0][0]
+    assert not trainer.optimizer.defaults["fused"] and max(before) == 5
+    assert equal_states(copy_state(trainer.model), before[5][0])
+
+
 def test_non_finite_weights_are_never_saved(tmp_path, monkeypatch):
     from engine.trainer import Trainer
 
