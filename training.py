@@ -63,6 +63,7 @@ from engine.setup import (  # noqa: E402
     train_settings,
     validate_args,
 )
+from engine.threads import add_threads_flag, configure_threads  # noqa: E402
 from engine.trainer import Trainer, TrainingError, enable_tf32, prefers_channels_last  # noqa: E402
 from engine.training_flags import PRESET_CHOICES, add_family_flag_groups, parse_training_flags  # noqa: E402
 from losses import PerceptualWeightsError  # noqa: E402
@@ -270,6 +271,7 @@ def add_run_flags(parser: argparse.ArgumentParser) -> None:
     )
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    add_threads_flag(run)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, set[str]]]:
@@ -409,6 +411,7 @@ def one_line_errors() -> Iterator[None]:
 def main(args: argparse.Namespace) -> Path:
     """Validate the flags and dataset and build everything in memory; only then create (or continue) the run
     folder and train. Returns the run folder."""
+    threads = configure_threads(args.threads)  # before torch's thread pools first run
     with one_line_errors(), distributed(args.device) as info:
         validate_args(args, info.world_size)
         dataset, eval_dataset = training_data(args, info)
@@ -449,6 +452,7 @@ def main(args: argparse.Namespace) -> Path:
             f"run {run_dir} | {args.model_type} {params / 1e6:.2f}M params | dataset {dataset.name} "
             f"({describe_items(dataset)}) | {settings.epochs} epochs x "
             f"{settings.steps_per_epoch} steps | global batch {settings.global_batch} | {info.device}"
+            + (f" | {threads} thread{'s' if threads > 1 else ''}" if info.device.type == "cpu" else "")
         )
         state = trainer.fit()
         logger.info(f"finished at epoch {state.epoch}, step {state.step}: {run_dir}")

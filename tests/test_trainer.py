@@ -128,3 +128,14 @@ def test_metrics_hold_the_mean_of_each_window(tmp_path):
         for name in ("loss", "grad_norm", "recon_dist"):
             assert isinstance(record[name], float)
             assert record[name] == pytest.approx((pair[0][name] + pair[1][name]) / 2, rel=1e-5), name
+
+
+def test_threads_flag_sets_torch_threads_and_the_log_says_so(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        run_dir = run_training(*tiny_flags(tmp_path, "--epochs", "1", "--steps", "1", "--threads", "2"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert "| cpu | 2 threads" in (run_dir / "log.txt").read_text()
+    assert json.loads((run_dir / "config.json").read_text())["train"]["threads"] == 2
