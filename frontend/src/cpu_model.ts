@@ -19,6 +19,10 @@ export interface Network {
 
 export type CpuConfig = SphereConfig | PSVAEConfig;
 
+export interface CpuSampleOptions extends SampleOptions {
+  onStep?: (images: Float32Array, step: number, total: number) => Promise<void> | void; // each round's images but the last
+}
+
 /** Why the CPU path cannot run a model of this config, or null when it can. */
 export function cpuUnsupported(config: { family?: string; backbone?: string }): string | null {
   const family = config.family ?? "sphere";
@@ -91,9 +95,10 @@ export class CpuModel implements PageModel {
   /**
    * n images: x = D(f(e)), then steps-1 rounds of z = E(x) and x = D(f(f(z) + sigma e′)) (sphere; e′ drawn once
    * per image after e) or x = D(f(E(x))) (psvae). With guidance w on a conditional model every pass runs the
-   * doubled batch (labels, then the null class) and mixes the halves with sqrt(w) after E and after D.
+   * doubled batch (labels, then the null class) and mixes the halves with sqrt(w) after E and after D. `onStep` sees
+   * the images of each round before the last (the page draws them: the first image shows after one decode).
    */
-  sample(n: number, options: SampleOptions = {}): Promise<Float32Array> {
+  sample(n: number, options: CpuSampleOptions = {}): Promise<Float32Array> {
     return this.exclusive(async () => {
       const steps = options.steps ?? 1;
       this.checkSteps(steps);
@@ -115,6 +120,7 @@ export class CpuModel implements PageModel {
       let images = await this.decodeGuided(project(twice(noise), rows, L, this.radius), rows, labels, guided ? scale : null);
       const e = renoise && twice(renoise);
       for (let i = 1; i < steps; i++) {
+        await options.onStep?.(images.slice(0, n * this.imageSize), i, steps);
         const z = await this.encodeGuided(images, rows, labels, guided ? scale : null);
         const v = e ? project(z, rows, L, this.radius, { noise: e, sigma }) : project(z, rows, L, this.radius);
         images = await this.decodeGuided(v, rows, labels, guided ? scale : null);

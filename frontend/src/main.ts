@@ -4,6 +4,11 @@
  * generates by DDIM (any η) or DDPM in the page, showing each step's x̂_0, with a class and classifier-free
  * guidance when it is class-conditional; it has no interpolation or roaming. A somar codebook (or prior) shows its
  * codebook atlas and lets the user paint token grids with its units, decoded live; its prior does not run here.
+ *
+ * Backends: WebGPU (the page's kernels, every family) or the CPU (onnxruntime-web's WebAssembly backend on the
+ * model's ONNX files, sphere and psvae models: src/cpu_model.ts). "Auto" shows the first images on the CPU when the
+ * model has ONNX files, then times one decode on each backend and keeps the faster; without WebGPU the CPU runs
+ * everything it can. ?backend=auto|webgpu|cpu overrides the remembered choice, ?model=NAME the remembered model.
  */
 
 import {
@@ -22,7 +27,9 @@ import { entryProblem, loadModel } from "./family";
 import { WebFormatError, type Mode } from "./format";
 import { formatLatLon, type Vec3 } from "./globe";
 import { Gpu, GpuUnavailableError } from "./gpu";
-import type { WebModel } from "./model";
+import type { Backend, PageModel } from "./model";
+import { CpuModel, cpuUnsupported } from "./cpu_model";
+import { cpuThreads, onnxModel, startOrt, type OnnxFile, type OnnxIndex } from "./ort";
 import { UnsupportedModelError } from "./psvae";
 import { CANNOT_SAMPLE, VQVAEModel } from "./vqvae";
 import { AE_CANNOT_SAMPLE, LDMModel, PIXEL_CANNOT_RECONSTRUCT } from "./ldm";
@@ -46,12 +53,19 @@ const SAMPLE_IMAGES = ["ship", "horse", "automobile", "frog"].map((name) => ({
 }));
 const CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 const MODE_ORDER: Mode[] = ["q8", "q4", "fp16", "fp32"]; // default precision: the first one a model has
+const BACKEND_CHOICES = ["auto", "webgpu", "cpu"] as const;
+type BackendChoice = (typeof BACKEND_CHOICES)[number];
+const BACKEND_NAMES: Record<Backend, string> = { webgpu: "WebGPU", cpu: "CPU (WebAssembly)" };
 
 interface State {
   gpu: Gpu | null;
   catalog: CatalogEntry[];
   entry: CatalogEntry | null;
-  model: WebModel | null;
+  model: PageModel | null;
+  choice: BackendChoice; // the backend picker
+  timings: Partial<Record<Backend, number>>; // Auto's timed decode (batch 1, ms) of the current model on each backend
+  backendNote: string; // why the model runs where it does, when that is not the choice
+  firstImageMs: number | null; // since navigation start: when the page first showed generated images
   loadToken: number;
   loop: boolean;
   roam: boolean;
@@ -80,6 +94,10 @@ const state: State = {
   catalog: [],
   entry: null,
   model: null,
+  choice: initialChoice(),
+  timings: {},
+  backendNote: "",
+  firstImageMs: null,
   loadToken: 0,
   loop: false,
   roam: false,
@@ -151,14 +169,16 @@ function setPageState(value: string): void {
 // ---------------------------------------------------------------------------------------------------------
 // GPU and models
 
+/** Start WebGPU; without it the page goes on with the CPU path (sphere and psvae models with ONNX files). */
 async function startGpu(): Promise<boolean> {
   try {
     state.gpu = await Gpu.create();
   } catch (error) {
     const text = error instanceof GpuUnavailableError ? error.message : `WebGPU failed to start: ${explain(error)}`;
-    setStatus("adapter", "WebGPU unavailable.");
-    showMessage("error", text);
-    setPageState("no-webgpu");
+    state.gpu = null;
+    setStatus("adapter", "WebGPU unavailable: models run on the CPU (WebAssembly).");
+    showMessage("warning", `${text} Sphere Encoder and psvae models run on the CPU (WebAssembly) instead; other families need WebGPU.`);
+    document.body.dataset.webgpu = "none"; // read by the end-to-end test
     return false;
   }
   const adapter = state.gpu.adapter;
@@ -167,10 +187,14 @@ async function startGpu(): Promise<boolean> {
   if (adapter.isFallback && !document.querySelector("#messages .message.warning")) {
     showMessage(
       "warning",
-      "This is a software WebGPU adapter (running on the CPU): everything works, but slowly. Enable hardware acceleration for real speed.",
+      "This is a software WebGPU adapter (running on the CPU): WebGPU works, but slowly. Auto runs models with ONNX files on the CPU (WebAssembly) when that is faster; enable hardware acceleration for real speed.",
     );
   }
   state.gpu.onLost((reason) => {
+    if (state.model?.backend !== "webgpu") {
+      showBackend(); // the CPU path goes on; WebGPU comes back with a reload
+      return;
+    }
     stopLoops();
     state.model = null;
     setControls(false);
@@ -234,7 +258,7 @@ function describeSomar(entry: CatalogEntry): string {
 }
 
 /** The status line's account of a loaded model's latent. */
-function describeLatent(model: WebModel): string {
+function describeLatent(model: PageModel): string {
   if (model.family === "sphere") return `latent ${model.latentShape.join("×")} (L = ${model.latentSize})`;
   if (model instanceof LDMModel) {
     const what = model.config.kind === "autoencoder" ? "latent (posterior mean)" : "denoises";
@@ -258,7 +282,8 @@ function superscript(value: number): string {
   return [...String(value)].map((digit) => "⁰¹²³⁴⁵⁶⁷⁸⁹"[Number(digit)]).join("");
 }
 
-async function loadCatalogIntoPicker(): Promise<void> {
+/** Fill the model picker from index.json and load the remembered model once WebGPU has started (or failed to). */
+async function loadCatalogIntoPicker(gpuStarted: Promise<boolean>): Promise<void> {
   try {
     state.catalog = await loadCatalog(MODELS_BASE);
   } catch (error) {
@@ -274,10 +299,12 @@ async function loadCatalogIntoPicker(): Promise<void> {
   }
   const select = $<HTMLSelectElement>("model-select");
   select.replaceChildren(...state.catalog.map((entry, i) => new Option(describe(entry), String(i))));
-  const remembered = state.catalog.findIndex((entry) => entry.name === localStorage.getItem("sphere.model"));
+  const wanted = params.get("model") ?? localStorage.getItem("sphere.model"); // ?model=NAME opens that model
+  const remembered = state.catalog.findIndex((entry) => entry.name === wanted);
   select.value = String(Math.max(0, remembered));
   select.disabled = false;
   fillModes();
+  await gpuStarted;
   await loadSelected();
 }
 
@@ -291,10 +318,153 @@ function fillModes(): void {
   select.disabled = false;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// backends
+
+function initialChoice(): BackendChoice {
+  const asked = params.get("backend") ?? localStorage.getItem("sphere.backend");
+  return BACKEND_CHOICES.includes(asked as BackendChoice) ? (asked as BackendChoice) : "auto";
+}
+
+/** The entry's ONNX files when the CPU path can run them (index.json written by batch_export.py with ONNX files). */
+function onnxOf(entry: CatalogEntry): OnnxIndex | null {
+  const onnx = (entry as CatalogEntry & { onnx?: OnnxIndex }).onnx;
+  return onnx?.decoder && onnx.config && !cpuUnsupported(onnx.config) ? onnx : null;
+}
+
+function liveGpu(): Gpu | null {
+  return state.gpu && !state.gpu.lost ? state.gpu : null;
+}
+
+type Plan = { backend: Backend; race: boolean; note: string } | { problem: string };
+
+/**
+ * Where an entry runs: the picked backend when it can; a model without ONNX files on WebGPU (saying so when the
+ * CPU was picked); everything on the CPU without WebGPU. Auto starts on the CPU (its first images come fastest)
+ * and races the two backends once the page is up.
+ */
+function planBackend(entry: CatalogEntry): Plan {
+  const onnx = onnxOf(entry);
+  const gpu = liveGpu();
+  if (!onnx) {
+    if (!gpu)
+      return {
+        problem: `${entry.name} has no ONNX files, so it needs WebGPU, which this browser lacks: open the page in a browser with WebGPU, or (sphere and psvae models) export it again with export_weights.py, which writes them.`,
+      };
+    const note =
+      state.choice === "cpu"
+        ? `${entry.name} has no ONNX files (a ${entry.family ?? "sphere"} model the CPU path does not run, or an older export): it runs on WebGPU.`
+        : "";
+    return { backend: "webgpu", race: false, note };
+  }
+  if (!gpu)
+    return { backend: "cpu", race: false, note: state.choice === "webgpu" ? "WebGPU is unavailable here: it runs on the CPU." : "" };
+  if (state.choice === "auto") return { backend: "cpu", race: true, note: "" };
+  return { backend: state.choice, race: false, note: "" };
+}
+
+/** Weight-file bytes through the page's cache, with the progress bar and the status line (unless `quiet`). */
+function download(url: string, bytes: number, label: string, quiet = false): Promise<ArrayBuffer> {
+  const bar = $("progress-bar");
+  return fetchWeights(url, bytes, (loaded, total, cached) => {
+    if (quiet) return;
+    bar.style.width = `${total ? (100 * loaded) / total : 100}%`;
+    setStatus("model-status", cached ? `${label}: from the cache` : `Downloading ${label}: ${formatBytes(loaded)} / ${formatBytes(total)}`);
+  });
+}
+
+/** The entry's model on WebGPU, from its weight file of precision `mode`. */
+async function loadGpuModel(entry: CatalogEntry, mode: Mode, gpu: Gpu, quiet = false): Promise<PageModel> {
+  const file = entry.modes[mode]!;
+  const url = new URL(file.file, MODELS_BASE).href;
+  const buffer = await download(url, file.bytes, `${entry.name} ${mode}`, quiet);
+  try {
+    return await loadModel(gpu, buffer, file.file);
+  } catch (error) {
+    if (error instanceof WebFormatError) await forgetWeights(url, file.bytes).catch(() => undefined); // a fixed file is fetched anew
+    throw error;
+  }
+}
+
+/** The entry's model on the CPU, from its ONNX files (a corrupt or unreadable download is dropped from the cache). */
+async function loadCpuModel(entry: CatalogEntry, onnx: OnnxIndex): Promise<PageModel> {
+  const fetchBytes = (file: OnnxFile) => download(new URL(file.file, MODELS_BASE).href, file.bytes, `${entry.name} (ONNX)`);
+  try {
+    return await onnxModel(onnx, fetchBytes, entry.name);
+  } catch (error) {
+    const files = [onnx.decoder, onnx.encoder].filter((file): file is OnnxFile => !!file);
+    await Promise.all(files.map((file) => forgetWeights(new URL(file.file, MODELS_BASE).href, file.bytes).catch(() => undefined)));
+    throw error;
+  }
+}
+
+/** The backend line: what runs the model, with which weights, Auto's timings and any note. */
+function showBackend(): void {
+  const model = state.model;
+  const parts: string[] = [];
+  if (model) {
+    const weights = model.backend === "cpu" ? `fp32 ONNX, ${cpuThreads()} thread${cpuThreads() > 1 ? "s" : ""}` : `${model.mode} weights`;
+    parts.push(`Runs on ${BACKEND_NAMES[model.backend]} (${weights}).`);
+  }
+  const { cpu, webgpu } = state.timings;
+  if (cpu !== undefined && webgpu !== undefined)
+    parts.push(`One decode: CPU ${cpu.toFixed(1)} ms · WebGPU ${webgpu.toFixed(1)} ms (Auto keeps the faster).`);
+  else if (state.choice === "auto" && model?.backend === "cpu" && liveGpu()) parts.push("Auto: timing WebGPU…");
+  if (state.gpu?.lost) parts.push("The WebGPU device was lost.");
+  if (state.backendNote) parts.push(state.backendNote);
+  setStatus("backend-status", parts.join(" "));
+  document.body.dataset.backend = model?.backend ?? ""; // read by the end-to-end test
+}
+
+/** Median time (ms) of decoding one random point, after a warm-up call. */
+async function timeDecode(model: PageModel): Promise<number> {
+  const times: number[] = [];
+  for (let i = 0; i < 4; i++) {
+    const latent = randomPoint(model.latentSize, state.random, model.radius);
+    const start = performance.now();
+    await model.decode(latent, labels(1));
+    if (i > 0) times.push(performance.now() - start);
+  }
+  return times.sort((a, b) => a - b)[times.length >> 1];
+}
+
+/**
+ * Auto: load the entry on WebGPU beside the CPU model that runs, time one decode on each and keep the faster (the
+ * other is disposed). Loops, the pad and roaming go on with whichever model is current.
+ */
+async function raceBackends(entry: CatalogEntry, mode: Mode, token: number): Promise<void> {
+  const cpuModel = state.model;
+  const gpu = liveGpu();
+  if (!cpuModel || !gpu) return;
+  showBackend();
+  let gpuModel: PageModel | null = null;
+  try {
+    gpuModel = await loadGpuModel(entry, mode, gpu, true);
+    if (token !== state.loadToken) return;
+    const cpuMs = await timeDecode(cpuModel);
+    const gpuMs = await timeDecode(gpuModel);
+    if (token !== state.loadToken || state.model !== cpuModel) return;
+    state.timings = { cpu: cpuMs, webgpu: gpuMs };
+    if (gpuMs < cpuMs) {
+      state.model = gpuModel;
+      gpuModel = cpuModel; // disposed below
+    }
+  } catch (error) {
+    if (token !== state.loadToken) return;
+    state.backendNote = `WebGPU failed (${explain(error)}): it stays on the CPU.`;
+  } finally {
+    void gpuModel?.dispose();
+    if (token === state.loadToken) {
+      showBackend();
+      document.body.dataset.race = String(Number(document.body.dataset.race ?? 0) + 1); // read by the end-to-end test
+    }
+  }
+}
+
 async function loadSelected(): Promise<void> {
   const entry = state.catalog[Number($<HTMLSelectElement>("model-select").value)];
   const mode = $<HTMLSelectElement>("mode-select").value as Mode;
-  if (!entry || !state.gpu || state.gpu.lost) return;
+  if (!entry) return;
   const token = ++state.loadToken;
   stopLoops();
   setControls(false);
@@ -302,40 +472,36 @@ async function loadSelected(): Promise<void> {
   void state.model?.dispose(); // frees the previous model's buffers once its last call is done
   state.model = null;
   state.corners = null;
+  state.timings = {};
+  state.backendNote = "";
   clearOutputs();
-  const file = entry.modes[mode]!;
-  const url = new URL(file.file, MODELS_BASE).href;
+  showBackend();
   const bar = $("progress-bar");
   const problem = entryProblem(entry); // known from index.json: no download
-  if (problem) {
+  const plan: Plan = problem ? { problem } : planBackend(entry);
+  if ("problem" in plan) {
     bar.style.width = "0";
     setStatus("model-status", `Not shown: ${entry.name}.`);
-    showMessage("error", problem);
+    showMessage("error", plan.problem);
     setPageState("unsupported");
     return;
   }
+  state.backendNote = plan.note;
   try {
-    const buffer = await fetchWeights(url, file.bytes, (loaded, total, cached) => {
-      bar.style.width = `${total ? (100 * loaded) / total : 100}%`;
-      setStatus(
-        "model-status",
-        cached
-          ? `${entry.name} ${mode}: from the cache`
-          : `Downloading ${entry.name} ${mode}: ${formatBytes(loaded)} / ${formatBytes(total)}`,
-      );
-    });
-    if (token !== state.loadToken) return;
     const start = performance.now();
-    const model = await loadModel(state.gpu, buffer, file.file);
+    const gpu = liveGpu();
+    const model = plan.backend === "cpu" ? await loadCpuModel(entry, onnxOf(entry)!) : await loadGpuModel(entry, mode, gpu!);
     if (token !== state.loadToken) return void model.dispose(); // another model was picked meanwhile
     state.model = model;
     state.entry = entry;
     localStorage.setItem("sphere.model", entry.name);
     localStorage.setItem("sphere.mode", mode);
+    const bytes = model.backend === "cpu" ? onnxBytes(onnxOf(entry)!) : entry.modes[mode]!.bytes;
     setStatus(
       "model-status",
-      `${entry.name} ${mode} ready: ${describeLatent(model)}, ${formatBytes(file.bytes)}, set up in ${(performance.now() - start).toFixed(0)} ms.`,
+      `${entry.name} ${model.mode} ready: ${describeLatent(model)}, ${formatBytes(bytes)}, set up in ${(performance.now() - start).toFixed(0)} ms.`,
     );
+    showBackend();
     configureConditional(entry);
     configurePanels(model);
     setControls(true);
@@ -347,15 +513,19 @@ async function loadSelected(): Promise<void> {
     if (model instanceof SOMARModel && model.layout) await showAtlas(model);
     state.globe?.reset();
     setPageState("ready");
+    if (plan.race && token === state.loadToken) void raceBackends(entry, mode, token);
   } catch (error) {
-    if (error instanceof WebFormatError) await forgetWeights(url, file.bytes).catch(() => undefined); // a fixed file is fetched anew
     if (token !== state.loadToken) return;
     bar.style.width = "0";
     setStatus("model-status", "Loading failed.");
-    reportError(error, `Could not load ${entry.name} (${mode}): `);
+    reportError(error, `Could not load ${entry.name} (${plan.backend === "cpu" ? "ONNX, CPU" : mode}): `);
     setPageState(error instanceof UnsupportedModelError ? "unsupported" : "error");
     void refreshCacheStatus();
   }
+}
+
+function onnxBytes(onnx: OnnxIndex): number {
+  return onnx.decoder.bytes + (onnx.encoder?.bytes ?? 0);
 }
 
 function configureConditional(entry: CatalogEntry): void {
@@ -403,7 +573,7 @@ const FAMILY_NOTES: Record<string, string> = {
  * Panels that depend on the model: Reconstruct and multi-step samples need an encoder (a decoder-only file
  * has none: say so); the globe is for a psvae whose latent is a point of S^2.
  */
-function configurePanels(model: WebModel): void {
+function configurePanels(model: PageModel): void {
   setStatus("family-note", FAMILY_NOTES[model.family] ?? "");
   $("recon-body").hidden = !model.canEncode;
   $("recon-note").hidden = model.canEncode;
@@ -513,15 +683,29 @@ async function generate(seed?: number): Promise<number> {
   };
   const options = { steps, seed: used, labels: labels(count), guidance: guidance() };
   const diffusion = { sampler: sampler(), eta: Number($<HTMLInputElement>("eta").value), onStep };
+  // on the CPU, a single generation draws each round as it comes (a loop does not: it would flicker)
+  const rounds = {
+    onStep: (images: Float32Array): Promise<void> => {
+      if (state.model !== model) throw new Error("generation stopped: another model was picked");
+      draw(images);
+      firstImage();
+      return new Promise((resolve) => setTimeout(resolve, 0)); // let the page paint it
+    },
+  };
   let images: Float32Array;
   try {
-    images = await (model instanceof LDMModel ? model.sample(count, { ...options, ...diffusion }) : model.sample(count, options));
+    images = await (model instanceof LDMModel
+      ? model.sample(count, { ...options, ...diffusion })
+      : model instanceof CpuModel && !state.loop
+        ? model.sample(count, { ...options, ...rounds })
+        : model.sample(count, options));
   } catch (error) {
     if (state.model !== model) return 0; // another model was picked meanwhile: nothing to show
     throw error;
   }
   const elapsed = performance.now() - start;
   draw(images);
+  firstImage();
   const how = model instanceof LDMModel ? describeSampling(model, { ...options, eta: diffusion.eta }) : "";
   setStatus(
     "generate-status",
@@ -529,6 +713,13 @@ async function generate(seed?: number): Promise<number> {
   );
   document.body.dataset.generated = String(Number(document.body.dataset.generated ?? 0) + 1);
   return elapsed;
+}
+
+/** Note when the page first shows generated images (ms since navigation start). */
+function firstImage(): void {
+  if (state.firstImageMs !== null) return;
+  state.firstImageMs = performance.now();
+  document.body.dataset.firstImageMs = state.firstImageMs.toFixed(0); // read by the end-to-end test
 }
 
 async function runLoop(): Promise<void> {
@@ -914,6 +1105,13 @@ function wireControls(): void {
     void loadSelected();
   };
   $<HTMLSelectElement>("mode-select").onchange = () => void loadSelected();
+  const backend = $<HTMLSelectElement>("backend-select");
+  backend.value = state.choice;
+  backend.onchange = () => {
+    state.choice = backend.value as BackendChoice;
+    localStorage.setItem("sphere.backend", state.choice);
+    void loadSelected();
+  };
   $("generate").onclick = () => void generate().catch((error) => reportError(error));
   $("loop").onclick = () => {
     const on = !state.loop;
@@ -949,8 +1147,8 @@ async function main(): Promise<void> {
   (window as unknown as { sphereDemo: State }).sphereDemo = state; // a handle for the console and the e2e test
   wireControls();
   void refreshCacheStatus();
-  if (!(await startGpu())) return;
-  await loadCatalogIntoPicker();
+  if (state.choice !== "webgpu" || !navigator.gpu) void startOrt().catch(() => undefined); // the CPU path's runtime starts now
+  await loadCatalogIntoPicker(startGpu()); // WebGPU starts while index.json downloads
 }
 
 void main();

@@ -137,6 +137,10 @@ describe("Sphere Encoder on the CPU", () => {
     }
     expect(decoder.calls.every((call) => call.rows === n && call.labels === null)).toBe(true);
     expect(decoder.calls.length).toBe(steps);
+    const rounds: number[] = [];
+    const last = await model.sample(n, { steps, seed, onStep: (x, step, total) => void rounds.push(step, total, x.length) });
+    expect(rounds).toEqual([1, steps, n * IMAGE, 2, steps, n * IMAGE]); // every round but the last, which is returned
+    close(last, images, 0);
   });
 
   it("guides with sqrt(w) after E and after D on a doubled batch, the null class in its second half", async () => {

@@ -1,0 +1,64 @@
+// Time to first image of the built page, as a new visitor sees it: each load in a fresh browser context (empty
+// cache), the page served on 127.0.0.1 with the fixtures as its models/ folder. For each model and setup, the time
+// from navigation start to the first generated images on screen (9 images, 2 steps: the page's defaults), and the
+// backend that drew them. Setups: auto (WebGPU on SwiftShader present, Auto picks), nogpu (navigator.gpu missing),
+// webgpu (the WebGPU path forced, as the page was before the CPU path).
+// Usage: node scripts/first-image.mjs [--models vit_tiny16,convnet_tiny16] [--setups auto,nogpu] [--rounds 3] [--fixtures DIR]
+import fs from "node:fs";
+import path from "node:path";
+import { build } from "vite";
+import { launchChromium } from "./chromium.mjs";
+import { serveStatic } from "./serve-static.mjs";
+
+const root = path.resolve(new URL("..", import.meta.url).pathname);
+const args = process.argv.slice(2);
+const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
+const models = option("--models", "vit_tiny16,convnet_tiny16").split(",");
+const setups = option("--setups", "auto,nogpu").split(",");
+const rounds = Number(option("--rounds", 3));
+const fixtures = path.resolve(option("--fixtures", path.join(root, "test-fixtures")));
+const outDir = path.join(root, "test-results", "first-image-dist");
+
+await build({ root, logLevel: "warn", build: { outDir, emptyOutDir: true, copyPublicDir: false } });
+const server = await serveStatic([
+  ["/models/", fixtures],
+  ["/examples/", path.join(root, "public", "examples")],
+  ["/", outDir],
+]);
+const { browser, close } = await launchChromium();
+const median = (values) => [...values].sort((a, b) => a - b)[values.length >> 1];
+try {
+  for (const model of models) {
+    for (const setup of setups) {
+      const times = [];
+      let backend = "";
+      for (let round = 0; round < rounds; round++) {
+        const context = await browser.newContext();
+        const page = await context.newPage();
+        if (setup === "nogpu") await page.addInitScript(() => Object.defineProperty(navigator, "gpu", { value: undefined }));
+        const query = setup === "webgpu" ? `?model=${model}&backend=webgpu` : `?model=${model}&backend=auto`;
+        await page.goto(`${server.url}${query}`);
+        await page.waitForFunction(
+          () => document.body.dataset.firstImageMs || ["error", "unsupported"].includes(document.body.dataset.state),
+          null,
+          {
+            timeout: 300_000,
+          },
+        );
+        const result = await page.evaluate(() => ({
+          ms: Number(document.body.dataset.firstImageMs),
+          backend: document.body.dataset.backend,
+        }));
+        times.push(result.ms);
+        backend = result.backend;
+        await context.close();
+      }
+      console.log(
+        `${model.padEnd(16)} ${setup.padEnd(7)} first image ${median(times).toFixed(0).padStart(6)} ms (median of ${rounds}: ${times.map((t) => t.toFixed(0)).join(", ")}) on ${backend}`,
+      );
+    }
+  }
+} finally {
+  await close();
+  await server.close();
+}
