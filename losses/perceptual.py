@@ -184,7 +184,7 @@ def perceptual_distance(module: nn.Module | None) -> PerceptualDistance | None:
     if module is None or isinstance(module, PerceptualDistance):
         return module
     if isinstance(module, lpips.LPIPS):
-        return PerceptualDistance(module)
+        return PerceptualDistance(module).eval()  # eval: LPIPS's linear layers have dropout in train mode
     raise TypeError(f"perceptual must be an lpips.LPIPS or a PerceptualDistance, got {type(module).__name__}")
 
 

@@ -303,6 +303,7 @@ def test_lpips_from_features_equals_the_lpips_package_with_its_gradients(lpips_m
 def test_perceptual_distance_splits_into_features_and_distance(lpips_model):
     perceptual = perceptual_distance(lpips_model)
     assert isinstance(perceptual, PerceptualDistance) and perceptual.lpips is lpips_model
+    assert not perceptual.training and not lpips_model.training  # LPIPS's linear layers have dropout
     assert perceptual_distance(perceptual) is perceptual and perceptual_distance(None) is None
     a, b = _pair(seed=1)
     features = perceptual.features(a)
