@@ -3,9 +3,10 @@
     python batch_export.py                                   # the latest run of each dataset under results/
     python batch_export.py results/cifar10_<stamp> results/ffhq_<stamp>/checkpoints/checkpoint_epoch_40.pth
 
-Each run goes to <output_root>/<run name>/model_<mode>.safetensors; <output_root>/index.json then lists every
+Each run goes to <output_root>/<run name>/model_<mode>.safetensors, plus model_decoder.onnx and model_encoder.onnx
+for Sphere Encoders and Power-Spherical VAEs (--no-onnx skips them); <output_root>/index.json then lists every
 model folder under output_root (name, dataset, image size, latent size and shape, backbone, classes,
-parameter count, and per mode the file, relative to index.json, and its size in bytes).
+parameter count, per mode the file, relative to index.json, and its size in bytes, and the ONNX files).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 from engine.checkpoint import CheckpointError
 from engine.cli import LATEST, InputError, check_output_dir, int_in_range, resolve_checkpoint, source_folder_name
 from engine.families import DEFAULT_FAMILY
+from engine.onnx_export import OnnxExportError
 from engine.runs import read_run_config
 from engine.webformat import MAX_GROUP_SIZE, MODES, WebFormatError, export_checkpoint, web_export_of, write_index
 
@@ -36,6 +38,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", action="append", choices=MODES, default=None, help="default: all four")
     parser.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--group_size", type=int_in_range(1, MAX_GROUP_SIZE), default=32)
+    parser.add_argument(
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write the ONNX files of the page's CPU path (default; --no-onnx skips them)",
+    )
     return parser.parse_args(argv)
 
 
@@ -92,6 +100,11 @@ def check_exportable(checkpoint: Path) -> None:
         web_export_of(config["model"].get("family", DEFAULT_FAMILY))
 
 
+def file_label(summary: dict) -> str:
+    """'fp32', 'q8'... for a web file, 'onnx decoder' / 'onnx encoder' for an ONNX file."""
+    return f"onnx {summary['network']}" if summary["mode"] == "onnx" else summary["mode"]
+
+
 def export_runs(args: argparse.Namespace) -> list[dict]:
     """Export every run (all resolved and checked before the first export), then rebuild <output_root>/index.json."""
     output_root = check_output_dir(args.output_root, "--output_root")
@@ -100,8 +113,8 @@ def export_runs(args: argparse.Namespace) -> list[dict]:
         check_exportable(checkpoint)
     modes = list(dict.fromkeys(args.mode or MODES))
     for name, checkpoint in runs:
-        summaries = export_checkpoint(checkpoint, output_root / name, modes, args.ema, args.group_size)
-        sizes = ", ".join(f"{s['mode']} {s['bytes'] / 1e6:.2f} MB" for s in summaries)
+        summaries = export_checkpoint(checkpoint, output_root / name, modes, args.ema, args.group_size, args.onnx)
+        sizes = ", ".join(f"{file_label(s)} {s['bytes'] / 1e6:.2f} MB" for s in summaries)
         print(f"{name}: {sizes}")
     entries = write_index(output_root)
     print(f"{output_root / 'index.json'}: {len(entries)} models")
@@ -111,7 +124,7 @@ def export_runs(args: argparse.Namespace) -> list[dict]:
 def main(args: argparse.Namespace) -> list[dict]:
     try:
         return export_runs(args)
-    except (CheckpointError, InputError, WebFormatError) as error:
+    except (CheckpointError, InputError, WebFormatError, OnnxExportError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

@@ -4,9 +4,11 @@ weight files for the WebGPU demo; a family without one is a one-line error.
     python export_weights.py --checkpoint results/cifar10_<stamp> --output_dir frontend/public/models/cifar10_<stamp> \
         --mode q8 --mode q4 --index_root frontend/public/models
 
-Writes <output_dir>/model_<mode>.safetensors per mode (all four when --mode is not given) and nothing outside
---output_dir, except <index_root>/index.json when --index_root names the folder that holds --output_dir.
-Format, quantization and BatchNorm folding: docs/web_format.md.
+Writes <output_dir>/model_<mode>.safetensors per mode (all four when --mode is not given), and for Sphere Encoders
+and Power-Spherical VAEs <output_dir>/model_decoder.onnx and model_encoder.onnx (float32, any batch size: the page's
+CPU path runs them with onnxruntime-web; --no-onnx skips them), and nothing outside --output_dir, except
+<index_root>/index.json when --index_root names the folder that holds --output_dir.
+Format, quantization and BatchNorm folding: docs/web_format.md; ONNX graph inputs and outputs: engine/onnx_export.py.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from engine.checkpoint import CheckpointError
 from engine.cli import InputError, check_output_dir, int_in_range, resolve_checkpoint
+from engine.onnx_export import OnnxExportError
 from engine.webformat import MAX_GROUP_SIZE, MODES, WebFormatError, export_checkpoint, write_index
 
 
@@ -48,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="q8/q4 values per fp16 scale along the input",
     )
     parser.add_argument(
+        "--onnx",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also write model_decoder.onnx / model_encoder.onnx for the page's CPU path (default; --no-onnx skips "
+        "them and removes those an earlier export left in --output_dir)",
+    )
+    parser.add_argument(
         "--index_root",
         default=None,
         help="also rebuild index.json in this folder, which must hold --output_dir; default: no index",
@@ -66,10 +76,16 @@ def check_index_root(index_root: str | None, output_dir: Path) -> None:
 
 def print_summaries(summaries: list[dict]) -> None:
     for summary in summaries:
+        if summary["mode"] == "onnx":
+            print(f" onnx: {summary['path']} ({summary['bytes'] / 1e6:.2f} MB, {summary['network']})")
+            continue
         print(
             f"{summary['mode']:>5}: {summary['path']} ({summary['bytes'] / 1e6:.2f} MB, "
             f"{summary['tensors']} tensors, {summary['quantized']} quantized)"
         )
+    onnx = [summary for summary in summaries if summary["mode"] == "onnx"]
+    if onnx:
+        print(f" onnx: exported in {onnx[0]['seconds']:.1f} s")
 
 
 def main(args: argparse.Namespace) -> list[dict]:
@@ -78,10 +94,10 @@ def main(args: argparse.Namespace) -> list[dict]:
         check_index_root(args.index_root, Path(args.output_dir))
         checkpoint = resolve_checkpoint(args.checkpoint, args.results_dir)
         output_dir = check_output_dir(args.output_dir, "--output_dir")
-        summaries = export_checkpoint(checkpoint, output_dir, modes, args.ema, args.group_size)
+        summaries = export_checkpoint(checkpoint, output_dir, modes, args.ema, args.group_size, args.onnx)
         if args.index_root is not None:
             print(f"{Path(args.index_root) / 'index.json'}: {len(write_index(args.index_root))} models")
-    except (CheckpointError, InputError, WebFormatError) as error:
+    except (CheckpointError, InputError, WebFormatError, OnnxExportError) as error:
         raise SystemExit(f"error: {error}") from None
     print_summaries(summaries)
     return summaries

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from models.layers import ConvResBlock
 
 from .checkpoint import atomic_write
 from .families import DEFAULT_FAMILY, FamilyError, WebExport, family_name_of, family_named, model_from_config
+from .onnx_export import describe_onnx, export_onnx, remove_onnx
 
 FORMAT_NAME = "sphere-web"
 FORMAT_VERSION = "2"  # 2: __metadata__ carries data_sha256, the SHA-256 of the data section (docs §2)
@@ -582,8 +584,11 @@ def export_checkpoint(
     modes: list[str] | tuple[str, ...] = MODES,
     use_ema: bool = True,
     group_size: int = 32,
+    onnx: bool = False,
 ) -> list[dict]:
-    """Export one training checkpoint in every mode to output_dir/model_<mode>.safetensors; summaries."""
+    """Export one training checkpoint in every mode to output_dir/model_<mode>.safetensors, and with onnx its
+    networks to output_dir/model_{decoder,encoder}.onnx (engine/onnx_export.py); summaries. ONNX files an
+    earlier export left in output_dir are removed first: they would not match the new weights."""
     from engine.checkpoint import load_model_from_checkpoint  # keeps the format usable without the trainer
 
     model, run_config = load_model_from_checkpoint(str(checkpoint), use_ema=use_ema)
@@ -593,7 +598,29 @@ def export_checkpoint(
         "dataset": run_config.get("dataset_name") or run_config.get("dataset"),
         "model_type": run_config.get("model_type"),
     }
-    return [export_model(model, Path(output_dir) / web_file_name(mode), mode, group_size, source) for mode in modes]
+    remove_onnx(output_dir)
+    summaries = [
+        export_model(model, Path(output_dir) / web_file_name(mode), mode, group_size, source) for mode in modes
+    ]
+    return summaries + (onnx_summaries(model, Path(output_dir)) if onnx else [])
+
+
+def onnx_summaries(model: nn.Module, output_dir: Path) -> list[dict]:
+    """export_onnx's files as summaries (mode "onnx", the network, bytes, the seconds the export took); [] for a
+    family without an ONNX export."""
+    start = time.perf_counter()
+    described = export_onnx(model, output_dir) or {}
+    seconds = time.perf_counter() - start
+    return [
+        {
+            "mode": "onnx",
+            "network": network,
+            "path": str(output_dir / entry["file"]),
+            "bytes": entry["bytes"],
+            "seconds": seconds,
+        }
+        for network, entry in described.items()
+    ]
 
 
 def read_header(path: str | Path) -> dict[str, str]:
@@ -614,7 +641,9 @@ def web_source(path: str | Path) -> dict:
 
 
 def index_entry(model_dir: Path, root: Path) -> dict | None:
-    """index.json entry of one exported model folder (None when it holds no sphere-web file)."""
+    """index.json entry of one exported model folder (None when it holds no sphere-web file). `onnx`, when the
+    folder holds model_decoder.onnx: its files (relative to root, as the modes' files) and the config, so that
+    the page's CPU path needs no safetensors file."""
     modes, metadata = {}, None
     for mode in MODES:
         path = model_dir / web_file_name(mode)
@@ -639,6 +668,7 @@ def index_entry(model_dir: Path, root: Path) -> dict | None:
         "num_classes": config["num_classes"],
         "param_count": int(metadata.get("param_count", 0)),
         "modes": modes,
+        **({"onnx": {**onnx, "config": config}} if (onnx := describe_onnx(model_dir, root)) else {}),
     }
 
 

@@ -55,7 +55,17 @@ def decoded(model, seed: int = 0) -> torch.Tensor:
 def test_export_weights_main_matches_checkpoint(trained_run, tmp_path):
     checkpoint = trained_run / "checkpoints" / "checkpoint_latest.pth"
     out_dir = tmp_path / "models" / trained_run.name
-    argv = ["--checkpoint", str(checkpoint), "--output_dir", str(out_dir), "--mode", "fp32", "--mode", "q4"]
+    argv = [
+        "--checkpoint",
+        str(checkpoint),
+        "--output_dir",
+        str(out_dir),
+        "--mode",
+        "fp32",
+        "--mode",
+        "q4",
+        "--no-onnx",
+    ]
     argv += ["--index_root", str(tmp_path / "models")]
     summaries = export_weights.main(export_weights.parse_args(argv))
     assert [s["mode"] for s in summaries] == ["fp32", "q4"]
@@ -80,7 +90,7 @@ def test_export_weights_no_ema_and_default_modes(tmp_path):
     model = build_model("convnet_tiny", image_size=16, norm="batch")
     write_run(results, "faces_20250101_000000", "faces", model)
     out_dir = tmp_path / "out" / "faces"
-    argv = ["--results_dir", str(results), "--output_dir", str(out_dir), "--no-ema"]
+    argv = ["--results_dir", str(results), "--output_dir", str(out_dir), "--no-ema", "--no-onnx"]
     export_weights.main(export_weights.parse_args(argv))  # --checkpoint defaults to the latest run
     assert sorted(p.name for p in out_dir.iterdir()) == sorted(f"model_{m}.safetensors" for m in MODES)
     assert not (tmp_path / "out" / "index.json").exists()
@@ -102,7 +112,7 @@ def test_export_weights_never_writes_outside_output_dir(tmp_path):
     parent = tmp_path / "site"
     parent.mkdir()
     (parent / "index.json").write_text('{"mine": true}\n')
-    argv = ["--results_dir", str(results), "--output_dir", str(parent / "faces"), "--mode", "q8"]
+    argv = ["--results_dir", str(results), "--output_dir", str(parent / "faces"), "--mode", "q8", "--no-onnx"]
     export_weights.main(export_weights.parse_args(argv))
     assert (parent / "index.json").read_text() == '{"mine": true}\n'
     assert sorted(p.name for p in parent.iterdir()) == ["faces", "index.json"]
@@ -117,7 +127,7 @@ def test_export_weights_takes_a_run_folder(tmp_path):
     write_run(results, "faces_20250101_000000", "faces", model)
     for given in (results / "faces_20250101_000000", results / "faces_20250101_000000" / "checkpoints"):
         out_dir = tmp_path / "out" / given.name
-        argv = ["--checkpoint", str(given), "--output_dir", str(out_dir), "--mode", "fp32", "--no-ema"]
+        argv = ["--checkpoint", str(given), "--output_dir", str(out_dir), "--mode", "fp32", "--no-ema", "--no-onnx"]
         (summary,) = export_weights.main(export_weights.parse_args(argv))
         exported = load_model_from_web_weights(summary["path"])
         assert torch.allclose(decoded(exported), decoded(model.eval()), atol=1e-5)
@@ -131,7 +141,15 @@ def test_exported_files_are_readable_by_others(tmp_path):
     """A static web server runs as another user: files must not keep mkstemp's 0600 (fixed in atomic_write)."""
     results = tmp_path / "results"
     write_run(results, "faces_20250101_000000", "faces", build_model("convnet_tiny", image_size=16))
-    argv = ["--results_dir", str(results), "--output_dir", str(tmp_path / "site" / "faces"), "--mode", "q4"]
+    argv = [
+        "--results_dir",
+        str(results),
+        "--output_dir",
+        str(tmp_path / "site" / "faces"),
+        "--mode",
+        "q4",
+        "--no-onnx",
+    ]
     (summary,) = export_weights.main(export_weights.parse_args([*argv, "--index_root", str(tmp_path / "site")]))
     for path in (summary["path"], tmp_path / "site" / "index.json"):
         mode = stat.S_IMODE(Path(path).stat().st_mode)
@@ -176,6 +194,7 @@ def test_batch_export_latest_run_per_dataset(trained_run, tmp_path):
         "fp16",
         "--mode",
         "q8",
+        "--no-onnx",
     ]
     entries = batch_export.main(batch_export.parse_args(argv))
 
@@ -196,7 +215,7 @@ def test_batch_export_explicit_checkpoint_file(tmp_path):
     results = tmp_path / "results"
     write_run(results, "cifar10_20250101_000000", "cifar10", build_model("vit_tiny", image_size=16))
     checkpoint = results / "cifar10_20250101_000000" / "checkpoints" / "checkpoint_latest.pth"
-    argv = [str(checkpoint), "--output_root", str(tmp_path / "models"), "--mode", "q4"]
+    argv = [str(checkpoint), "--output_root", str(tmp_path / "models"), "--mode", "q4", "--no-onnx"]
     (entry,) = batch_export.main(batch_export.parse_args(argv))
     assert entry["name"] == "cifar10_20250101_000000" and entry["modes"]["q4"]["bytes"] > 0
 
@@ -221,7 +240,7 @@ def test_sampling_py_reads_an_exported_file(trained_run, tmp_path):
     out = tmp_path / "web"
     export_weights.main(export_weights.parse_args(
         ["--checkpoint", str(trained_run / "checkpoints" / "checkpoint_latest.pth"), "--output_dir", str(out),
-         "--mode", "q8"]))  # fmt: skip
+         "--mode", "q8", "--no-onnx"]))  # fmt: skip
     (weights,) = out.glob("*q8*.safetensors")
     common = ["--num_samples", "3", "--steps", "2", "--dest_folder", str(tmp_path / "samples"), "--device", "cpu"]
     (from_file,) = sampling.main(sampling.parse_args(["--weights", str(weights), *common]))

@@ -1,12 +1,22 @@
 """ONNX export (engine/onnx_export.py): onnxruntime runs the files to PyTorch's outputs for the sphere and psvae
 families, conditional or not, at any batch size from one file; other families get no files."""
 
+import copy
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
 
-from engine.onnx_export import ONNX_FILES, export_onnx
+import export_weights
+from engine import onnx_export
+from engine.checkpoint import atomic_save
+from engine.onnx_export import ONNX_FILES, OnnxExportError, describe_onnx, export_onnx
+from engine.webformat import load_model_from_web_weights, read_web_weights
 from models import build_model
 from tests.helpers import perturb
 
@@ -14,17 +24,34 @@ TOLERANCE = 1e-4  # float32 through a different op order; a wrong op is off by O
 # name -> (registry name, overrides); tiny 16 px models so that each export takes seconds
 MODELS = {
     "vit_cond": ("vit_tiny", dict(image_size=16, num_classes=10)),
-    "convnet": ("convnet_tiny", dict(image_size=16)),
     "psvae_vit_cond": (
         "psvae_tiny",
         dict(image_size=16, z_dim=8, backbone="vit", vit_width=32, heads=2, num_classes=10),
     ),
 }
+BY_SCRIPT = "convnet_by_export_weights"
+RUN = "faces_20250101_000000"  # the unconditional conv case, exported by export_weights.py
 
 
-@pytest.fixture(scope="module", params=sorted(MODELS))
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """The folder export_weights.py (ONNX on by default) and --index_root wrote for a convnet checkpoint whose
+    EMA differs from its raw weights: site/index.json, site/faces/; the run is in site/../results."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("export_weights")
+    model = perturb(build_model("convnet_tiny", image_size=16, channel_mults=(1, 2), depth=1), scale=0.2)
+    run_dir = write_checkpoint(root / "results", model)
+    argv = ["--checkpoint", str(run_dir), "--output_dir", str(root / "site" / "faces"), "--mode", "fp32"]
+    export_weights.main(export_weights.parse_args([*argv, "--index_root", str(root / "site")]))
+    return root / "site"
+
+
+@pytest.fixture(scope="module", params=[*sorted(MODELS), BY_SCRIPT])
 def exported(request, tmp_path_factory):
     """(model with perturbed weights, its folder, export_onnx's answer), exported once per module."""
+    if request.param == BY_SCRIPT:
+        folder = request.getfixturevalue("site") / "faces"
+        return load_model_from_web_weights(folder / "model_fp32.safetensors"), folder, describe_onnx(folder)
     torch.manual_seed(0)
     registry_name, overrides = MODELS[request.param]
     model = perturb(build_model(registry_name, **overrides), scale=0.2).eval()
@@ -126,3 +153,65 @@ def test_signal_psvae_gets_no_files(tmp_path):
     model = build_model("psvae_tiny", backbone="conv1d", signal_length=32, in_channels=2, z_dim=3)
     assert export_onnx(model, tmp_path) is None
     assert not list(tmp_path.iterdir())
+
+
+def write_checkpoint(results, model) -> Path:
+    """A run folder in the documented layout whose EMA differs from the raw weights (EMA = raw + noise)."""
+    run_dir = results / RUN
+    (run_dir / "checkpoints").mkdir(parents=True)
+    config = {"dataset": "faces", "dataset_name": "faces", "model": model.config.to_dict()}
+    (run_dir / "config.json").write_text(json.dumps(config))
+    ema = perturb(copy.deepcopy(model), scale=0.2, seed=1).state_dict()
+    ckpt = {"model": model.state_dict(), "ema": ema, "config": config, "step": 3, "epoch": 1}
+    atomic_save(ckpt, run_dir / "checkpoints" / "checkpoint_latest.pth")
+    return run_dir
+
+
+def test_export_weights_indexes_the_onnx_files_of_the_ema(site):
+    """The files hold the EMA weights (the `exported` parity tests run them against the fp32 web file, which
+    test_export.py checks is the EMA); index.json names them relative to itself, with the web file's config."""
+    (entry,) = json.loads((site / "index.json").read_text())
+    onnx = entry["onnx"]
+    assert set(onnx) == {"decoder", "encoder", "config"}
+    assert onnx["config"] == read_web_weights(site / "faces" / "model_fp32.safetensors")[0]
+    for network in ("decoder", "encoder"):
+        path = site / onnx[network]["file"]  # relative to index.json, as the modes' files
+        assert onnx[network]["file"] == f"faces/{ONNX_FILES[network]}"
+        assert onnx[network]["bytes"] == path.stat().st_size
+        assert onnx[network]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    checkpoint = torch.load(site.parent / "results" / RUN / "checkpoints" / "checkpoint_latest.pth")
+    ema = load_model_from_web_weights(site / "faces" / "model_fp32.safetensors").state_dict()
+    assert all(torch.equal(ema[k], v.float()) for k, v in checkpoint["ema"].items())
+    assert not all(torch.equal(ema[k], v.float()) for k, v in checkpoint["model"].items())
+
+
+def test_no_onnx_removes_the_files_of_an_earlier_export(site, tmp_path, capsys):
+    out_dir = tmp_path / "faces"
+    shutil.copytree(site / "faces", out_dir)
+    argv = ["--checkpoint", str(site.parent / "results" / RUN), "--output_dir", str(out_dir), "--mode", "q8"]
+    export_weights.main(export_weights.parse_args([*argv, "--no-onnx"]))
+    assert not list(out_dir.glob("*.onnx")), "ONNX files of other weights must not stay beside the new ones"
+    assert "onnx:" not in capsys.readouterr().out
+
+
+def test_decoder_only_export(tmp_path):
+    model = perturb(build_model("psvae_tiny", image_size=16, z_dim=8, decoder="upsample", channel_mults=(1, 2)))
+    described = export_onnx(model.train(), tmp_path, networks=("decoder",))
+    assert set(described) == {"decoder"} and [p.name for p in tmp_path.iterdir()] == [ONNX_FILES["decoder"]]
+    assert model.training, "export_onnx puts the model back in the mode it was given"
+    assert describe_onnx(tmp_path) == described
+    model.eval()
+    inputs = inputs_of(model, "decoder", 3, seed=0)
+    got = session(tmp_path, "decoder").run(None, {"v": inputs["v"].numpy()})[0]
+    np.testing.assert_allclose(got, reference(model, "decoder", inputs).numpy(), atol=TOLERANCE, rtol=0)
+
+
+def test_exporter_failure_is_one_line_naming_the_fix(tmp_path, monkeypatch):
+    def broken(model, network):
+        raise RuntimeError("unsupported operator aten::frobnicate\n<200 lines of exporter trace>")
+
+    monkeypatch.setattr(onnx_export, "onnx_bytes", broken)
+    with pytest.raises(OnnxExportError, match=r"ONNX export of the decoder failed \(unsupported operator") as caught:
+        export_onnx(build_model("convnet_tiny", image_size=16), tmp_path)
+    assert "\n" not in str(caught.value) and "--no-onnx" in str(caught.value)
+    assert not list(tmp_path.iterdir()), "nothing is written when an export fails"

@@ -10,6 +10,8 @@ Writes frontend/test-fixtures/ (git-ignored):
                                          map; somar: latent maps, patches, tokens, decode of tokens,
                                          reconstruction, atlas); none for the 1-D psvae, which the page does not show
   <model>/dequant_<mode>.safetensors    the float32 state dict read back by engine.webformat
+  <model>/model_{decoder,encoder}.onnx  the models in ONNX_MODELS exported with engine.onnx_export (the page's
+                                         CPU path; the decoder alone for a decoder-only file)
   kernels.safetensors + kernels.json    single-op cases (GEMM in every encoding, convs, norms, attention...)
   diffusion.safetensors + diffusion.json  whole DDIM (η > 0) and DDPM runs of models/diffusion.py with a
                                          recording denoiser: each step's x, network output and step noise
@@ -37,6 +39,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from engine.onnx_export import export_onnx, remove_onnx  # noqa: E402
 from engine.webformat import (  # noqa: E402
     build_header,
     dequantize_groups,
@@ -200,6 +203,8 @@ SAMPLER_CASES = {
 SAMPLER_SHAPE = (2, 3, 4, 4)  # (n, C, h, w) of the recorded runs
 SAMPLER_SCHEDULE = dict(timesteps=1000, beta_start=1e-4, beta_end=0.02)  # DDPM's linear range (cosine ignores it)
 DECODER_ONLY = {"psvae_decoder16"}  # models whose files keep only the decoder.* tensors
+# models that also get ONNX files (the page's CPU path): unconditional and conditional, both backbones, psvae
+ONNX_MODELS = {"vit_tiny16", "convnet_tiny16", "vit_cond16", "convnet_cond_bn16", "psvae_vit16", "psvae_decoder16"}
 GUIDANCE = 2.0
 RECON_ANGLE = 30.0  # degrees of re-noising between reconstruction rounds
 
@@ -213,7 +218,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def inputs_digest() -> str:
     digest = hashlib.sha256()
-    engine = [REPO / "engine" / "webformat.py", *sorted((REPO / "engine").glob("famil*.py"))]
+    engine = [REPO / "engine" / "webformat.py", REPO / "engine" / "onnx_export.py"]
+    engine += sorted((REPO / "engine").glob("famil*.py"))
     engine += sorted((REPO / "engine").glob("web_*.py"))
     for path in [Path(__file__), *engine, *sorted((REPO / "models").glob("*.py"))]:
         digest.update(path.read_bytes())
@@ -486,6 +492,9 @@ def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
             "quantized": len(json.loads(read_raw(path)[0]["quantization"])),  # of the file as written
             "tensor_names": sorted(read_raw(path)[1]),  # as stored (packed names for quantized weights)
         }
+    remove_onnx(folder)  # none left from an earlier run with another list
+    if name in ONNX_MODELS:  # the float32 model, as the fp32 file holds it
+        entry["onnx"] = export_onnx(model, folder, ("decoder",) if name in DECODER_ONLY else ("decoder", "encoder"))
     return entry
 
 
