@@ -135,6 +135,37 @@ function installBench({ batch, wasmThreads }) {
       state.runners.set(name, { run: () => timed(() => session.run(feeds)), dispose: () => session.release() });
     },
     run: (name) => state.runners.get(name).run(),
+    /** Per-step times of one model's graph (each step submitted alone, best of `repeats`), summed by op. */
+    async profile(file, part, repeats) {
+      const { loadModel } = await import("/src/family.ts");
+      const { encodeSteps } = await import("/src/gpu.ts");
+      const model = await loadModel(state.gpu, await (await fetch(`/bench-models/${file}`)).arrayBuffer(), file);
+      const session = model.session(batch, false);
+      const steps = part === "decode" ? session.decoder : session.encoder;
+      const device = state.gpu.device;
+      const submit = async (list) => {
+        const start = performance.now();
+        const encoder = device.createCommandEncoder();
+        encodeSteps(encoder, list);
+        device.queue.submit([encoder.finish()]);
+        await device.queue.onSubmittedWorkDone();
+        return performance.now() - start;
+      };
+      let whole = Infinity;
+      for (let r = 0; r < repeats; r++) whole = Math.min(whole, await submit(steps));
+      const best = steps.map(() => Infinity);
+      for (let r = 0; r < repeats; r++) for (let i = 0; i < steps.length; i++) best[i] = Math.min(best[i], await submit([steps[i]]));
+      const empty = Math.min(...(await Promise.all([0, 1, 2].map(() => submit([])))));
+      const ops = {};
+      steps.forEach((step, i) => {
+        const op = step.kind === "copy" ? "copy" : step.label.replace(/^(en|de)coder\./, "").replace(/blocks\.\d+\./g, "");
+        ops[op] ??= { ms: 0, count: 0 };
+        ops[op].ms += best[i];
+        ops[op].count += 1;
+      });
+      await model.dispose();
+      return { whole, empty, steps: steps.length, ops };
+    },
     async disposeAll() {
       for (const runner of state.runners.values()) await runner.dispose();
       state.runners.clear();
@@ -175,6 +206,28 @@ function printRow(runner, stats, reference) {
 
 // ---------------------------------------------------------------------------------------------------------
 
+/** --profile: where each model's time goes (steps submitted one by one; their sum exceeds the whole graph's). */
+async function profile(page, index) {
+  for (const entry of index) {
+    if (settings.only && !entry.name.includes(settings.only)) continue;
+    for (const [mode, file] of Object.entries(entry.modes)) {
+      if (!settings.modes.includes(mode)) continue;
+      for (const part of settings.parts) {
+        const result = await page.evaluate((a) => window.bench.profile(...a), [file.file, part, Math.max(settings.rounds, 1)]);
+        const total = Object.values(result.ops).reduce((sum, op) => sum + op.ms, 0);
+        console.log(
+          `${entry.name} ${mode} ${part}: whole graph ${ms(result.whole)} ms, ${result.steps} steps one by one ${ms(total)} ms (empty submit ${ms(result.empty)} ms)`,
+        );
+        const sorted = Object.entries(result.ops).sort((a, b) => b[1].ms - a[1].ms);
+        for (const [op, { ms: time, count }] of sorted)
+          console.log(
+            `  ${op.padEnd(28)} ${ms(time).padStart(8)} ms  ${String(count).padStart(4)}x  ${((100 * time) / total).toFixed(0).padStart(3)}%`,
+          );
+      }
+    }
+  }
+}
+
 const serveFolder = (folder) => (request, response, next) => {
   const file = path.join(folder, decodeURIComponent(request.url.split("?")[0]));
   if (!file.startsWith(folder) || !fs.existsSync(file) || fs.statSync(file).isDirectory()) return next();
@@ -197,6 +250,7 @@ const server = await createServer({
   ],
   // cross-origin isolation lets onnxruntime-web's wasm use threads when --wasm-threads > 1
   server: {
+    hmr: false,
     host: "127.0.0.1",
     port: 0,
     headers: { "Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp" },
@@ -204,7 +258,7 @@ const server = await createServer({
 });
 await server.listen();
 const { browser, close } = await launchChromium();
-const torch = settings.torch ? startTorch() : null;
+const torch = settings.torch && !args.includes("--profile") ? startTorch() : null;
 const results = { settings, models: [] };
 try {
   const page = await browser.newPage();
@@ -223,6 +277,17 @@ try {
     `adapter: ${JSON.stringify(results.adapter)}; onnxruntime-web ${results.ortVersion ?? "off"} (wasm ${settings.wasmThreads} thread(s)); PyTorch default ${results.torchThreads ?? "off"} threads`,
   );
   const index = JSON.parse(fs.readFileSync(path.join(modelsDir, "index.json"), "utf8"));
+  if (args.includes("--profile")) await profile(page, index);
+  else await benchmark(page, index);
+  if (option("--json", null)) fs.writeFileSync(option("--json", null), JSON.stringify(results, null, 2) + "\n");
+} finally {
+  torch?.close();
+  await close();
+  await server.close();
+}
+
+/** The interleaved rounds of every model and part; prints the table and fills `results`. */
+async function benchmark(page, index) {
   for (const entry of index) {
     if (settings.only && !entry.name.includes(settings.only)) continue;
     const files = Object.entries(entry.modes).filter(([mode]) => settings.modes.includes(mode));
@@ -234,7 +299,8 @@ try {
         if (await page.evaluate((a) => window.bench.loadPage(...a), [`page ${mode}`, part, file.file])) runners.push(`page ${mode}`);
       }
       if (!runners.length) continue; // a decoder-only file asked to encode
-      const onnx = path.posix.join(folder, `model_${part === "decode" ? "decoder" : "encoder"}.onnx`);
+      const network = part === "decode" ? "decoder" : "encoder";
+      const onnx = entry.onnx?.[network]?.file ?? path.posix.join(folder, `model_${network}.onnx`); // index.json's, else beside the web files
       if (settings.ort && fs.existsSync(path.join(modelsDir, onnx))) {
         for (const provider of ["webgpu", "wasm"]) {
           await page.evaluate((a) => window.bench.loadOrt(...a), [`ort ${provider}`, onnx, provider, entry.num_classes ?? 0]);
@@ -264,9 +330,4 @@ try {
       results.models.push({ model: entry.name, part, stats });
     }
   }
-  if (option("--json", null)) fs.writeFileSync(option("--json", null), JSON.stringify(results, null, 2) + "\n");
-} finally {
-  torch?.close();
-  await close();
-  await server.close();
 }

@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
 
+from engine.onnx_export import export_onnx  # noqa: E402
 from engine.webformat import MODES, export_model, load_model_from_web_weights, web_file_name, write_index  # noqa: E402
 from models import build_model  # noqa: E402
 from models.layers import sphere_project  # noqa: E402
@@ -37,38 +38,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def write_onnx(model: torch.nn.Module, folder: Path) -> dict | None:
-    """model_decoder.onnx / model_encoder.onnx beside the web files (the exporter of engine/onnx_export.py)."""
-    try:
-        from engine.onnx_export import export_onnx
-    except ImportError:  # TEMPORARY until engine/onnx_export.py lands
-        return _export_onnx_local(model, folder)
-    return export_onnx(model, folder)
-
-
-def _export_onnx_local(model, folder: Path) -> dict:
-    class Part(torch.nn.Module):
-        def __init__(self, fn):
-            super().__init__()
-            self.model, self.fn = model, fn
-
-        def forward(self, x):
-            return getattr(self.model, self.fn)(x)
-
-    size = model.config.image_size
-    batch = torch.export.Dim("batch", min=1)
-    out = {}
-    for part, fn, example in [
-        ("decoder", "decode", torch.randn(2, *model.latent_shape)),
-        ("encoder", "encode", torch.randn(2, model.config.in_channels, size, size)),
-    ]:
-        path = folder / f"model_{part}.onnx"
-        shapes = ({0: batch},)
-        torch.onnx.export(Part(fn), (example,), str(path), dynamo=True, dynamic_shapes=shapes, external_data=False)
-        out[part] = {"file": path.name, "bytes": path.stat().st_size}
-    return out
-
-
 def export_bench_model(name: str, image_size: int, out: Path) -> str:
     """Export one random model in every mode and as ONNX; a one-line summary."""
     torch.manual_seed(0)
@@ -78,7 +47,7 @@ def export_bench_model(name: str, image_size: int, out: Path) -> str:
             param.normal_(0, 0.02)
     folder = out / f"{name}_{image_size}px"
     sizes = {mode: export_model(model, folder / web_file_name(mode), mode)["bytes"] for mode in MODES}
-    onnx = write_onnx(model, folder) or {}
+    onnx = export_onnx(model, folder) or {}
     sizes.update({f"onnx {part}": entry["bytes"] for part, entry in onnx.items()})
     params = sum(p.numel() for p in model.parameters())
     return f"{folder.name}: {params / 1e6:.2f}M params; " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sizes.items())

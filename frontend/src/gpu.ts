@@ -78,6 +78,19 @@ export class BufferOwner {
   }
 }
 
+/**
+ * Which kernel variants graphs are built with, set by Gpu.create from the adapter: software adapters
+ * (SwiftShader, llvmpipe) run workgroups as lane groups on CPU threads, where a barrier is a context switch and
+ * workgroup memory the same RAM as storage, so they get the GEMM without workgroup memory ("direct"); hardware
+ * GPUs get the workgroup-memory tiled GEMM. `?gemm=tiled|direct` in the page's URL overrides it (tests, benchmarks).
+ */
+export const kernelChoice: { gemm: "tiled" | "direct" } = { gemm: "tiled" };
+
+function chooseKernels(adapter: AdapterSummary): void {
+  const forced = typeof location === "undefined" ? null : new URLSearchParams(location.search).get("gemm");
+  kernelChoice.gemm = forced === "tiled" || forced === "direct" ? forced : adapter.isFallback ? "direct" : "tiled";
+}
+
 /** The device, its adapter summary, pipelines, and device-loss notification. */
 export class Gpu {
   private pipelines = new Map<string, GPUComputePipeline>();
@@ -122,7 +135,9 @@ export class Gpu {
     } catch (error) {
       throw new GpuUnavailableError("device-failed", `Could not create a WebGPU device: ${(error as Error).message}`);
     }
-    return new Gpu(device, summarize(adapter));
+    const summary = summarize(adapter);
+    chooseKernels(summary);
+    return new Gpu(device, summary);
   }
 
   onLost(handler: (reason: string) => void): void {

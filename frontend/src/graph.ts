@@ -91,17 +91,12 @@ export class GraphBuilder<C = SphereConfig> {
       padEnd,
       upsample,
     };
-    this.push(
-      ops.gemm({
-        label: layer,
-        rows: this.batch * outSize * outSize,
-        weight,
-        bias: this.weights.bias(layer),
-        activation: opts.activation,
-        input,
-        output,
-      }),
-    );
+    const rows = this.batch * outSize * outSize;
+    const gemm = { label: layer, rows, weight, bias: this.weights.bias(layer), activation: opts.activation, output };
+    if (ops.convViaIm2col(weight)) {
+      const columns = this.buf("im2col", rows * weight.cols);
+      this.push(ops.im2col(`${layer}.im2col`, input, columns, rows), ops.gemm({ ...gemm, input: { layout: "rows", buffer: columns } }));
+    } else this.push(ops.gemm({ ...gemm, input }));
     return outSize;
   }
 

@@ -3,9 +3,11 @@
  * of the model graph. Sizes are baked into the source as constants; identical sources share a pipeline.
  */
 
-import type { Binding, Dispatch, MaybeBinding } from "./gpu";
+import { kernelChoice, type Binding, type Dispatch, type MaybeBinding } from "./gpu";
 import commonWgsl from "./kernels/common.wgsl?raw";
 import gemmWgsl from "./kernels/gemm.wgsl?raw";
+import gemmTiledWgsl from "./kernels/gemm_tiled.wgsl?raw";
+import gemmDirectWgsl from "./kernels/gemm_direct.wgsl?raw";
 import rmsnormWgsl from "./kernels/rmsnorm.wgsl?raw";
 import groupnormWgsl from "./kernels/groupnorm.wgsl?raw";
 import qkRopeWgsl from "./kernels/qk_rope.wgsl?raw";
@@ -133,7 +135,7 @@ export interface GemmSpec {
 }
 
 /** Whether a weight allows the GEMM's vector path: 4 consecutive k never straddle a row or a group. */
-function alignedWeight(w: GpuMatrix): boolean {
+export function alignedWeight(w: GpuMatrix): boolean {
   return w.cols % 4 === 0 && (w.encoding === "f32" || w.encoding === "f16" || w.groupSize % 4 === 0);
 }
 
@@ -288,7 +290,7 @@ const GEMM_DIVISORS = new Set([
   "OUT_C",
 ]);
 
-/** C = act(A W^T + bias) with W dequantized in the shader; one 32x32 tile per workgroup. */
+/** C = act(A W^T + bias) with W dequantized in the shader; one 32x32 tile per workgroup (kernelChoice.gemm's main). */
 export function gemm(spec: GemmSpec): Dispatch {
   const w = spec.weight;
   const aligned = alignedWeight(w);
@@ -318,10 +320,56 @@ export function gemm(spec: GemmSpec): Dispatch {
     ALIGNED: String(aligned),
     LOAD_W: loadW.code,
     LOAD_W4: loadW.code4,
+    FAST: String(aligned && spec.input.layout === "rows"),
+    A4_AT: !aligned
+      ? "return vec4<f32>();"
+      : spec.input.layout === "rows" && spec.input.silu
+        ? "let v = a[i];\n  return v / (1.0 + exp(-v));"
+        : "return a[i];",
     A_AT: aligned ? "return a[i >> 2u][i & 3u];" : "return a[i];",
-    LOAD_A4: aligned ? "let v = a[(m * P.K + k) >> 2u];\n  return select(v, v / (1.0 + exp(-v)), P.A_MODE == 1u);" : "return vec4<f32>();",
+    LOAD_A4: aligned
+      ? "let v = a[(m * P.K + k) >> 2u];\n  if (P.A_MODE == 1u) {\n    return v / (1.0 + exp(-v));\n  }\n  return v;"
+      : "return vec4<f32>();",
   };
-  return dispatch(spec.label, gemmWgsl, values, declared, [Math.ceil(w.rows / 32), Math.ceil(spec.rows / 32), 1], params);
+  const template = `${gemmWgsl}\n${kernelChoice.gemm === "direct" ? gemmDirectWgsl : gemmTiledWgsl}`;
+  return dispatch(spec.label, template, values, declared, [Math.ceil(w.rows / 32), Math.ceil(spec.rows / 32), 1], params);
+}
+
+/** Whether a convolution should run as im2col + row GEMM: the direct GEMM's branch-free path needs rows. */
+export function convViaIm2col(weight: GpuMatrix): boolean {
+  return kernelChoice.gemm === "direct" && alignedWeight(weight);
+}
+
+/**
+ * The im2col matrix of a conv input as rows: y[m, k] = A(m, k) of the GEMM's conv layout (zero padding,
+ * nearest up-sampling), m = (sample, output pixel), k = (channel, ky, kx); `rows` = batch * output pixels.
+ */
+export function im2col(label: string, input: Extract<GemmInput, { layout: "conv" }>, y: Binding, rows: number): Dispatch {
+  const p = inputParams(input);
+  const cols = input.channels * input.kernel * input.kernel;
+  const declared: Declared[] = [
+    { name: "x", buffer: input.buffer, type: "f32" },
+    { name: "y", buffer: y, type: "f32", write: true },
+  ];
+  const body = `let m = i / P.KCOLS;
+  let k = i % P.KCOLS;
+  let ox = m % P.OUT_W;
+  let oy = (m / P.OUT_W) % P.OUT_H;
+  let area = P.KSIZE * P.KSIZE;
+  let ci = k / area;
+  let r = k - ci * area;
+  let ky = r / P.KSIZE;
+  let iy = i32(oy * P.STRIDE) - P.PAD + i32(ky);
+  let ix = i32(ox * P.STRIDE) - P.PAD + i32(r - ky * P.KSIZE);
+  var v = 0.0;
+  if (iy >= 0 && ix >= 0 && iy < i32(P.IN_H << P.UP_SHIFT) && ix < i32(P.IN_W << P.UP_SHIFT)) {
+    let base = (m / (P.OUT_W * P.OUT_H)) * P.IN_C * P.IN_H * P.IN_W;
+    v = x[base + (ci * P.IN_H + (u32(iy) >> P.UP_SHIFT)) * P.IN_W + (u32(ix) >> P.UP_SHIFT)];
+  }
+  y[i] = v;`;
+  const params: Params = { COUNT: u32(rows * cols), KCOLS: u32(cols) };
+  for (const name of ["IN_C", "IN_H", "IN_W", "OUT_H", "OUT_W", "KSIZE", "STRIDE", "PAD", "UP_SHIFT"]) params[name] = p[name];
+  return dispatch(label, elementwiseWgsl, { BODY: body }, declared, grid1d(Math.ceil((rows * cols) / 64)), params);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -507,6 +555,7 @@ export function attention(
   headDim: number,
   tokenRows = false, // q, k, v as (B, T, H*D) token rows instead of (B, H, T, D)
 ): Dispatch {
+  if (headDim % 4 !== 0) throw new Error(`attention: head dim ${headDim} is not a multiple of 4 (the kernel reads vec4 channels)`);
   const keysPerTile = Math.max(1, Math.min(64, Math.floor(2048 / headDim)));
   const declared: Declared[] = [
     { name: "q", buffer: q, type: "f32" },
@@ -515,7 +564,21 @@ export function attention(
     { name: "out", buffer: out, type: "f32", write: true },
   ];
   const index = tokenRows ? "((b * P.T + t) * P.H + h) * D + d" : "((b * P.H + h) * P.T + t) * D + d";
-  const values = { D: headDim, KT: keysPerTile, TILE: keysPerTile * headDim, QKV_INDEX: index };
+  const d4 = Array.from({ length: headDim / 4 }, (_, d) => d);
+  const lines = (line: (d: number) => string) => d4.map(line).join("\n  ");
+  const values = {
+    D4: headDim / 4,
+    KT: keysPerTile,
+    TILE: (keysPerTile * headDim) / 4,
+    QKV_INDEX: index,
+    Q_LOAD: lines((d) => `let q${d} = query4(b, h, i, ${d}u) * P.SCALE;\n  var o${d} = vec4<f32>();`),
+    DOT: lines((d) => `dot4 = fma(q${d}, tile_k[base + ${d}u], dot4);`),
+    UPDATE: lines((d) => `o${d} = fma(vec4<f32>(p), tile_v[base + ${d}u], o${d} * correction);`),
+    STORE: lines(
+      (d) =>
+        `let r${d} = o${d} * inv;\n    out[dst + ${4 * d}u] = r${d}.x;\n    out[dst + ${4 * d + 1}u] = r${d}.y;\n    out[dst + ${4 * d + 2}u] = r${d}.z;\n    out[dst + ${4 * d + 3}u] = r${d}.w;`,
+    ),
+  };
   const params: Params = { T: u32(tokens), H: u32(heads), SCALE: ["f32", 1 / Math.sqrt(headDim)] };
   return dispatch(label, attentionWgsl, values, declared, [Math.ceil(tokens / 64), batch * heads, 1], params);
 }

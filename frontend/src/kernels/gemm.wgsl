@@ -13,23 +13,14 @@
 //          -> image (b, c, gy * PATCH + py, gx * PATCH + px); 8 nchw residual: y[b, n, pixel] += v.
 //   ACT 0 none, 1 silu, 2 gelu (erf), 3 tanh.
 // ALIGNED variants (K a multiple of 4, quantization groups too) load A rows and W four k at a time.
-// 32x32 output tile per workgroup of 8x8 threads, each thread a 4x4 block; K in tiles of 32.
+// 32x32 output tile per workgroup of 8x8 threads, each thread a 4x4 block. The main function is appended:
+// gemm_tiled.wgsl (K in tiles of 32 through workgroup memory: hardware GPUs) or gemm_direct.wgsl (no
+// workgroup memory, no barriers: software adapters, where a barrier costs more than the loads it saves).
 
 {{BINDINGS}}
 
 const ALIGNED: bool = {{ALIGNED}};
-const TM: u32 = 32u;
-const TN: u32 = 32u;
-const TK: u32 = 32u;
 
-// [TK][TM / 4] and [TK][TN / 4]: a thread's 4 rows (4 columns) are one vec4, read in one access
-var<workgroup> tile_a: array<vec4<f32>, 256>;
-var<workgroup> tile_w: array<vec4<f32>, 256>;
-
-// conv: decomposition of this thread's output pixel, hoisted out of the K loop
-var<private> conv_base: u32;
-var<private> conv_iy0: i32;
-var<private> conv_ix0: i32;
 
 fn load_w(n: u32, k: u32) -> f32 {
   {{LOAD_W}}
@@ -50,7 +41,8 @@ fn load_a4(m: u32, k: u32) -> vec4<f32> {
   {{LOAD_A4}}
 }
 
-fn load_a(m: u32, k: u32) -> f32 {
+// A(m, k); conv: (base, iy0, ix0) is the decomposition of row m's output pixel (conv_origin)
+fn load_a(m: u32, k: u32, base: u32, iy0: i32, ix0: i32) -> f32 {
   switch P.A_MODE {
     case 0u: {
       return a_at(m * P.K + k);
@@ -66,14 +58,28 @@ fn load_a(m: u32, k: u32) -> f32 {
       let ci = k / area;
       let r = k - ci * area;
       let ky = r / P.KSIZE;
-      let iy = conv_iy0 + i32(ky);
-      let ix = conv_ix0 + i32(r - ky * P.KSIZE);
+      let iy = iy0 + i32(ky);
+      let ix = ix0 + i32(r - ky * P.KSIZE);
       if (iy < 0 || ix < 0 || iy >= i32(P.IN_H << P.UP_SHIFT) || ix >= i32(P.IN_W << P.UP_SHIFT)) {
         return 0.0;
       }
-      return a_at(conv_base + (ci * P.IN_H + (u32(iy) >> P.UP_SHIFT)) * P.IN_W + (u32(ix) >> P.UP_SHIFT));
+      return a_at(base + (ci * P.IN_H + (u32(iy) >> P.UP_SHIFT)) * P.IN_W + (u32(ix) >> P.UP_SHIFT));
     }
   }
+}
+
+// conv: the input offset of row m's sample and the top-left input pixel of its receptive field
+struct ConvOrigin {
+  base: u32,
+  iy0: i32,
+  ix0: i32,
+}
+
+fn conv_origin(m: u32) -> ConvOrigin {
+  let ox = m % P.OUT_W;
+  let oy = (m / P.OUT_W) % P.OUT_H;
+  let base = (m / (P.OUT_W * P.OUT_H)) * P.IN_C * P.IN_H * P.IN_W;
+  return ConvOrigin(base, i32(oy * P.STRIDE) - P.PAD, i32(ox * P.STRIDE) - P.PAD);
 }
 
 fn epilogue(n: u32, acc: f32) -> f32 {
@@ -133,112 +139,6 @@ fn store_c(m: u32, n: u32, v: f32) {
       let py = n / (P.OUT_C * P.PATCH);
       let side = P.GRID * P.PATCH;
       y[((b * P.OUT_C + c) * side + gy * P.PATCH + py) * side + gx * P.PATCH + px] = v;
-    }
-  }
-}
-
-@compute @workgroup_size(8, 8)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-  let row0 = wg.y * TM;
-  let col0 = wg.x * TN;
-  let t = lid.y * 8u + lid.x;
-  // Scalar loads: each thread loads 16 values of A and of W per K tile, one fixed index (t % 32) and one
-  // that steps by 2. W and row-major A: fixed k, so consecutive threads read consecutive k of a row;
-  // cols/conv A: fixed m, so consecutive threads read consecutive channels/pixels.
-  let fixed = t % 32u;
-  let m_fixed = P.A_MODE >= 2u;
-  if (P.A_MODE == 3u) {
-    let m = row0 + fixed;
-    let ox = m % P.OUT_W;
-    let oy = (m / P.OUT_W) % P.OUT_H;
-    conv_base = (m / (P.OUT_W * P.OUT_H)) * P.IN_C * P.IN_H * P.IN_W;
-    conv_iy0 = i32(oy * P.STRIDE) - P.PAD;
-    conv_ix0 = i32(ox * P.STRIDE) - P.PAD;
-  }
-  // thread block: rows 4 lid.y + i (acc_i), columns 4 lid.x + j (component j); vectors, not an indexed
-  // array, so the accumulators stay in registers
-  var acc0 = vec4<f32>();
-  var acc1 = vec4<f32>();
-  var acc2 = vec4<f32>();
-  var acc3 = vec4<f32>();
-  let vector_a = ALIGNED && P.A_MODE < 2u;
-  for (var k0 = 0u; k0 < P.K; k0 += TK) {
-    if (vector_a) {
-      // 32 rows x 8 vec4: four per thread, 8 consecutive threads cover 32 consecutive k of a row
-      for (var i = 0u; i < 4u; i++) {
-        let q = t + 64u * i;
-        let mm = q / 8u;
-        let kv = (q % 8u) * 4u;
-        let m = row0 + mm;
-        let ka = k0 + kv;
-        var va = vec4<f32>();
-        if (m < P.M && ka < P.K) {
-          va = load_a4(m, ka);
-        }
-        for (var j = 0u; j < 4u; j++) {
-          tile_a[(kv + j) * 8u + mm / 4u][mm % 4u] = va[j];
-        }
-      }
-    } else {
-      for (var i = 0u; i < 16u; i++) {
-        let stepped = t / 32u + 2u * i;
-        let mm = select(stepped, fixed, m_fixed);
-        let ka_local = select(fixed, stepped, m_fixed);
-        let m = row0 + mm;
-        let ka = k0 + ka_local;
-        var va = 0.0;
-        if (m < P.M && ka < P.K) {
-          va = load_a(m, ka);
-        }
-        tile_a[ka_local * 8u + mm / 4u][mm % 4u] = va;
-      }
-    }
-    if (ALIGNED) {
-      for (var i = 0u; i < 4u; i++) {
-        let q = t + 64u * i;
-        let nn = q / 8u;
-        let kv = (q % 8u) * 4u;
-        let n = col0 + nn;
-        let kw = k0 + kv;
-        var vw = vec4<f32>();
-        if (n < P.N && kw < P.K) {
-          vw = load_w4(n, kw);
-        }
-        for (var j = 0u; j < 4u; j++) {
-          tile_w[(kv + j) * 8u + nn / 4u][nn % 4u] = vw[j];
-        }
-      }
-    } else {
-      for (var i = 0u; i < 16u; i++) {
-        let stepped = t / 32u + 2u * i;
-        let n = col0 + stepped;
-        let kw = k0 + fixed;
-        var vw = 0.0;
-        if (n < P.N && kw < P.K) {
-          vw = load_w(n, kw);
-        }
-        tile_w[fixed * 8u + stepped / 4u][stepped % 4u] = vw;
-      }
-    }
-    workgroupBarrier();
-    for (var kk = 0u; kk < TK; kk++) {
-      let a4 = tile_a[kk * 8u + lid.y];
-      let w4 = tile_w[kk * 8u + lid.x];
-      acc0 = fma(vec4<f32>(a4.x), w4, acc0);
-      acc1 = fma(vec4<f32>(a4.y), w4, acc1);
-      acc2 = fma(vec4<f32>(a4.z), w4, acc2);
-      acc3 = fma(vec4<f32>(a4.w), w4, acc3);
-    }
-    workgroupBarrier();
-  }
-  let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
-  for (var i = 0u; i < 4u; i++) {
-    for (var j = 0u; j < 4u; j++) {
-      let m = row0 + 4u * lid.y + i;
-      let n = col0 + 4u * lid.x + j;
-      if (m < P.M && n < P.N) {
-        store_c(m, n, epilogue(n, accs[i][j]));
-      }
     }
   }
 }

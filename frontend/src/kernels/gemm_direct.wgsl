@@ -1,0 +1,141 @@
+// GEMM main for software adapters (SwiftShader, llvmpipe...), appended to gemm.wgsl: no workgroup memory and no
+// barrier (emulated lanes make each barrier a context switch of every lane group, and workgroup memory is the
+// same RAM as storage). Each thread loads its 4 rows of A and 4 rows of W four k at a time straight from the
+// storage buffers and keeps 16 vec4 partial dot products (one per output, reduced once at the end): 8 loads
+// per 16 vector FMAs, no dynamic indexing of arrays or vector components. Rows past M and columns past N
+// read row M - 1 / column N - 1 and are never stored.
+
+// FAST: A rows (optionally through SiLU) and W both read four k at a time, with no branch in the K loop
+const FAST: bool = {{FAST}};
+
+fn a4_at(i: u32) -> vec4<f32> {
+  {{A4_AT}}
+}
+
+fn w4_at(n: u32, k4: u32) -> vec4<f32> {
+  return load_w4(n, 4u * k4);
+}
+
+fn sum4(v: vec4<f32>) -> f32 {
+  return (v.x + v.y) + (v.z + v.w);
+}
+
+// A(m, k..k+3), zero past K
+fn a_block(m: u32, k: u32, o: ConvOrigin) -> vec4<f32> {
+  if (ALIGNED && P.A_MODE < 2u) {
+    return load_a4(m, k);
+  }
+  var v = vec4<f32>();
+  v.x = load_a(m, k, o.base, o.iy0, o.ix0);
+  if (k + 1u < P.K) {
+    v.y = load_a(m, k + 1u, o.base, o.iy0, o.ix0);
+  }
+  if (k + 2u < P.K) {
+    v.z = load_a(m, k + 2u, o.base, o.iy0, o.ix0);
+  }
+  if (k + 3u < P.K) {
+    v.w = load_a(m, k + 3u, o.base, o.iy0, o.ix0);
+  }
+  return v;
+}
+
+// W(n, k..k+3), zero past K
+fn w_block(n: u32, k: u32) -> vec4<f32> {
+  if (ALIGNED) {
+    return load_w4(n, k);
+  }
+  var v = vec4<f32>();
+  v.x = load_w(n, k);
+  if (k + 1u < P.K) {
+    v.y = load_w(n, k + 1u);
+  }
+  if (k + 2u < P.K) {
+    v.z = load_w(n, k + 2u);
+  }
+  if (k + 3u < P.K) {
+    v.w = load_w(n, k + 3u);
+  }
+  return v;
+}
+
+fn store_row(m: u32, n0: u32, v: vec4<f32>) {
+  if (m >= P.M) {
+    return;
+  }
+  if (n0 < P.N) {
+    store_c(m, n0, epilogue(n0, v.x));
+  }
+  if (n0 + 1u < P.N) {
+    store_c(m, n0 + 1u, epilogue(n0 + 1u, v.y));
+  }
+  if (n0 + 2u < P.N) {
+    store_c(m, n0 + 2u, epilogue(n0 + 2u, v.z));
+  }
+  if (n0 + 3u < P.N) {
+    store_c(m, n0 + 3u, epilogue(n0 + 3u, v.w));
+  }
+}
+
+@compute @workgroup_size(8, 8)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  let row0 = wg.y * 32u + 4u * lid.y;
+  let col0 = wg.x * 32u + 4u * lid.x;
+  let m0 = min(row0 + 0u, P.M - 1u);
+  let m1 = min(row0 + 1u, P.M - 1u);
+  let m2 = min(row0 + 2u, P.M - 1u);
+  let m3 = min(row0 + 3u, P.M - 1u);
+  let n0 = min(col0 + 0u, P.N - 1u);
+  let n1 = min(col0 + 1u, P.N - 1u);
+  let n2 = min(col0 + 2u, P.N - 1u);
+  let n3 = min(col0 + 3u, P.N - 1u);
+  var o0 = ConvOrigin(0u, 0, 0);
+  var o1 = o0;
+  var o2 = o0;
+  var o3 = o0;
+  if (P.A_MODE == 3u) {
+    o0 = conv_origin(m0);
+    o1 = conv_origin(m1);
+    o2 = conv_origin(m2);
+    o3 = conv_origin(m3);
+  }
+  var c00 = vec4<f32>(); var c01 = vec4<f32>(); var c02 = vec4<f32>(); var c03 = vec4<f32>();
+  var c10 = vec4<f32>(); var c11 = vec4<f32>(); var c12 = vec4<f32>(); var c13 = vec4<f32>();
+  var c20 = vec4<f32>(); var c21 = vec4<f32>(); var c22 = vec4<f32>(); var c23 = vec4<f32>();
+  var c30 = vec4<f32>(); var c31 = vec4<f32>(); var c32 = vec4<f32>(); var c33 = vec4<f32>();
+  if (FAST) {
+    let K4 = P.K >> 2u;
+    for (var k = 0u; k < K4; k++) {
+      let a0 = a4_at(m0 * K4 + k);
+      let a1 = a4_at(m1 * K4 + k);
+      let a2 = a4_at(m2 * K4 + k);
+      let a3 = a4_at(m3 * K4 + k);
+      let w0 = w4_at(n0, k);
+      let w1 = w4_at(n1, k);
+      let w2 = w4_at(n2, k);
+      let w3 = w4_at(n3, k);
+      c00 = fma(a0, w0, c00); c01 = fma(a0, w1, c01); c02 = fma(a0, w2, c02); c03 = fma(a0, w3, c03);
+      c10 = fma(a1, w0, c10); c11 = fma(a1, w1, c11); c12 = fma(a1, w2, c12); c13 = fma(a1, w3, c13);
+      c20 = fma(a2, w0, c20); c21 = fma(a2, w1, c21); c22 = fma(a2, w2, c22); c23 = fma(a2, w3, c23);
+      c30 = fma(a3, w0, c30); c31 = fma(a3, w1, c31); c32 = fma(a3, w2, c32); c33 = fma(a3, w3, c33);
+    }
+  } else {
+  for (var k = 0u; k < P.K; k += 4u) {
+    let a0 = a_block(m0, k, o0);
+    let a1 = a_block(m1, k, o1);
+    let a2 = a_block(m2, k, o2);
+    let a3 = a_block(m3, k, o3);
+    let w0 = w_block(n0, k);
+    let w1 = w_block(n1, k);
+    let w2 = w_block(n2, k);
+    let w3 = w_block(n3, k);
+    c00 = fma(a0, w0, c00); c01 = fma(a0, w1, c01); c02 = fma(a0, w2, c02); c03 = fma(a0, w3, c03);
+    c10 = fma(a1, w0, c10); c11 = fma(a1, w1, c11); c12 = fma(a1, w2, c12); c13 = fma(a1, w3, c13);
+    c20 = fma(a2, w0, c20); c21 = fma(a2, w1, c21); c22 = fma(a2, w2, c22); c23 = fma(a2, w3, c23);
+    c30 = fma(a3, w0, c30); c31 = fma(a3, w1, c31); c32 = fma(a3, w2, c32); c33 = fma(a3, w3, c33);
+  }
+  }
+  store_row(row0 + 0u, col0, vec4<f32>(sum4(c00), sum4(c01), sum4(c02), sum4(c03)));
+  store_row(row0 + 1u, col0, vec4<f32>(sum4(c10), sum4(c11), sum4(c12), sum4(c13)));
+  store_row(row0 + 2u, col0, vec4<f32>(sum4(c20), sum4(c21), sum4(c22), sum4(c23)));
+  store_row(row0 + 3u, col0, vec4<f32>(sum4(c30), sum4(c31), sum4(c32), sum4(c33)));
+}
