@@ -62,6 +62,7 @@ from engine.images import (
     save_token_grid,
 )
 from engine.runs import dataset_options
+from engine.threads import add_threads_flag, configure_threads
 from engine.webformat import WebFormatError, load_model_from_web_weights, web_source
 
 CFG_MODES = ["combo", "both", "latent", "pixel"]  # combo: sqrt(w) after E and sqrt(w) after D (DESIGN §3)
@@ -193,6 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also save every sample as its own PNG",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_threads_flag(parser)
     args = parser.parse_args(argv)
     if args.steps is not None:
         args.steps = list(dict.fromkeys(args.steps))  # a repeated count would write the same file twice
@@ -508,6 +510,7 @@ def check_tokenizer_flags(model, args) -> None:
 def main(args: argparse.Namespace) -> list[Path]:
     try:
         args.device = check_device(args.device)  # before loading: a missing GPU is not a broken checkpoint
+        configure_threads(args.threads)
         path = weights_file(args)
         out_dir = check_output_dir(output_folder(args, path), "--dest_folder")
         model, data = load_model(args, path)
