@@ -7,12 +7,18 @@
 // one starts with its file's sampler (DDPM) and generates a chosen class with guidance by DDIM η 0.5; an
 // autoencoder reconstructs. A somar codebook draws its atlas; a unit picked there and painted on the token grid
 // changes the decoded picture. Saves test-results/e2e.png (sphere), e2e-psvae.png, e2e-globe.png, e2e-ldm.png,
-// e2e-ldm-cond.png and e2e-somar.png.
-// Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8]
+// e2e-ldm-cond.png and e2e-somar.png. These run with the backend set to WebGPU.
+// The CPU path (onnxruntime-web wasm on the fixtures' ONNX files): in Auto on SwiftShader the first images come from
+// the CPU, the timed race keeps the CPU and shows both timings; the picker switches to WebGPU and back; a model
+// without ONNX files runs on WebGPU and says so; a corrupt ONNX file is explained; a browser without WebGPU (navigator.gpu
+// missing, or Chromium without --enable-unsafe-webgpu) generates and reconstructs on the CPU and explains why a
+// model without ONNX files cannot run. Prints the time to first image (ms from navigation start). Saves e2e-cpu.png.
+// Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8] [--fixtures DIR] [--cpu-only]
 import fs from "node:fs";
 import path from "node:path";
 import { build } from "vite";
-import { launchChromium } from "./chromium.mjs";
+import { chromium } from "playwright-core";
+import { CHROMIUM_FLAGS, chromiumPath, launchChromium } from "./chromium.mjs";
 import { serveStatic } from "./serve-static.mjs";
 
 const root = path.resolve(new URL("..", import.meta.url).pathname);
@@ -20,8 +26,9 @@ const args = process.argv.slice(2);
 const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
 const modelName = option("--model", "vit_tiny16");
 const modeName = option("--mode", "q8");
+const cpuOnly = args.includes("--cpu-only"); // the CPU path's checks alone
 const outDir = path.join(root, "test-results", "e2e-dist");
-const fixtures = path.join(root, "test-fixtures");
+const fixtures = path.resolve(option("--fixtures", path.join(root, "test-fixtures")));
 if (!fs.existsSync(path.join(fixtures, "index.json"))) throw new Error("no test-fixtures/index.json: run npm run fixtures");
 
 // models/: the fixtures, plus index entries whose file is truncated or has a flipped data byte (the page must
@@ -33,15 +40,24 @@ const good = index.find((entry) => entry.name === modelName);
 const bytes = fs.readFileSync(path.join(fixtures, good.modes.q8.file));
 const corrupt = Buffer.from(bytes);
 corrupt[corrupt.length - 100] ^= 0x10;
+const { onnx: goodOnnx, ...goodWeb } = good; // the broken web files are read on WebGPU
+if (!goodOnnx) throw new Error(`${modelName} has no ONNX files in ${fixtures}/index.json: run npm run fixtures`);
 for (const [name, data] of [
   ["broken", bytes.subarray(0, bytes.length - 1000)],
   ["corrupt", corrupt],
 ]) {
   fs.mkdirSync(path.join(extraModels, name), { recursive: true });
   fs.writeFileSync(path.join(extraModels, name, "model_q8.safetensors"), data);
-  index.push({ ...good, name: `zz_${name}`, modes: { q8: { file: `${name}/model_q8.safetensors`, bytes: data.length } } });
+  index.push({ ...goodWeb, name: `zz_${name}`, modes: { q8: { file: `${name}/model_q8.safetensors`, bytes: data.length } } });
 }
-index.push({ ...good, name: "zz_gan", family: "gan", modes: { q8: { file: "corrupt/model_q8.safetensors", bytes: corrupt.length } } }); // never fetched
+index.push({ ...goodWeb, name: "zz_gan", family: "gan", modes: { q8: { file: "corrupt/model_q8.safetensors", bytes: corrupt.length } } }); // never fetched
+// an ONNX decoder with a flipped byte (its sha256 in index.json no longer matches)
+const onnxCorrupt = Buffer.from(fs.readFileSync(path.join(fixtures, goodOnnx.decoder.file)));
+onnxCorrupt[onnxCorrupt.length - 100] ^= 0x10;
+fs.mkdirSync(path.join(extraModels, "onnx_corrupt"), { recursive: true });
+fs.writeFileSync(path.join(extraModels, "onnx_corrupt", "model_decoder.onnx"), onnxCorrupt);
+const corruptDecoder = { ...goodOnnx.decoder, file: "onnx_corrupt/model_decoder.onnx" };
+index.push({ ...good, name: "zz_onnx_corrupt", onnx: { ...goodOnnx, decoder: corruptDecoder } });
 fs.writeFileSync(path.join(extraModels, "index.json"), JSON.stringify(index));
 
 await build({ root, logLevel: "warn", build: { outDir, emptyOutDir: true, copyPublicDir: false } });
@@ -59,13 +75,194 @@ const check = (ok, what) => {
 };
 
 try {
+  if (!cpuOnly) await webgpuChecks(browser);
+  const errors = [];
+  await cpuChecks(browser, errors);
+  check(errors.length === 0, `no page errors after the CPU path checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
+} finally {
+  await close();
+  await server.close();
+}
+console.log(failures.length ? `${failures.length} end-to-end checks failed` : "end-to-end test passed");
+process.exit(failures.length ? 1 : 0);
+
+// ---- the CPU path ------------------------------------------------------------------------------------------
+
+/** A page (a fresh context) at `query`, its errors collected into `errors`. */
+async function openPage(browser, query, errors, init) {
+  const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  page.on("pageerror", (error) => errors.push(error.message));
+  page.on("console", (message) => {
+    if (message.type() === "error") errors.push(`${message.text()} (${message.location().url})`);
+  });
+  if (init) await page.addInitScript(init);
+  await page.goto(`${server.url}${query}`);
+  return page;
+}
+
+/** Wait until the page settles (ready or an error state) and say which. */
+async function settled(page, timeout = 180_000) {
+  await page.waitForFunction((s) => s.includes(document.body.dataset.state), ["ready", "error", "unsupported", "no-models"], { timeout });
+  return page.evaluate(() => document.body.dataset.state);
+}
+
+/** Generate 4 images (2 steps) and return the pixel ranges of the grid's canvases. */
+async function generateRanges(page) {
+  await page.selectOption("#count", "4");
+  await page.selectOption("#steps", "2");
+  const before = await page.evaluate(() => Number(document.body.dataset.generated ?? 0));
+  await page.click("#generate");
+  await page.waitForFunction((n) => Number(document.body.dataset.generated ?? 0) > n, before, { timeout: 120_000 });
+  return page.evaluate(() =>
+    [...document.querySelectorAll("#grid canvas")].map((canvas) => {
+      const data = canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data;
+      const rgb = [...data].filter((_, i) => i % 4 !== 3);
+      return Math.max(...rgb) - Math.min(...rgb);
+    }),
+  );
+}
+
+async function pick(page, name) {
+  const value = await page.evaluate(
+    (n) => [...document.querySelectorAll("#model-select option")].find((o) => o.textContent.startsWith(`${n} `))?.value,
+    name,
+  );
+  check(value !== undefined, `model picker lists ${name}`);
+  await page.selectOption("#model-select", value);
+  await page.waitForFunction(() => document.body.dataset.state === "loading" || document.body.dataset.state !== "ready");
+}
+
+function backendOf(page) {
+  return page.evaluate(() => document.body.dataset.backend);
+}
+
+async function cpuChecks(browser, errors) {
+  // Auto on SwiftShader: first images from the CPU, then the race keeps the CPU and shows both timings
+  const auto = await openPage(browser, `?backend=auto&model=${modelName}`, errors);
+  check((await settled(auto)) === "ready", `Auto loads ${modelName}`);
+  check((await backendOf(auto)) === "cpu", `Auto shows the first images on the CPU path: ${await auto.textContent("#backend-status")}`);
+  const autoFirst = await auto.evaluate(() => Number(document.body.dataset.firstImageMs));
+  await auto.waitForFunction(() => Number(document.body.dataset.race ?? 0) > 0, null, { timeout: 300_000 });
+  const raced = await auto.textContent("#backend-status");
+  check(
+    /Runs on CPU \(WebAssembly\) \(fp32 ONNX, \d+ threads?\)\. One decode: CPU [\d.]+ ms · WebGPU [\d.]+ ms/.test(raced) &&
+      (await backendOf(auto)) === "cpu",
+    `Auto times one decode on each backend and keeps the CPU on SwiftShader: ${raced}`,
+  );
+  let ranges = await generateRanges(auto);
+  check(ranges.length === 4 && ranges.every((r) => r > 20), `CPU samples are not blank (pixel ranges ${ranges.join(", ")})`);
+  check(
+    /4 images, 2 steps, seed \d+: \d+ ms/.test(await auto.textContent("#generate-status")),
+    `CPU generate: ${await auto.textContent("#generate-status")}`,
+  );
+
+  // the switch: WebGPU, then the CPU again (reconstruct, the pad)
+  await auto.selectOption("#backend-select", "webgpu");
+  check(
+    (await settled(auto)) === "ready" && (await backendOf(auto)) === "webgpu",
+    `the switch to WebGPU: ${await auto.textContent("#backend-status")}`,
+  );
+  ranges = await generateRanges(auto);
+  check(
+    ranges.every((r) => r > 20),
+    `WebGPU samples after the switch are not blank (${ranges.join(", ")})`,
+  );
+  await auto.selectOption("#backend-select", "cpu");
+  check(
+    (await settled(auto)) === "ready" && (await backendOf(auto)) === "cpu",
+    `the switch back to the CPU: ${await auto.textContent("#backend-status")}`,
+  );
+  await auto.click("#samples img[alt=ship]");
+  await auto.waitForFunction(() => /encode [\d.]+ ms · decode [\d.]+ ms/.test(document.querySelector("#recon-status").textContent), null, {
+    timeout: 60_000,
+  });
+  check(true, `CPU reconstruct: ${await auto.textContent("#recon-status")}`);
+  const pad = auto.locator("#pad");
+  await pad.scrollIntoViewIfNeeded();
+  const box = await pad.boundingBox();
+  await pad.hover({ position: { x: box.width * 0.8, y: box.height * 0.2 } });
+  await auto.waitForFunction(() => document.querySelector("#pad-status").textContent.startsWith("u 0.8"), null, { timeout: 60_000 });
+  check(true, `CPU pad: ${await auto.textContent("#pad-status")}`);
+  await auto.evaluate(() => window.scrollTo(0, 0));
+  await auto.screenshot({ path: path.join(root, "test-results", "e2e-cpu.png"), fullPage: true });
+
+  // a model without ONNX files stays on WebGPU when the CPU is picked, and says so; a corrupt ONNX file is explained
+  await pick(auto, "vqvae_tiny16");
+  check((await settled(auto)) === "ready" && (await backendOf(auto)) === "webgpu", "vqvae_tiny16 (no ONNX files) loads on WebGPU");
+  check(
+    /has no ONNX files .*it runs on WebGPU/.test(await auto.textContent("#backend-status")),
+    `it says so: ${await auto.textContent("#backend-status")}`,
+  );
+  await pick(auto, "zz_onnx_corrupt");
+  check((await settled(auto)) === "error", "a corrupt ONNX file fails to load");
+  await auto.waitForFunction(() => document.querySelector("#messages .message.error"), null, { timeout: 10_000 });
+  const corruptMessage = await auto.textContent("#messages .message.error");
+  check(
+    /Could not load zz_onnx_corrupt \(ONNX, CPU\): the ONNX file '[^']+' is corrupt \(sha256 mismatch\); re-export it/.test(corruptMessage),
+    `explained: ${corruptMessage}`,
+  );
+  await auto.close();
+
+  // no WebGPU at all: navigator.gpu missing
+  const plain = await openPage(browser, `?model=${modelName}`, errors, () => Object.defineProperty(navigator, "gpu", { value: undefined }));
+  check((await settled(plain)) === "ready" && (await backendOf(plain)) === "cpu", `without WebGPU ${modelName} runs on the CPU`);
+  const plainFirst = await plain.evaluate(() => Number(document.body.dataset.firstImageMs));
+  check(
+    /does not expose WebGPU.*run on the CPU \(WebAssembly\) instead/.test(await plain.textContent("#messages")),
+    "missing WebGPU is explained",
+  );
+  ranges = await generateRanges(plain);
+  check(
+    ranges.every((r) => r > 20),
+    `samples without WebGPU are not blank (${ranges.join(", ")})`,
+  );
+  await pick(plain, "psvae_vit16");
+  check((await settled(plain)) === "ready" && (await backendOf(plain)) === "cpu", "a psvae runs on the CPU without WebGPU");
+  await pick(plain, "vqvae_tiny16");
+  check((await settled(plain)) === "unsupported", "a model without ONNX files is not loaded without WebGPU");
+  check(
+    /vqvae_tiny16 has no ONNX files, so it needs WebGPU, which this browser lacks/.test(
+      await plain.textContent("#messages .message.error"),
+    ),
+    `and the page says why: ${await plain.textContent("#messages .message.error")}`,
+  );
+  await plain.close();
+
+  // Chromium without --enable-unsafe-webgpu
+  const noFlag = await chromium.launch({
+    executablePath: chromiumPath(),
+    headless: true,
+    args: CHROMIUM_FLAGS.filter((flag) => flag !== "--enable-unsafe-webgpu"),
+  });
+  try {
+    const page = await openPage(noFlag, `?model=${modelName}`, errors);
+    check(
+      (await settled(page)) === "ready" && (await backendOf(page)) === "cpu",
+      "Chromium without --enable-unsafe-webgpu runs on the CPU",
+    );
+    ranges = await generateRanges(page);
+    check(
+      ranges.every((r) => r > 20),
+      `and generates (${ranges.join(", ")})`,
+    );
+  } finally {
+    await noFlag.close();
+  }
+  console.log(
+    `time to first image (${modelName}, 9 images, 2 steps, fresh profile): Auto ${autoFirst} ms, without WebGPU ${plainFirst} ms`,
+  );
+}
+
+// ---- WebGPU: every family ------------------------------------------------------------------------------------
+
+async function webgpuChecks(browser) {
   const page = await browser.newPage({ viewport: { width: 390, height: 844 }, deviceScaleFactor: 2 }); // phone-sized
   const errors = [];
   page.on("pageerror", (error) => errors.push(error.message));
   page.on("console", (message) => {
     if (message.type() === "error") errors.push(`${message.text()} (${message.location().url})`);
   });
-  await page.goto(server.url);
+  await page.goto(`${server.url}?backend=webgpu`);
   const waitState = async (state, timeout = 180_000) => {
     await page.waitForFunction(
       (s) =>
@@ -470,16 +667,4 @@ try {
     await page.click("#messages .message.error button.secondary");
   }
   check(errors.length === 0, `no page errors after the psvae checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
-
-  // a browser without WebGPU gets a clear message
-  const plain = await browser.newPage();
-  await plain.addInitScript(() => Object.defineProperty(navigator, "gpu", { value: undefined }));
-  await plain.goto(server.url);
-  await plain.waitForFunction(() => document.body.dataset.state === "no-webgpu", null, { timeout: 30_000 });
-  check((await plain.textContent("#messages")).includes("does not expose WebGPU"), "missing WebGPU is explained");
-} finally {
-  await close();
-  await server.close();
 }
-console.log(failures.length ? `${failures.length} end-to-end checks failed` : "end-to-end test passed");
-process.exit(failures.length ? 1 : 0);
