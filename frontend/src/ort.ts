@@ -2,7 +2,8 @@
  * onnxruntime-web's WebAssembly backend for the CPU path: loaded on first use from the page's own build (vite
  * copies the .wasm file; never a CDN), one thread per core when the page is cross-origin isolated (threads need
  * SharedArrayBuffer), else one. `ortNetwork` wraps an ONNX session as a src/cpu_model.ts `Network`;
- * `onnxModel` builds a `CpuModel` from an index.json entry's `onnx` object (engine/onnx_export.py).
+ * `onnxModel` builds a `CpuModel` from an index.json entry's `onnx` object (engine/onnx_export.py): the decoder's
+ * session at once, the encoder's at its first use.
  */
 
 import wasmUrl from "onnxruntime-web/ort-wasm-simd-threaded.wasm?url";
@@ -140,8 +141,26 @@ export async function onnxModel(onnx: OnnxIndex, fetchBytes: (file: OnnxFile) =>
   ]);
   const image = [config.in_channels, config.image_size, config.image_size];
   const decoder = await ortNetwork(decoderBytes, onnx.decoder.file, "v", cpuLatentShape(config), conditional);
-  const encoder = encoderBytes && onnx.encoder ? await ortNetwork(encoderBytes, onnx.encoder.file, "x", image, conditional) : null;
+  const encoderFile = onnx.encoder?.file ?? "";
+  const encoder = encoderBytes && lazyNetwork(() => ortNetwork(encoderBytes, encoderFile, "x", image, conditional));
   return new CpuModel(config, decoder, encoder);
+}
+
+/**
+ * A network whose session is created at its first call: the encoder's, so that the first images (one decoder pass)
+ * do not wait for it. A file that does not load fails that call, and every later one, saying why.
+ */
+function lazyNetwork(create: () => Promise<Network>): Network {
+  let network: Promise<Network> | null = null;
+  return {
+    async run(input, batch, labels) {
+      network ??= create();
+      return (await network).run(input, batch, labels);
+    },
+    async dispose() {
+      await (await network?.catch(() => null))?.dispose();
+    },
+  };
 }
 
 async function checkedBytes(file: OnnxFile, fetchBytes: (file: OnnxFile) => Promise<ArrayBuffer>): Promise<ArrayBuffer> {

@@ -148,6 +148,13 @@ async function brokenFileChecks(h: Harness, entry: Entry, fetchBytes: (file: Onn
     const message = await refusal(() => onnxModel(index, fetcher, entry.name));
     h.record(`cpu/${entry.name}/${what}_file_refused`, pattern.test(message), message);
   }
+  // the encoder's session is created at its first use: a truncated encoder file fails there
+  if (!onnx.encoder) return;
+  const encoderTruncated = (file: OnnxFile) => (file.file === onnx.encoder!.file ? truncated(file) : fetchBytes(file));
+  const model = await onnxModel({ ...onnx, encoder: unchecked(onnx.encoder) }, encoderTruncated, entry.name);
+  const message = await refusal(() => model.encode(new Float32Array(model.imageSize)));
+  h.record(`cpu/${entry.name}/truncated_encoder_refused`, /ONNX file '[^']+' could not be loaded .*re-export it/.test(message), message);
+  await model.dispose();
 }
 
 /** Decode latency (batch 1, ms) of the page's model and of a bare session on the same decoder file, interleaved. */
