@@ -95,6 +95,10 @@ async function openPage(browser, query, errors, init) {
   page.on("console", (message) => {
     if (message.type() === "error") errors.push(`${message.text()} (${message.location().url})`);
   });
+  page.on("request", (request) => {
+    if (!request.url().startsWith(server.url) && !request.url().startsWith("data:"))
+      errors.push(`a request leaves the page's server: ${request.url()}`);
+  }); // the page and its WebAssembly runtime work offline
   if (init) await page.addInitScript(init);
   await page.goto(`${server.url}${query}`);
   return page;
