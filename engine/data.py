@@ -248,8 +248,9 @@ STACK_CHUNK = 1024  # items made at once while stacking a dataset (bounds the ho
 
 
 def item_range(dataset: Dataset, start: int, stop: int) -> tuple[torch.Tensor, ...]:
-    """Items start..stop-1 stacked: the dataset's own batch method where it has one, else item by item."""
-    if callable(getattr(dataset, "items", None)):
+    """Items start..stop-1 stacked: the dataset class's own batch method where it has one (not one a wrapper
+    forwards: its items may differ from the wrapped dataset's), else item by item."""
+    if callable(getattr(type(dataset), "items", None)):
         return tuple(dataset.items(start, stop))
     return tuple(default_collate([dataset[index] for index in range(start, stop)]))
 

@@ -55,6 +55,19 @@ def build_optimizer(
     return torch.optim.AdamW(param_groups, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused)
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """optimizer.load_state_dict, keeping how this optimizer runs its update (fused or not): the groups of a
+    checkpoint from a run that could not fuse (an older CPU run) would turn fusing off, and the found_inf skip."""
+    how = {key: optimizer.defaults[key] for key in ("fused", "foreach") if key in optimizer.defaults}
+    optimizer.load_state_dict(state)
+    for group in optimizer.param_groups:
+        group.update(how)
+    if how.get("fused"):  # fused kernels want their step counts on the parameters' device, as float32
+        for param, param_state in optimizer.state.items():
+            if "step" in param_state:
+                param_state["step"] = param_state["step"].to(param.device, torch.float32)
+
+
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up from ~0 to 1, then cosine decay to min_ratio at total_steps."""
     if warmup_steps > 0 and step < warmup_steps:

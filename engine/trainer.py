@@ -30,7 +30,7 @@ from .data import stack_items, stacked_bytes
 from .distributed import DistInfo, any_rank, barrier, broadcast_object, gather_objects
 from .globe import end_of_training_globe
 from .images import render_eval_images, render_verdict
-from .optim import EMA
+from .optim import EMA, load_optimizer_state
 
 CPU_DATA_BUDGET = 2 * 2**30  # bytes of stacked items kept in host memory by default (CIFAR-10 at 32 px: 0.6 GB)
 
@@ -268,9 +268,10 @@ def peak_memory_mb(device: torch.device) -> float:
 
 def enable_tf32() -> None:
     """fp32 matmuls and convolutions on CUDA in TF32 (tensor cores, fp32 accumulation): what bf16 autocast keeps
-    in fp32 and --precision fp32 runs."""
-    torch.backends.cuda.matmul.fp32_precision = "tf32"
-    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    in fp32 and --precision fp32 runs. The legacy flags, CUDA's only: setting torch's newer fp32_precision API
+    instead makes torch.get_float32_matmul_precision() raise, and inductor calls it when it compiles."""
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
 
 
 def prefers_channels_last(model: nn.Module, device: torch.device) -> bool:
@@ -329,8 +330,9 @@ class Trainer:
         self.epoch_logs, self.window_logs = LogSums(), LogSums()  # the epoch's logged terms; those since the last log
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, step) of the last checkpoint written or loaded
         self.guard = NonFiniteGuard(info.device)
-        if getattr(optimizer, "defaults", {}).get("fused"):
-            optimizer.found_inf = self.guard.found  # skips the update on the device (GradScaler's protocol)
+        self.skips_on_device = bool(optimizer.defaults.get("fused"))  # fused AdamW reads found_inf on the device
+        if self.skips_on_device:
+            optimizer.found_inf = self.guard.found  # GradScaler's protocol: a step with found_inf = 1 is skipped
         self.channels_last = prefers_channels_last(model, info.device)
         self.eager_model = train_model  # what a failed compilation falls back to
         self.train_model = torch.compile(train_model) if settings.compile else train_model
@@ -417,7 +419,7 @@ class Trainer:
         load_model_state(self.model, ckpt["model"], source)
         load_model_state(self.ema.model, ckpt["ema"], source)
         self.ema.updates = int(ckpt.get("ema_updates", 0))
-        self.optimizer.load_state_dict(ckpt["optimizer"])  # moves the state onto the parameters' device
+        load_optimizer_state(self.optimizer, ckpt["optimizer"])  # moves the state onto the parameters' device
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.restore_loss(ckpt, source)
         self.state = TrainState(int(ckpt["step"]), int(ckpt["epoch"]), int(ckpt.get("step_in_epoch", 0)))
@@ -483,9 +485,9 @@ class Trainer:
         raise self.non_finite_error(f"{what} {where}")
 
     def skip_update(self) -> torch.Tensor:
-        """The guard's flag after this step's check; without the fused optimizer (which reads it on the device)
-        the check reads it now, one host sync per step."""
-        if "found_inf" not in vars(self.optimizer):
+        """The guard's flag after this step's check; an optimizer that cannot skip on the device (not fused) has
+        it read now, one host sync per step."""
+        if not self.skips_on_device:
             self.raise_if_non_finite()
         return self.guard.found
 

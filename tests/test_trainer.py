@@ -2,17 +2,19 @@
 stacked on the device, the compile fallback, channels_last inputs, and which settings CUDA turns on."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import training
 from engine.distributed import DistInfo
-from engine.optim import EMA
+from engine.optim import EMA, build_optimizer, load_optimizer_state
 from engine.setup import train_settings
 from engine.trainer import LogSums, epoch_summary, prefers_channels_last
 from models import build_model
-from tests.test_training import run_training, state_of, tiny_flags
+from tests.test_training import REPO, run_training, state_of, tiny_flags
 
 CUDA = torch.device("cuda")  # a device object only: nothing here runs on it
 
@@ -51,6 +53,19 @@ def test_channels_last_is_for_conv_models_on_cuda():
     conv, vit = (build_model(name, image_size=16) for name in ("convnet_tiny", "vit_tiny"))
     assert prefers_channels_last(conv, CUDA) and not prefers_channels_last(vit, CUDA)
     assert not prefers_channels_last(conv, torch.device("cpu"))
+
+
+def test_tf32_is_set_the_way_inductor_can_read_it():
+    """enable_tf32 (in a fresh process: it is global) leaves torch.get_float32_matmul_precision() readable, which
+    inductor calls while compiling, and CPU matmuls in full fp32."""
+    code = (
+        "import torch; from engine.trainer import enable_tf32; enable_tf32(); "
+        "print(torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.fp32_precision, "
+        "torch.backends.cudnn.conv.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["high", "tf32", "tf32", "none"]
 
 
 def test_compile_is_on_by_default_on_cuda_only(tmp_path):
@@ -139,3 +154,26 @@ def test_threads_flag_sets_torch_threads_and_the_log_says_so(tmp_path):
         torch.set_num_threads(before)
     assert "| cpu | 2 threads" in (run_dir / "log.txt").read_text()
     assert json.loads((run_dir / "config.json").read_text())["train"]["threads"] == 2
+
+
+def test_a_checkpoint_of_an_unfused_optimizer_resumes_fused():
+    """Older CPU runs saved unfused AdamW groups; loading them keeps this optimizer fused, so found_inf still
+    skips a step (an unfused AdamW refuses found_inf)."""
+    model = build_model("vit_tiny", image_size=16)
+    args = (1e-3, {}, (0.9, 0.95), 0.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("engine.optim.FUSED_DEVICES", set())
+        unfused = build_optimizer(model, *args)
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    unfused.step()
+    fused = build_optimizer(model, *args)
+    load_optimizer_state(fused, unfused.state_dict())
+    assert fused.defaults["fused"] and all(group["fused"] for group in fused.param_groups)
+    fused.found_inf = torch.ones(())
+    kept = [param.detach().clone() for param in model.parameters()]
+    fused.step()
+    assert all(torch.equal(a, b) for a, b in zip(kept, model.parameters()))
+    fused.found_inf = torch.zeros(())
+    fused.step()
+    assert not torch.equal(kept[0], next(model.parameters()))
