@@ -56,6 +56,7 @@ from engine.metrics import (
     ssim,
 )
 from engine.runs import dataset_options
+from engine.threads import add_threads_flag, configure_threads
 from losses import PerceptualWeightsError, build_lpips
 from losses.perceptual import VGG_ENV
 
@@ -77,6 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--results_dir", default="results", help="where to look for the latest run")
     model.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="--no-ema: raw weights")
     model.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_threads_flag(model)
     gen = parser.add_argument_group("generation (FID, KID, IS, precision/recall)")
     gen.add_argument("--generation", action=argparse.BooleanOptionalAction, default=True)
     gen.add_argument(
@@ -439,6 +441,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         raise SystemExit("error: nothing to evaluate: drop --no-generation or add --reconstruction")
     try:
         args.device = check_device(args.device)  # before loading: a missing GPU is not a broken checkpoint
+        configure_threads(args.threads)
         check_outputs(args)
         checkpoint = resolve_checkpoint(args.checkpoint, args.results_dir)
         model, run_config = load_model_from_checkpoint(checkpoint, use_ema=args.ema, map_location=args.device)

@@ -1,13 +1,16 @@
 """benchmarks/bench_train.py: FLOPs per image, the bf16 peak table behind MFU, and its rows on CPU."""
 
 import json
+import os
+import subprocess
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import sdpa_backward_flop_count, sdpa_flop_count
 
-from tests.test_psvae_runs import benchmark
+from tests.test_psvae_runs import REPO, benchmark
 
 bench_train = benchmark("bench_train")
 
@@ -53,3 +56,26 @@ def test_cpu_rows_have_flops_and_no_mfu(tmp_path, capsys):
     assert row["gflop_per_img"] > 0 and row["tflop_s"] > 0 and row["mfu"] is None and row["threads"] == 1
     assert json.loads(out.read_text())["gflop_per_img"] == row["gflop_per_img"]
     assert "MFU: n/a on CPU" in capsys.readouterr().out
+
+
+def test_gpu_check_smoke_writes_numbers_and_grids(tmp_path):
+    """benchmarks/gpu_check.sh --smoke: the lent-GPU script's every step, on CPU in seconds (CPU time)."""
+    images = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    np.savez(tmp_path / "cifar.npz", images=images, labels=np.arange(16) % 10)
+    env = os.environ | {"SPHERE_CIFAR_SUBSET": str(tmp_path / "cifar.npz"), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "out"
+    script = REPO / "benchmarks" / "gpu_check.sh"
+    done = subprocess.run([str(script), "--smoke", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = [json.loads(line) for line in (out / "bench_train.jsonl").read_text().splitlines()]
+    assert row["model"] == "vit_tiny" and row["gflop_per_img"] > 0
+    grids = sorted(path.name for path in (out / "samples").rglob("*.png"))
+    assert grids == ["samples_1step_seed0.png", "samples_4step_seed0.png"]
+    summary = (out / "summary.txt").read_text()
+    assert "vit_tiny" in summary and "finished at epoch 1" in summary
+    assert not list(out.rglob("*.pth"))  # checkpoints deleted: $OUT brings back numbers and images only
+
+
+def test_gpu_check_refuses_an_unknown_option(tmp_path):
+    done = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--fast"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown option --fast" in done.stderr
