@@ -82,7 +82,7 @@ export class BufferOwner {
  * Which kernel variants graphs are built with, set by Gpu.create from the adapter: software adapters
  * (SwiftShader, llvmpipe) run workgroups as lane groups on CPU threads, where a barrier is a context switch and
  * workgroup memory the same RAM as storage, so they get the GEMM without workgroup memory ("direct"); hardware
- * GPUs get the workgroup-memory tiled GEMM. `?gemm=tiled|direct` in the page's URL overrides it (tests, benchmarks).
+ * GPUs get the workgroup-memory tiled GEMM. "direct" also picks RMSNorm with a thread per row (no barrier). `?gemm=tiled|direct` in the page's URL overrides it (tests, benchmarks).
  */
 export const kernelChoice: { gemm: "tiled" | "direct" } = { gemm: "tiled" };
 

@@ -9,6 +9,7 @@ import gemmWgsl from "./kernels/gemm.wgsl?raw";
 import gemmTiledWgsl from "./kernels/gemm_tiled.wgsl?raw";
 import gemmDirectWgsl from "./kernels/gemm_direct.wgsl?raw";
 import rmsnormWgsl from "./kernels/rmsnorm.wgsl?raw";
+import rmsnormRowsWgsl from "./kernels/rmsnorm_rows.wgsl?raw";
 import groupnormWgsl from "./kernels/groupnorm.wgsl?raw";
 import qkRopeWgsl from "./kernels/qk_rope.wgsl?raw";
 import attentionWgsl from "./kernels/attention.wgsl?raw";
@@ -290,6 +291,21 @@ const GEMM_DIVISORS = new Set([
   "OUT_C",
 ]);
 
+/** The direct GEMM's branch-free A reads (gemm_direct.wgsl A_BASE, A4_AT): rows (vec4) or token-mixing columns. */
+function fastA(input: GemmInput, aligned: boolean): { A_BASE: string; A4_AT: string } {
+  if (aligned && input.layout === "rows") {
+    const load = input.silu ? "let v = a[base + k4];\n  return v / (1.0 + exp(-v));" : "return a[base + k4];";
+    return { A_BASE: "return m * (P.K >> 2u);", A4_AT: load };
+  }
+  if (aligned && input.layout === "cols") {
+    return {
+      A_BASE: "return (m / P.A_CH) * P.A_TOK * P.A_CH + m % P.A_CH;",
+      A4_AT: "let e = base + 4u * k4 * P.A_CH;\n  return vec4<f32>(a[e], a[e + P.A_CH], a[e + 2u * P.A_CH], a[e + 3u * P.A_CH]);",
+    };
+  }
+  return { A_BASE: "return 0u;", A4_AT: "return vec4<f32>();" };
+}
+
 /** C = act(A W^T + bias) with W dequantized in the shader; one 32x32 tile per workgroup (kernelChoice.gemm's main). */
 export function gemm(spec: GemmSpec): Dispatch {
   const w = spec.weight;
@@ -308,8 +324,9 @@ export function gemm(spec: GemmSpec): Dispatch {
   };
   const params: Params = {};
   for (const name of GEMM_PARAMS) params[name] = given[name] ?? (name === "PAD" ? ["i32", 0] : u32(GEMM_DIVISORS.has(name) ? 1 : 0));
+  const vectorA = aligned && spec.input.layout === "rows"; // A as vec4 (rows read four k at a time)
   const declared: Declared[] = [
-    { name: "a", buffer: spec.input.buffer, type: aligned ? "vec4<f32>" : "f32" },
+    { name: "a", buffer: spec.input.buffer, type: vectorA ? "vec4<f32>" : "f32" },
     { name: "w", buffer: w.data, type: w.encoding !== "f32" ? "u32" : aligned ? "vec4<f32>" : "f32" },
     { name: "bias", buffer: spec.bias ?? null, type: "f32" },
     { name: "y", buffer: spec.output.buffer, type: "f32", write: true },
@@ -320,14 +337,10 @@ export function gemm(spec: GemmSpec): Dispatch {
     ALIGNED: String(aligned),
     LOAD_W: loadW.code,
     LOAD_W4: loadW.code4,
-    FAST: String(aligned && spec.input.layout === "rows"),
-    A4_AT: !aligned
-      ? "return vec4<f32>();"
-      : spec.input.layout === "rows" && spec.input.silu
-        ? "let v = a[i];\n  return v / (1.0 + exp(-v));"
-        : "return a[i];",
-    A_AT: aligned ? "return a[i >> 2u][i & 3u];" : "return a[i];",
-    LOAD_A4: aligned
+    FAST: String(aligned && (spec.input.layout === "rows" || spec.input.layout === "cols")),
+    ...fastA(spec.input, aligned),
+    A_AT: vectorA ? "return a[i >> 2u][i & 3u];" : "return a[i];",
+    LOAD_A4: vectorA
       ? "let v = a[(m * P.K + k) >> 2u];\n  if (P.A_MODE == 1u) {\n    return v / (1.0 + exp(-v));\n  }\n  return v;"
       : "return vec4<f32>();",
   };
@@ -390,7 +403,10 @@ export interface RowTable {
   period: number;
 }
 
-/** RMSNorm over the last dim (eps 1e-6), with an affine weight or an adaLN modulation, then an optional table. */
+/**
+ * RMSNorm over the last dim (eps 1e-6), with an affine weight or an adaLN modulation, then an optional table; a
+ * workgroup per row, or a thread per row where kernelChoice.gemm is "direct" (software adapters: no barrier).
+ */
 export function rmsNorm(
   label: string,
   x: Binding,
@@ -427,6 +443,8 @@ export function rmsNorm(
     params.PERIOD = u32(addTable.period);
     finish = `return ${weight ? "v * weight[i]" : "v"} + table[(row % P.PERIOD) * P.D + i];`;
   }
+  if (kernelChoice.gemm === "direct")
+    return dispatch(label, rmsnormRowsWgsl, { FINISH: finish }, declared, grid1d(Math.ceil(rows / 64)), params);
   const groups: [number, number, number] = rows <= MAX_GROUPS_X ? [rows, 1, 1] : [MAX_GROUPS_X, Math.ceil(rows / MAX_GROUPS_X), 1];
   return dispatch(label, rmsnormWgsl, { FINISH: finish }, declared, groups, params);
 }

@@ -1,18 +1,15 @@
 // Shared helpers, prepended to every kernel.
 
-// IEEE half (low 16 bits of h) to f32, exact for subnormals (unpack2x16float may flush them).
+// IEEE half (low 16 bits of h) to f32, exact for subnormals (unpack2x16float may flush them). Branch-free
+// (selects): it runs inside GEMM K loops, where a branch costs software adapters their SIMD lanes.
 fn f16_to_f32(h: u32) -> f32 {
   let sign = (h & 0x8000u) << 16u;
   let exponent = (h >> 10u) & 0x1fu;
   let mantissa = h & 0x3ffu;
-  if (exponent == 0u) {
-    let v = f32(mantissa) * 5.9604644775390625e-8;
-    return select(v, -v, sign != 0u);
-  }
-  if (exponent == 31u) {
-    return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u));
-  }
-  return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
+  let normal = bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
+  let special = bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u)); // inf, nan
+  let tiny = f32(mantissa) * 5.9604644775390625e-8; // zero, subnormal
+  return select(select(normal, special, exponent == 31u), select(tiny, -tiny, sign != 0u), exponent == 0u);
 }
 
 fn silu(x: f32) -> f32 {

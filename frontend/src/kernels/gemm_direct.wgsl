@@ -5,10 +5,15 @@
 // per 16 vector FMAs, no dynamic indexing of arrays or vector components. Rows past M and columns past N
 // read row M - 1 / column N - 1 and are never stored.
 
-// FAST: A rows (optionally through SiLU) and W both read four k at a time, with no branch in the K loop
+// FAST: A rows (optionally through SiLU) or token-mixing columns, and W, read four k at a time (K a multiple
+// of 4) with no branch in the K loop; a_base(m) is where row m of A starts, a4_at its k-th group of four
 const FAST: bool = {{FAST}};
 
-fn a4_at(i: u32) -> vec4<f32> {
+fn a_base(m: u32) -> u32 {
+  {{A_BASE}}
+}
+
+fn a4_at(base: u32, k4: u32) -> vec4<f32> {
   {{A4_AT}}
 }
 
@@ -104,11 +109,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
   var c30 = vec4<f32>(); var c31 = vec4<f32>(); var c32 = vec4<f32>(); var c33 = vec4<f32>();
   if (FAST) {
     let K4 = P.K >> 2u;
+    let b0 = a_base(m0);
+    let b1 = a_base(m1);
+    let b2 = a_base(m2);
+    let b3 = a_base(m3);
     for (var k = 0u; k < K4; k++) {
-      let a0 = a4_at(m0 * K4 + k);
-      let a1 = a4_at(m1 * K4 + k);
-      let a2 = a4_at(m2 * K4 + k);
-      let a3 = a4_at(m3 * K4 + k);
+      let a0 = a4_at(b0, k);
+      let a1 = a4_at(b1, k);
+      let a2 = a4_at(b2, k);
+      let a3 = a4_at(b3, k);
       let w0 = w4_at(n0, k);
       let w1 = w4_at(n1, k);
       let w2 = w4_at(n2, k);
