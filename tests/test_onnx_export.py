@@ -21,12 +21,21 @@ from models import build_model
 from tests.helpers import perturb
 
 TOLERANCE = 1e-4  # float32 through a different op order; a wrong op is off by O(1)
-# name -> (registry name, overrides); tiny 16 px models so that each export takes seconds
+# name -> (registry name, overrides); tiny 16 px models with one block per stack so that each export is quick
 MODELS = {
-    "vit_cond": ("vit_tiny", dict(image_size=16, num_classes=10)),
+    "vit_cond": ("vit_tiny", dict(image_size=16, num_classes=10, depth=1)),
     "psvae_vit_cond": (
         "psvae_tiny",
-        dict(image_size=16, z_dim=8, backbone="vit", vit_width=32, heads=2, num_classes=10),
+        dict(
+            image_size=16,
+            z_dim=8,
+            backbone="vit",
+            vit_width=32,
+            vit_depth=1,
+            heads=2,
+            channel_mults=(1, 2),
+            num_classes=10,
+        ),
     ),
 }
 BY_SCRIPT = "convnet_by_export_weights"
