@@ -328,6 +328,7 @@ class Trainer:
         self.run_dir, self.run_config, self.logger, self.metrics = run_dir, run_config, logger, metrics
         self.state = TrainState()
         self.epoch_logs, self.window_logs = LogSums(), LogSums()  # the epoch's logged terms; those since the last log
+        self.window_start, self.window_images = time.perf_counter(), 0  # when the window began, images trained in it
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, step) of the last checkpoint written or loaded
         self.guard = NonFiniteGuard(info.device)
         self.skips_on_device = bool(optimizer.defaults.get("fused"))  # fused AdamW reads found_inf on the device
