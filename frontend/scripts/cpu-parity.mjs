@@ -1,7 +1,8 @@
 // Parity of the page's CPU path (onnxruntime-web wasm) in headless Chromium: serve the frontend with Vite on
 // 127.0.0.1, open tests/browser/cpu.html, run window.runCpuParityTests() on the fixtures' ONNX files and print one
 // line per case. --bench N adds N interleaved rounds of decode latency (batch 1): the page's model beside a bare
-// onnxruntime-web session on the same file.
+// onnxruntime-web session on the same file. --fixtures DIR serves another folder (a folder of exported models without
+// manifest.json, e.g. make_bench_models.py's, is timed only).
 // Usage: node scripts/cpu-parity.mjs [--only vit_tiny16] [--bench 30] [--fixtures DIR]
 import fs from "node:fs";
 import path from "node:path";
@@ -22,7 +23,11 @@ const serveFixtures = {
   configureServer(server) {
     server.middlewares.use("/fixtures", (request, response, next) => {
       const file = path.join(fixtures, decodeURIComponent(new URL(request.url, "http://x").pathname));
-      if (!file.startsWith(fixtures) || !fs.existsSync(file) || !fs.statSync(file).isFile()) return next();
+      if (!file.startsWith(fixtures)) return next();
+      if (!fs.existsSync(file) || !fs.statSync(file).isFile()) {
+        response.statusCode = 404; // not vite's index.html fallback
+        return response.end("not found");
+      }
       response.setHeader("content-type", file.endsWith(".json") ? "application/json" : "application/octet-stream");
       response.end(fs.readFileSync(file));
     });

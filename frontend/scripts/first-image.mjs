@@ -2,7 +2,9 @@
 // cache), the page served on 127.0.0.1 with the fixtures as its models/ folder. For each model and setup, the time
 // from navigation start to the first generated images on screen (9 images, 2 steps: the page's defaults), and the
 // backend that drew them. Setups: auto (WebGPU on SwiftShader present, Auto picks), nogpu (navigator.gpu missing),
-// webgpu (the WebGPU path forced, as the page was before the CPU path).
+// webgpu (the WebGPU path forced, as the page was before the CPU path). Beside the wall time, the CPU time all the
+// browser's processes spent until then (Linux /proc): on a machine that other jobs load, wall time grows with the load
+// while CPU time stays about what an idle machine needs.
 // Usage: node scripts/first-image.mjs [--models vit_tiny16,convnet_tiny16] [--setups auto,nogpu] [--rounds 3] [--fixtures DIR]
 import fs from "node:fs";
 import path from "node:path";
@@ -27,16 +29,43 @@ const server = await serveStatic([
 ]);
 const { browser, close } = await launchChromium();
 const median = (values) => [...values].sort((a, b) => a - b)[values.length >> 1];
+const TICKS = 100; // clock ticks per second of /proc/<pid>/stat (USER_HZ)
+
+/** CPU seconds (user + system) of the processes under rootPid (this script: the browser it launched), or NaN off Linux. */
+function browserCpuSeconds(rootPid) {
+  if (!rootPid || !fs.existsSync("/proc")) return NaN;
+  const stats = new Map();
+  for (const pid of fs.readdirSync("/proc").filter((name) => /^\d+$/.test(name))) {
+    try {
+      const fields = fs
+        .readFileSync(`/proc/${pid}/stat`, "utf-8")
+        .replace(/^.*\) /, "")
+        .split(" ");
+      stats.set(Number(pid), { parent: Number(fields[1]), ticks: Number(fields[11]) + Number(fields[12]) });
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  const inTree = (pid) => {
+    for (let p = pid; p > 1; p = stats.get(p)?.parent ?? 0) if (p === rootPid) return true;
+    return false;
+  };
+  let ticks = 0;
+  for (const [pid, stat] of stats) if (inTree(pid)) ticks += stat.ticks;
+  return ticks / TICKS;
+}
 try {
   for (const model of models) {
     for (const setup of setups) {
       const times = [];
+      const cpu = [];
       let backend = "";
       for (let round = 0; round < rounds; round++) {
         const context = await browser.newContext();
         const page = await context.newPage();
         if (setup === "nogpu") await page.addInitScript(() => Object.defineProperty(navigator, "gpu", { value: undefined }));
         const query = setup === "webgpu" ? `?model=${model}&backend=webgpu` : `?model=${model}&backend=auto`;
+        const cpuBefore = browserCpuSeconds(process.pid);
         await page.goto(`${server.url}${query}`);
         await page.waitForFunction(
           () => document.body.dataset.firstImageMs || ["error", "unsupported"].includes(document.body.dataset.state),
@@ -49,12 +78,13 @@ try {
           ms: Number(document.body.dataset.firstImageMs),
           backend: document.body.dataset.backend,
         }));
+        cpu.push(1000 * (browserCpuSeconds(process.pid) - cpuBefore));
         times.push(result.ms);
         backend = result.backend;
         await context.close();
       }
       console.log(
-        `${model.padEnd(16)} ${setup.padEnd(7)} first image ${median(times).toFixed(0).padStart(6)} ms (median of ${rounds}: ${times.map((t) => t.toFixed(0)).join(", ")}) on ${backend}`,
+        `${model.padEnd(16)} ${setup.padEnd(7)} first image ${median(times).toFixed(0).padStart(6)} ms (median of ${rounds}: ${times.map((t) => t.toFixed(0)).join(", ")}), browser CPU time ${median(cpu).toFixed(0)} ms, on ${backend}`,
       );
     }
   }
