@@ -93,7 +93,8 @@ if ((train)); then
         exit 1
     fi
     run=$(find "$runs" -mindepth 1 -maxdepth 1 -type d | head -1)
-    cp "$run/metrics.jsonl" "$out/metrics.jsonl"
+    [[ -f "$run/metrics.jsonl" ]] && cp "$run/metrics.jsonl" "$out/metrics.jsonl"  # none before the first log
+    [[ -f "$out/metrics.jsonl" ]] && { grep img_per_s "$out/metrics.jsonl" | tail -1 >>"$summary" || true; }
     cp -r "$run/images" "$out/images"
     python sampling.py --checkpoint "$run" "${device[@]}" --steps 1 4 --num_samples "$sample_count" \
         --dest_folder "$out/samples" | tee -a "$summary"
