@@ -14,6 +14,7 @@ import contextlib
 import functools
 import hashlib
 import io
+import json
 import logging
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ from .checkpoint import atomic_write
 from .families import family_name_of
 
 ONNX_FILES = {"encoder": "model_encoder.onnx", "decoder": "model_decoder.onnx"}
+ONNX_RECORD = "model_onnx.json"  # export_onnx's answer, written last: what index.json checks the files against
 OPSET = 20  # what torch's exporter emits by default here; onnxruntime-web 1.30 runs it
 EXAMPLE_BATCH = 2  # not 1: torch.export specialises a batch of 1 to a constant
 ONNX_FAMILIES = ("sphere", "psvae")
@@ -35,6 +37,10 @@ _logged_reasons: set[str] = set()
 
 class OnnxExportError(RuntimeError):
     """The exporter failed on a model of a family it handles."""
+
+
+class OnnxFileError(ValueError):
+    """An exported .onnx file is missing, truncated or changed since its export."""
 
 
 class _Decoder(nn.Module):
@@ -147,7 +153,9 @@ def export_onnx(
         blobs = {network: _exported(model, network) for network in networks}
     finally:
         model.train(was_training)
-    return {network: _write(Path(folder) / ONNX_FILES[network], blob) for network, blob in blobs.items()}
+    described = {network: _write(Path(folder) / ONNX_FILES[network], blob) for network, blob in blobs.items()}
+    _write(Path(folder) / ONNX_RECORD, (json.dumps(described, indent=1) + "\n").encode())
+    return described
 
 
 def _exported(model: nn.Module, network: str) -> bytes:
@@ -162,22 +170,53 @@ def _exported(model: nn.Module, network: str) -> bytes:
 
 
 def remove_onnx(folder: str | Path) -> list[Path]:
-    """Delete the folder's ONNX files (so none outlive the weights they were exported from); the paths removed."""
-    removed = [Path(folder) / name for name in ONNX_FILES.values() if (Path(folder) / name).is_file()]
+    """Delete the folder's ONNX files and their record (so none outlive the weights they were exported from);
+    the paths removed."""
+    paths = [Path(folder) / name for name in (ONNX_RECORD, *ONNX_FILES.values())]
+    removed = [path for path in paths if path.is_file()]
     for path in removed:
         path.unlink()
     return removed
 
 
 def describe_onnx(folder: str | Path, root: str | Path | None = None) -> dict | None:
-    """The index object of the ONNX files already in folder (file names relative to root, default folder), or
-    None when it holds no decoder file."""
+    """The index object of the ONNX files export_onnx wrote in folder (file names relative to root, default
+    folder), each checked against the size and SHA-256 recorded at export; None when the folder has no record.
+    OnnxFileError names a file that is missing, truncated or changed."""
     folder = Path(folder)
-    described = {}
-    for network, name in ONNX_FILES.items():
-        path = folder / name
-        if path.is_file():
-            blob = path.read_bytes()
-            file = path.relative_to(root).as_posix() if root is not None else name
-            described[network] = {"file": file, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
-    return described if "decoder" in described else None
+    try:
+        recorded = json.loads((folder / ONNX_RECORD).read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise OnnxFileError(
+            f"'{folder / ONNX_RECORD}' cannot be read ({error}); re-export it with export_weights.py"
+        ) from None
+    if not (
+        isinstance(recorded, dict)
+        and "decoder" in recorded
+        and set(recorded) <= set(ONNX_FILES)
+        and all(isinstance(entry, dict) for entry in recorded.values())
+    ):
+        raise OnnxFileError(
+            f"'{folder / ONNX_RECORD}' is not a record of export_onnx; re-export it with export_weights.py"
+        )
+    return {network: _checked(folder / ONNX_FILES[network], entry, root) for network, entry in recorded.items()}
+
+
+def _checked(path: Path, entry: dict, root: str | Path | None) -> dict:
+    """One recorded file's index object, after checking that the file on disk is the one exported."""
+    if not path.is_file():
+        raise OnnxFileError(f"'{path}' is missing; re-export it with export_weights.py")
+    blob = path.read_bytes()
+    if len(blob) != entry.get("bytes"):
+        raise OnnxFileError(
+            f"'{path}' is truncated or changed: {len(blob)} bytes, the export wrote {entry.get('bytes')}; "
+            "re-export it with export_weights.py"
+        )
+    if hashlib.sha256(blob).hexdigest() != entry.get("sha256"):
+        raise OnnxFileError(
+            f"'{path}' is corrupt (SHA-256 differs from the export's); re-export it with export_weights.py"
+        )
+    file = path.relative_to(root).as_posix() if root is not None else path.name
+    return {"file": file, "bytes": len(blob), "sha256": entry["sha256"]}

@@ -20,7 +20,7 @@ from models.layers import ConvResBlock
 
 from .checkpoint import atomic_write
 from .families import DEFAULT_FAMILY, FamilyError, WebExport, family_name_of, family_named, model_from_config
-from .onnx_export import describe_onnx, export_onnx, remove_onnx
+from .onnx_export import OnnxFileError, describe_onnx, export_onnx, remove_onnx
 
 FORMAT_NAME = "sphere-web"
 FORMAT_VERSION = "2"  # 2: __metadata__ carries data_sha256, the SHA-256 of the data section (docs §2)
@@ -668,8 +668,18 @@ def index_entry(model_dir: Path, root: Path) -> dict | None:
         "num_classes": config["num_classes"],
         "param_count": int(metadata.get("param_count", 0)),
         "modes": modes,
-        **({"onnx": {**onnx, "config": config}} if (onnx := describe_onnx(model_dir, root)) else {}),
+        **({"onnx": {**onnx, "config": config}} if (onnx := _listed_onnx(model_dir, root)) else {}),
     }
+
+
+def _listed_onnx(model_dir: Path, root: Path) -> dict | None:
+    """describe_onnx, or None with a warning for files that do not match their export (the model stays listed,
+    for the WebGPU path)."""
+    try:
+        return describe_onnx(model_dir, root)
+    except OnnxFileError as error:
+        warnings.warn(f"index.json leaves out the ONNX files of '{model_dir.name}': {error}", stacklevel=3)
+        return None
 
 
 def _listed(model_dir: Path, root: Path) -> dict | None:

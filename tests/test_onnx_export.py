@@ -15,8 +15,8 @@ import torch
 import export_weights
 from engine import onnx_export
 from engine.checkpoint import atomic_save
-from engine.onnx_export import ONNX_FILES, OnnxExportError, describe_onnx, export_onnx
-from engine.webformat import load_model_from_web_weights, read_web_weights
+from engine.onnx_export import ONNX_FILES, ONNX_RECORD, OnnxExportError, OnnxFileError, describe_onnx, export_onnx
+from engine.webformat import load_model_from_web_weights, read_web_weights, write_index
 from models import build_model
 from tests.helpers import perturb
 
@@ -109,6 +109,7 @@ def test_export_writes_both_networks_and_describes_them(exported):
         assert entry["file"] == ONNX_FILES[network] and entry["bytes"] == path.stat().st_size
         assert len(entry["sha256"]) == 64
     assert not list(folder.glob("*.tmp")), "atomic writes leave no temp files"
+    assert describe_onnx(folder) == described, "the record written with the files lists them as they are"
 
 
 @pytest.mark.parametrize("network", ["decoder", "encoder"])
@@ -200,13 +201,15 @@ def test_no_onnx_removes_the_files_of_an_earlier_export(site, tmp_path, capsys):
     argv = ["--checkpoint", str(site.parent / "results" / RUN), "--output_dir", str(out_dir), "--mode", "q8"]
     export_weights.main(export_weights.parse_args([*argv, "--no-onnx"]))
     assert not list(out_dir.glob("*.onnx")), "ONNX files of other weights must not stay beside the new ones"
+    assert not (out_dir / ONNX_RECORD).exists()
     assert "onnx:" not in capsys.readouterr().out
 
 
 def test_decoder_only_export(tmp_path):
     model = perturb(build_model("psvae_tiny", image_size=16, z_dim=8, decoder="upsample", channel_mults=(1, 2)))
     described = export_onnx(model.train(), tmp_path, networks=("decoder",))
-    assert set(described) == {"decoder"} and [p.name for p in tmp_path.iterdir()] == [ONNX_FILES["decoder"]]
+    assert set(described) == {"decoder"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([ONNX_FILES["decoder"], ONNX_RECORD])
     assert model.training, "export_onnx puts the model back in the mode it was given"
     assert describe_onnx(tmp_path) == described
     model.eval()
@@ -224,3 +227,22 @@ def test_exporter_failure_is_one_line_naming_the_fix(tmp_path, monkeypatch):
         export_onnx(build_model("convnet_tiny", image_size=16), tmp_path)
     assert "\n" not in str(caught.value) and "--no-onnx" in str(caught.value)
     assert not list(tmp_path.iterdir()), "nothing is written when an export fails"
+
+
+@pytest.mark.parametrize(
+    ("damage", "words"),
+    [
+        (lambda path: path.write_bytes(path.read_bytes()[:-100]), "is truncated or changed"),
+        (lambda path: path.write_bytes(path.read_bytes()[:-1] + b"\x00"), "is corrupt"),
+        (lambda path: path.unlink(), "is missing"),
+    ],
+)
+def test_a_damaged_onnx_file_is_named_and_left_out_of_the_index(site, tmp_path, damage, words):
+    """A copy cut short (or changed) after the export: the index keeps the model for WebGPU, without `onnx`."""
+    shutil.copytree(site, tmp_path / "site")
+    damage(tmp_path / "site" / "faces" / ONNX_FILES["encoder"])
+    with pytest.raises(OnnxFileError, match=f"model_encoder.onnx' {words}.*re-export"):
+        describe_onnx(tmp_path / "site" / "faces")
+    with pytest.warns(UserWarning, match=f"leaves out the ONNX files of 'faces'.*{words}"):
+        (entry,) = write_index(tmp_path / "site")
+    assert "onnx" not in entry and set(entry["modes"]) == {"fp32"}
