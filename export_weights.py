@@ -6,7 +6,8 @@ weight files for the WebGPU demo; a family without one is a one-line error.
 
 Writes <output_dir>/model_<mode>.safetensors per mode (all four when --mode is not given), and for Sphere Encoders
 and Power-Spherical VAEs <output_dir>/model_decoder.onnx and model_encoder.onnx (float32, any batch size: the page's
-CPU path runs them with onnxruntime-web; --no-onnx skips them), and nothing outside --output_dir, except
+CPU path runs them with onnxruntime-web) with model_onnx.json (their sizes and SHA-256; --no-onnx skips the three),
+and nothing outside --output_dir, except
 <index_root>/index.json when --index_root names the folder that holds --output_dir.
 Format, quantization and BatchNorm folding: docs/web_format.md; ONNX graph inputs and outputs: engine/onnx_export.py.
 """
