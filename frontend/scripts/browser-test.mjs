@@ -1,12 +1,16 @@
 // Parity tests in headless Chromium: serve the frontend with Vite on 127.0.0.1 (a secure context, which
 // WebGPU requires), open tests/browser/index.html, run window.runParityTests() and print one line per case.
-// Usage: node scripts/browser-test.mjs [--only vit_tiny16/q4] [--no-kernels]
+// --gemm tiled|direct opens the page with ?gemm=... (the GEMM of hardware GPUs or of software adapters; without it
+// the adapter picks: SwiftShader runs "direct", so --gemm tiled keeps the hardware path's parity checked here).
+// Usage: node scripts/browser-test.mjs [--only vit_tiny16/q4] [--no-kernels] [--gemm tiled|direct]
 import { createServer } from "vite";
 import { launchChromium } from "./chromium.mjs";
 
 const args = process.argv.slice(2);
 const only = args.includes("--only") ? args[args.indexOf("--only") + 1] : null;
 const kernels = !args.includes("--no-kernels");
+const gemm = args.includes("--gemm") ? args[args.indexOf("--gemm") + 1] : null;
+if (gemm !== null && gemm !== "tiled" && gemm !== "direct") throw new Error(`--gemm ${gemm}: expected tiled or direct`);
 
 const server = await createServer({
   configFile: false,
@@ -24,11 +28,11 @@ try {
   page.on("console", (message) => {
     if (message.type() === "error") console.error("console:", message.text());
   });
-  await page.goto(`${url}tests/browser/index.html`);
+  await page.goto(`${url}tests/browser/index.html${gemm ? `?gemm=${gemm}` : ""}`);
   await page.waitForFunction(() => "runParityTests" in window, null, { timeout: 60_000 });
   const started = Date.now();
   const { adapter, results } = await page.evaluate(({ only, kernels }) => window.runParityTests({ only, kernels }), { only, kernels });
-  console.log(`adapter: ${JSON.stringify(adapter)}`);
+  console.log(`adapter: ${JSON.stringify(adapter)}${gemm ? `, gemm forced: ${gemm}` : ""}`);
   for (const r of results) {
     const error = Number.isFinite(r.maxError) ? r.maxError.toExponential(2) : String(r.maxError);
     console.log(

@@ -142,9 +142,12 @@ export function alignedWeight(w: GpuMatrix): boolean {
 
 /** The generated part of the GEMM: how weights are decoded from their packed buffer (one and four k). */
 function weightLoader(w: GpuMatrix, aligned: boolean): { code: string; code4: string; params: Params } {
-  const half = (index: string) => `f16_to_f32((w[${index} >> 1u] >> ((${index} & 1u) * 16u)) & 0xffffu)`;
-  const scale = "f16_to_f32((ws[s >> 1u] >> ((s & 1u) * 16u)) & 0xffffu)";
-  const groups = { GROUP: u32(Math.max(w.groupSize, 1)), GROUPS: u32(Math.ceil(w.cols / Math.max(w.groupSize, 1))) };
+  // unpack2x16float decodes both halves of a word in one instruction (the even index is the low half)
+  const half = (index: string) => `pick_half(unpack2x16float(w[${index} >> 1u]), ${index})`;
+  const scale = "pick_half(unpack2x16float(ws[s >> 1u]), s)";
+  // the group size is a constant of the shader (a power of two becomes a shift): one pipeline per group size
+  const group = `${Math.max(w.groupSize, 1)}u`;
+  const groups = { GROUPS: u32(Math.ceil(w.cols / Math.max(w.groupSize, 1))) };
   const unused = "return vec4<f32>();";
   switch (w.encoding) {
     case "f32":
@@ -154,21 +157,19 @@ function weightLoader(w: GpuMatrix, aligned: boolean): { code: string; code4: st
     case "f16": // two halves per u32, the even index in the low half
       return {
         code: `let e = n * P.K + k;\n  return ${half("e")};`,
-        code4: `let e = n * P.K + k;
-  let lo = w[e >> 1u];
-  let hi = w[(e >> 1u) + 1u];
-  return vec4<f32>(f16_to_f32(lo & 0xffffu), f16_to_f32(lo >> 16u), f16_to_f32(hi & 0xffffu), f16_to_f32(hi >> 16u));`,
+        code4: `let i = (n * P.K + k) >> 1u;
+  return vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u]));`,
         params: {},
       };
     case "q8": // int8 two's complement, row-major (rows, cols), one fp16 scale per GROUP values along k
       return {
         code: `let e = n * P.K + k;
   let byte = (w[e >> 2u] >> ((e & 3u) * 8u)) & 0xffu;
-  let s = n * P.GROUPS + k / P.GROUP;
+  let s = n * P.GROUPS + k / ${group};
   return f32(i32(byte << 24u) >> 24u) * ${scale};`,
         code4: `let word = w[(n * P.K + k) >> 2u];
   let q = vec4<i32>(i32(word << 24u), i32(word << 16u), i32(word << 8u), i32(word)) >> vec4<u32>(24u);
-  let s = n * P.GROUPS + k / P.GROUP;
+  let s = n * P.GROUPS + k / ${group};
   return vec4<f32>(q) * ${scale};`,
         params: groups,
       };
@@ -176,12 +177,12 @@ function weightLoader(w: GpuMatrix, aligned: boolean): { code: string; code4: st
       return {
         code: `let addr = n * P.ROW_BYTES + (k >> 1u);
   let nibble = (w[addr >> 2u] >> ((addr & 3u) * 8u + (k & 1u) * 4u)) & 0xfu;
-  let s = n * P.GROUPS + k / P.GROUP;
+  let s = n * P.GROUPS + k / ${group};
   return f32(i32(nibble) - 8) * ${scale};`,
         code4: `let addr = n * P.ROW_BYTES + (k >> 1u); // even: the 4 nibbles are one 16-bit half of a word
   let bits = w[addr >> 2u] >> ((addr & 3u) * 8u);
   let q = vec4<i32>(vec4<u32>(bits, bits >> 4u, bits >> 8u, bits >> 12u) & vec4<u32>(0xfu)) - vec4<i32>(8);
-  let s = n * P.GROUPS + k / P.GROUP;
+  let s = n * P.GROUPS + k / ${group};
   return vec4<f32>(q) * ${scale};`,
         params: { ...groups, ROW_BYTES: u32(Math.ceil(w.cols / 2)) },
       };

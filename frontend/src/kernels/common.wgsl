@@ -12,6 +12,11 @@ fn f16_to_f32(h: u32) -> f32 {
   return select(select(normal, special, exponent == 31u), select(tiny, -tiny, sign != 0u), exponent == 0u);
 }
 
+// One half of an unpack2x16float pair: the low one for an even index i, the high one for an odd i
+fn pick_half(v: vec2<f32>, i: u32) -> f32 {
+  return select(v.x, v.y, (i & 1u) != 0u);
+}
+
 fn silu(x: f32) -> f32 {
   return x / (1.0 + exp(-x));
 }
