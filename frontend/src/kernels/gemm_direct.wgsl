@@ -1,9 +1,9 @@
 // GEMM main for software adapters (SwiftShader, llvmpipe...), appended to gemm.wgsl: no workgroup memory and no
 // barrier (emulated lanes make each barrier a context switch of every lane group, and workgroup memory is the
 // same RAM as storage). Each thread loads its rows of A and 4 rows of W four k at a time straight from the
-// storage buffers and keeps a vec4 partial dot product per output (reduced once at the end): no dynamic
-// indexing of arrays or vector components. On the FAST path a thread takes 8 rows x 4 columns (12 loads per
-// 32 vector FMAs), elsewhere two 4x4 blocks. Rows past M and columns past N
+// storage buffers: no dynamic indexing of arrays or vector components. On the FAST path a thread takes 8 rows x
+// 4 columns (12 loads per 32 dot products) with a scalar accumulator per output; elsewhere two 4x4 blocks with a
+// vec4 partial dot product per output (reduced once at the end). Rows past M and columns past N
 // read row M - 1 / column N - 1 and are never stored.
 
 // FAST: A rows (optionally through SiLU) or token-mixing columns, and W, read four k at a time (K a multiple
@@ -128,6 +128,11 @@ fn general_block(row0: u32, col0: u32) {
 
 // 8x4 block on the FAST path: each W column decoded once per 8 rows (fp16 / q8 / q4 decoding costs more than
 // the f32 A loads, so a thread takes more rows than columns)
+// c + dot(a, w) as a chain of FMAs (scalar accumulators: a quarter of the registers of vec4 partial sums)
+fn dot_acc(a: vec4<f32>, w: vec4<f32>, c: f32) -> f32 {
+  return fma(a.w, w.w, fma(a.z, w.z, fma(a.y, w.y, fma(a.x, w.x, c))));
+}
+
 fn fast_block(row0: u32, col0: u32) {
   let K4 = P.K >> 2u;
   let b0 = a_base(min(row0 + 0u, P.M - 1u));
@@ -142,44 +147,44 @@ fn fast_block(row0: u32, col0: u32) {
   let n1 = min(col0 + 1u, P.N - 1u);
   let n2 = min(col0 + 2u, P.N - 1u);
   let n3 = min(col0 + 3u, P.N - 1u);
-  var c00 = vec4<f32>(); var c01 = vec4<f32>(); var c02 = vec4<f32>(); var c03 = vec4<f32>();
-  var c10 = vec4<f32>(); var c11 = vec4<f32>(); var c12 = vec4<f32>(); var c13 = vec4<f32>();
-  var c20 = vec4<f32>(); var c21 = vec4<f32>(); var c22 = vec4<f32>(); var c23 = vec4<f32>();
-  var c30 = vec4<f32>(); var c31 = vec4<f32>(); var c32 = vec4<f32>(); var c33 = vec4<f32>();
-  var c40 = vec4<f32>(); var c41 = vec4<f32>(); var c42 = vec4<f32>(); var c43 = vec4<f32>();
-  var c50 = vec4<f32>(); var c51 = vec4<f32>(); var c52 = vec4<f32>(); var c53 = vec4<f32>();
-  var c60 = vec4<f32>(); var c61 = vec4<f32>(); var c62 = vec4<f32>(); var c63 = vec4<f32>();
-  var c70 = vec4<f32>(); var c71 = vec4<f32>(); var c72 = vec4<f32>(); var c73 = vec4<f32>();
+  var c00 = 0.0; var c01 = 0.0; var c02 = 0.0; var c03 = 0.0;
+  var c10 = 0.0; var c11 = 0.0; var c12 = 0.0; var c13 = 0.0;
+  var c20 = 0.0; var c21 = 0.0; var c22 = 0.0; var c23 = 0.0;
+  var c30 = 0.0; var c31 = 0.0; var c32 = 0.0; var c33 = 0.0;
+  var c40 = 0.0; var c41 = 0.0; var c42 = 0.0; var c43 = 0.0;
+  var c50 = 0.0; var c51 = 0.0; var c52 = 0.0; var c53 = 0.0;
+  var c60 = 0.0; var c61 = 0.0; var c62 = 0.0; var c63 = 0.0;
+  var c70 = 0.0; var c71 = 0.0; var c72 = 0.0; var c73 = 0.0;
   for (var k = 0u; k < K4; k++) {
     let w0 = w4_at(n0, k);
     let w1 = w4_at(n1, k);
     let w2 = w4_at(n2, k);
     let w3 = w4_at(n3, k);
     let a0 = a4_at(b0, k);
-    c00 = fma(a0, w0, c00); c01 = fma(a0, w1, c01); c02 = fma(a0, w2, c02); c03 = fma(a0, w3, c03);
+    c00 = dot_acc(a0, w0, c00); c01 = dot_acc(a0, w1, c01); c02 = dot_acc(a0, w2, c02); c03 = dot_acc(a0, w3, c03);
     let a1 = a4_at(b1, k);
-    c10 = fma(a1, w0, c10); c11 = fma(a1, w1, c11); c12 = fma(a1, w2, c12); c13 = fma(a1, w3, c13);
+    c10 = dot_acc(a1, w0, c10); c11 = dot_acc(a1, w1, c11); c12 = dot_acc(a1, w2, c12); c13 = dot_acc(a1, w3, c13);
     let a2 = a4_at(b2, k);
-    c20 = fma(a2, w0, c20); c21 = fma(a2, w1, c21); c22 = fma(a2, w2, c22); c23 = fma(a2, w3, c23);
+    c20 = dot_acc(a2, w0, c20); c21 = dot_acc(a2, w1, c21); c22 = dot_acc(a2, w2, c22); c23 = dot_acc(a2, w3, c23);
     let a3 = a4_at(b3, k);
-    c30 = fma(a3, w0, c30); c31 = fma(a3, w1, c31); c32 = fma(a3, w2, c32); c33 = fma(a3, w3, c33);
+    c30 = dot_acc(a3, w0, c30); c31 = dot_acc(a3, w1, c31); c32 = dot_acc(a3, w2, c32); c33 = dot_acc(a3, w3, c33);
     let a4 = a4_at(b4, k);
-    c40 = fma(a4, w0, c40); c41 = fma(a4, w1, c41); c42 = fma(a4, w2, c42); c43 = fma(a4, w3, c43);
+    c40 = dot_acc(a4, w0, c40); c41 = dot_acc(a4, w1, c41); c42 = dot_acc(a4, w2, c42); c43 = dot_acc(a4, w3, c43);
     let a5 = a4_at(b5, k);
-    c50 = fma(a5, w0, c50); c51 = fma(a5, w1, c51); c52 = fma(a5, w2, c52); c53 = fma(a5, w3, c53);
+    c50 = dot_acc(a5, w0, c50); c51 = dot_acc(a5, w1, c51); c52 = dot_acc(a5, w2, c52); c53 = dot_acc(a5, w3, c53);
     let a6 = a4_at(b6, k);
-    c60 = fma(a6, w0, c60); c61 = fma(a6, w1, c61); c62 = fma(a6, w2, c62); c63 = fma(a6, w3, c63);
+    c60 = dot_acc(a6, w0, c60); c61 = dot_acc(a6, w1, c61); c62 = dot_acc(a6, w2, c62); c63 = dot_acc(a6, w3, c63);
     let a7 = a4_at(b7, k);
-    c70 = fma(a7, w0, c70); c71 = fma(a7, w1, c71); c72 = fma(a7, w2, c72); c73 = fma(a7, w3, c73);
+    c70 = dot_acc(a7, w0, c70); c71 = dot_acc(a7, w1, c71); c72 = dot_acc(a7, w2, c72); c73 = dot_acc(a7, w3, c73);
   }
-  store_row(row0 + 0u, col0, vec4<f32>(sum4(c00), sum4(c01), sum4(c02), sum4(c03)));
-  store_row(row0 + 1u, col0, vec4<f32>(sum4(c10), sum4(c11), sum4(c12), sum4(c13)));
-  store_row(row0 + 2u, col0, vec4<f32>(sum4(c20), sum4(c21), sum4(c22), sum4(c23)));
-  store_row(row0 + 3u, col0, vec4<f32>(sum4(c30), sum4(c31), sum4(c32), sum4(c33)));
-  store_row(row0 + 4u, col0, vec4<f32>(sum4(c40), sum4(c41), sum4(c42), sum4(c43)));
-  store_row(row0 + 5u, col0, vec4<f32>(sum4(c50), sum4(c51), sum4(c52), sum4(c53)));
-  store_row(row0 + 6u, col0, vec4<f32>(sum4(c60), sum4(c61), sum4(c62), sum4(c63)));
-  store_row(row0 + 7u, col0, vec4<f32>(sum4(c70), sum4(c71), sum4(c72), sum4(c73)));
+  store_row(row0 + 0u, col0, vec4<f32>(c00, c01, c02, c03));
+  store_row(row0 + 1u, col0, vec4<f32>(c10, c11, c12, c13));
+  store_row(row0 + 2u, col0, vec4<f32>(c20, c21, c22, c23));
+  store_row(row0 + 3u, col0, vec4<f32>(c30, c31, c32, c33));
+  store_row(row0 + 4u, col0, vec4<f32>(c40, c41, c42, c43));
+  store_row(row0 + 5u, col0, vec4<f32>(c50, c51, c52, c53));
+  store_row(row0 + 6u, col0, vec4<f32>(c60, c61, c62, c63));
+  store_row(row0 + 7u, col0, vec4<f32>(c70, c71, c72, c73));
 }
 
 // A 32x32 tile per workgroup of 8x4 threads, each thread 8 rows x 4 columns (two 4x4 blocks off the FAST path)
