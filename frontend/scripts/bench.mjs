@@ -1,9 +1,11 @@
 // Latency of the page's WebGPU kernels against onnxruntime-web (WebGPU and WebAssembly) on the same model's ONNX
 // files and against PyTorch on the CPU (1 thread and torch's default), batch --batch, in headless Chromium.
-// Per model, every runner is called once per round, rounds interleaved (page fp32, fp16, q8, q4, ORT WebGPU,
-// ORT wasm, torch 1 thread, torch default, then the next round), so a load spike from other processes hits
+// Per model, every runner is called once per round, rounds interleaved (page fp32, fp16, q8, q4 on WebGPU, the
+// page's CPU path (onnxruntime-web wasm through src/ort.ts, when index.json lists ONNX files), ORT WebGPU, ORT
+// wasm, torch 1 thread, torch default, then the next round), so a load spike from other processes hits
 // every runner alike; each call is timed from input upload to the result back on the CPU (PyTorch: the call).
-// Prints median [p25–p75] and min per runner and the ratio page/ORT-WebGPU of medians; --json FILE writes it all.
+// Prints median [p25–p75] and min per runner and the ratio of medians page/ORT-WebGPU (page cpu: page/ORT-wasm);
+// --json FILE writes it all.
 // Models: --models DIR (a folder with index.json, as batch_export.py writes), default public/models/ when it
 // has an index.json, else test-results/bench-models/ (npm run bench:models), else the tiny test fixtures.
 // ONNX files: model_decoder.onnx / model_encoder.onnx beside a model's web files (ORT rows are skipped without).
@@ -91,10 +93,15 @@ function installBench({ batch, wasmThreads }) {
       return state.gpu.adapter;
     },
     async initOrt() {
-      state.ort = await import("/ort/ort.webgpu.min.mjs");
-      state.ort.env.wasm.wasmPaths = "/ort/";
-      state.ort.env.wasm.numThreads = wasmThreads;
-      return state.ort.env.versions?.web ?? "";
+      // two builds, as an application would pick them: the WebGPU bundle (its wasm is the JSEP build), and the
+      // plain wasm build for the CPU rows (the one the page's CPU path uses)
+      state.ort = { webgpu: await import("/ort/ort.webgpu.min.mjs"), wasm: await import("/ort/ort.wasm.min.mjs") };
+      for (const ort of Object.values(state.ort)) {
+        ort.env.wasm.wasmPaths = "/ort/";
+        ort.env.wasm.numThreads = wasmThreads;
+        ort.env.logLevel = "error"; // not the warning that shape ops stay on the CPU
+      }
+      return state.ort.wasm.env.versions?.web ?? "";
     },
     /** Load the page model of one mode; returns its runner names. */
     async loadPage(name, part, file) {
@@ -115,9 +122,28 @@ function installBench({ batch, wasmThreads }) {
       state.runners.set(name, { run: () => timed(run), dispose: () => model.dispose() });
       return true;
     },
+    /** The page's CPU path (src/ort.ts + src/cpu_model.ts, as the page builds it) on an index entry's ONNX files. */
+    async loadPageCpu(name, part, onnx, entryName) {
+      const { onnxModel } = await import("/src/ort.ts");
+      const { Random } = await import("/src/rng.ts");
+      const { randomPoint } = await import("/src/sphere.ts");
+      const fetchBytes = async (file) => (await fetch(`/bench-models/${file.file}`)).arrayBuffer();
+      const model = await onnxModel(onnx, fetchBytes, entryName);
+      if (part === "encode" && !model.canEncode) {
+        await model.dispose();
+        return false;
+      }
+      const random = new Random(1);
+      const latents = new Float32Array(batch * model.latentSize);
+      for (let i = 0; i < batch; i++) latents.set(randomPoint(model.latentSize, random, model.radius), i * model.latentSize);
+      const images = new Float32Array(batch * model.imageSize).map(() => random.uniform() * 2 - 1);
+      const run = part === "decode" ? () => model.decode(latents) : () => model.encode(images);
+      state.runners.set(name, { run: () => timed(run), dispose: () => model.dispose() });
+      return true;
+    },
     /** An onnxruntime-web session on `provider` ("webgpu" | "wasm") for one ONNX file. */
     async loadOrt(name, file, provider, numClasses) {
-      const ort = state.ort;
+      const ort = state.ort[provider];
       const bytes = new Uint8Array(await (await fetch(`/bench-models/${file}`)).arrayBuffer());
       const session = await ort.InferenceSession.create(bytes, { executionProviders: [provider], graphOptimizationLevel: "all" });
       const feeds = {};
@@ -299,6 +325,12 @@ async function benchmark(page, index) {
         if (await page.evaluate((a) => window.bench.loadPage(...a), [`page ${mode}`, part, file.file])) runners.push(`page ${mode}`);
       }
       if (!runners.length) continue; // a decoder-only file asked to encode
+      if (
+        settings.ort &&
+        entry.onnx &&
+        (await page.evaluate((a) => window.bench.loadPageCpu(...a), ["page cpu", part, entry.onnx, entry.name]))
+      )
+        runners.push("page cpu");
       const network = part === "decode" ? "decoder" : "encoder";
       const onnx = entry.onnx?.[network]?.file ?? path.posix.join(folder, `model_${network}.onnx`); // index.json's, else beside the web files
       if (settings.ort && fs.existsSync(path.join(modelsDir, onnx))) {
@@ -324,9 +356,9 @@ async function benchmark(page, index) {
       const stats = Object.fromEntries(runners.map((r) => [r, summary(times[r])]));
       const reference = stats["ort webgpu"];
       console.log(
-        `${entry.name} ${part} (${entry.param_count ? `${(entry.param_count / 1e6).toFixed(2)}M params, ` : ""}ratio = median / ORT WebGPU's)`,
+        `${entry.name} ${part} (${entry.param_count ? `${(entry.param_count / 1e6).toFixed(2)}M params, ` : ""}ratio = median / ORT WebGPU's; page cpu: / ORT wasm's)`,
       );
-      for (const runner of runners) printRow(runner, stats[runner], reference);
+      for (const runner of runners) printRow(runner, stats[runner], runner === "page cpu" ? stats["ort wasm"] : reference);
       results.models.push({ model: entry.name, part, stats });
     }
   }
