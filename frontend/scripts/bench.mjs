@@ -86,6 +86,22 @@ function installBench({ batch, wasmThreads }) {
     await fn();
     return performance.now() - start;
   };
+  /** A runner timing a page model's decode (of points of its sphere) or encode (of random images). */
+  const addModelRunner = async (name, part, model) => {
+    if (part === "encode" && !model.canEncode) {
+      await model.dispose();
+      return false;
+    }
+    const { Random } = await import("/src/rng.ts");
+    const { randomPoint } = await import("/src/sphere.ts");
+    const random = new Random(1);
+    const latents = new Float32Array(batch * model.latentSize);
+    for (let i = 0; i < batch; i++) latents.set(randomPoint(model.latentSize, random, model.radius), i * model.latentSize);
+    const images = new Float32Array(batch * model.imageSize).map(() => random.uniform() * 2 - 1);
+    const run = part === "decode" ? () => model.decode(latents) : () => model.encode(images);
+    state.runners.set(name, { run: () => timed(run), dispose: () => model.dispose() });
+    return true;
+  };
   window.bench = {
     async init() {
       const { Gpu } = await import("/src/gpu.ts");
@@ -103,43 +119,17 @@ function installBench({ batch, wasmThreads }) {
       }
       return state.ort.wasm.env.versions?.web ?? "";
     },
-    /** Load the page model of one mode; returns its runner names. */
+    /** Load the page model of one mode (on WebGPU); false when it cannot run `part`. */
     async loadPage(name, part, file) {
       const { loadModel } = await import("/src/family.ts");
-      const { Random } = await import("/src/rng.ts");
-      const { randomPoint } = await import("/src/sphere.ts");
       const buffer = await (await fetch(`/bench-models/${file}`)).arrayBuffer();
-      const model = await loadModel(state.gpu, buffer, file);
-      if (part === "encode" && !model.canEncode) {
-        await model.dispose();
-        return false;
-      }
-      const random = new Random(1);
-      const latents = new Float32Array(batch * model.latentSize);
-      for (let i = 0; i < batch; i++) latents.set(randomPoint(model.latentSize, random, model.radius), i * model.latentSize);
-      const images = new Float32Array(batch * model.imageSize).map(() => random.uniform() * 2 - 1);
-      const run = part === "decode" ? () => model.decode(latents) : () => model.encode(images);
-      state.runners.set(name, { run: () => timed(run), dispose: () => model.dispose() });
-      return true;
+      return addModelRunner(name, part, await loadModel(state.gpu, buffer, file));
     },
     /** The page's CPU path (src/ort.ts + src/cpu_model.ts, as the page builds it) on an index entry's ONNX files. */
     async loadPageCpu(name, part, onnx, entryName) {
       const { onnxModel } = await import("/src/ort.ts");
-      const { Random } = await import("/src/rng.ts");
-      const { randomPoint } = await import("/src/sphere.ts");
       const fetchBytes = async (file) => (await fetch(`/bench-models/${file.file}`)).arrayBuffer();
-      const model = await onnxModel(onnx, fetchBytes, entryName);
-      if (part === "encode" && !model.canEncode) {
-        await model.dispose();
-        return false;
-      }
-      const random = new Random(1);
-      const latents = new Float32Array(batch * model.latentSize);
-      for (let i = 0; i < batch; i++) latents.set(randomPoint(model.latentSize, random, model.radius), i * model.latentSize);
-      const images = new Float32Array(batch * model.imageSize).map(() => random.uniform() * 2 - 1);
-      const run = part === "decode" ? () => model.decode(latents) : () => model.encode(images);
-      state.runners.set(name, { run: () => timed(run), dispose: () => model.dispose() });
-      return true;
+      return addModelRunner(name, part, await onnxModel(onnx, fetchBytes, entryName));
     },
     /** An onnxruntime-web session on `provider` ("webgpu" | "wasm") for one ONNX file. */
     async loadOrt(name, file, provider, numClasses) {

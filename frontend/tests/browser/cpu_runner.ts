@@ -6,23 +6,9 @@
  * onnxruntime-web session on the same file, interleaved. scripts/cpu-parity.mjs drives this page.
  */
 
-import { parseSafetensors, tensorToFloat32 } from "../../src/format";
 import type { CpuModel } from "../../src/cpu_model";
 import { cpuThreads, loadOrt, onnxModel, type OnnxFile, type OnnxIndex } from "../../src/ort";
-
-interface Result {
-  name: string;
-  ok: boolean;
-  maxError: number;
-  tolerance: number;
-  ms: number;
-  detail?: string;
-}
-
-type Tensors = Map<string, Float32Array>;
-
-// As tests/browser/runner.ts: references are PyTorch float32 on the same weights; what is left is summation order.
-const TOLERANCE = { model: 1e-4, chained: 5e-4 };
+import { TOLERANCE, fetchTensors, get, maxAbsDiff, refusal, type Result, type Tensors } from "./fixtures";
 
 interface Manifest {
   guidance: number;
@@ -33,29 +19,6 @@ interface Manifest {
 interface Entry {
   name: string;
   onnx?: OnnxIndex;
-}
-
-async function fetchTensors(url: string): Promise<Tensors> {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`fixture ${url}: HTTP ${response.status} (run scripts/make_fixtures.py)`);
-  const file = parseSafetensors(await response.arrayBuffer(), url);
-  return new Map([...file.tensors].map(([name, entry]) => [name, tensorToFloat32(entry)]));
-}
-
-function get(tensors: Tensors, name: string): Float32Array {
-  const value = tensors.get(name);
-  if (!value) throw new Error(`fixture lacks tensor '${name}'`);
-  return value;
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  if (a.length !== b.length) return Infinity;
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d;
-  }
-  return worst;
 }
 
 const median = (values: number[]): number => {
@@ -82,14 +45,6 @@ class Harness {
   record(name: string, ok: boolean, detail: string): void {
     this.results.push({ name, ok, maxError: 0, tolerance: 0, ms: 0, detail });
   }
-}
-
-/** The message of a call that must fail, or "no error". */
-function refusal(call: () => Promise<unknown>): Promise<string> {
-  return call().then(
-    () => "no error",
-    (error) => String((error as Error)?.message ?? error),
-  );
 }
 
 async function fullChecks(h: Harness, tag: string, model: CpuModel, ref: Tensors, labels: number[] | undefined, manifest: Manifest) {

@@ -5,58 +5,13 @@
  */
 
 import { Gpu, Workspace, encodeSteps, type Step } from "../../src/gpu";
-import { parseSafetensors, tensorToFloat32 } from "../../src/format";
 import * as ops from "../../src/ops";
 import { loadModel } from "../../src/family";
 import type { WebModel } from "../../src/model";
 import { LDMModel, timeFeatures, type LDMSampleOptions } from "../../src/ldm";
 import { SOMARModel } from "../../src/somar";
 import { VQVAEModel } from "../../src/vqvae";
-
-interface Result {
-  name: string;
-  ok: boolean;
-  maxError: number;
-  tolerance: number;
-  ms: number;
-  detail?: string;
-}
-
-type Tensors = Map<string, Float32Array>;
-
-// Tolerances (max absolute error). The references are PyTorch float32 on the DEQUANTIZED weights of each
-// file, so quantization error is not in them: what is left is float32 summation order and our erf/exp.
-// Measured on SwiftShader: kernels <= 1.2e-6, one pass <= 8e-6, chained <= 4.3e-5; the bounds leave ~10x.
-export const TOLERANCE = {
-  kernel: 1e-5, // single ops on O(1) values
-  model: 1e-4, // one encoder or decoder pass (outputs in [-1, 1], latents O(1))
-  chained: 5e-4, // sample (3 steps, guided 2) / reconstruct (2 steps): errors grow through re-encoding
-};
-
-async function fetchTensors(url: string): Promise<Tensors> {
-  const response = await fetch(url);
-  if (!response.ok) throw new Error(`fixture ${url}: HTTP ${response.status} (run scripts/make_fixtures.py)`);
-  const file = parseSafetensors(await response.arrayBuffer(), url);
-  const out: Tensors = new Map();
-  for (const [name, entry] of file.tensors) out.set(name, tensorToFloat32(entry));
-  return out;
-}
-
-function get(tensors: Tensors, name: string): Float32Array {
-  const value = tensors.get(name);
-  if (!value) throw new Error(`fixture lacks tensor '${name}'`);
-  return value;
-}
-
-function maxAbsDiff(a: Float32Array, b: Float32Array): number {
-  if (a.length !== b.length) return Infinity;
-  let worst = 0;
-  for (let i = 0; i < a.length; i++) {
-    const d = Math.abs(a[i] - b[i]);
-    if (!(d <= worst)) worst = Number.isNaN(d) ? Infinity : d;
-  }
-  return worst;
-}
+import { TOLERANCE, fetchTensors, get, maxAbsDiff, refusal, type Result, type Tensors } from "./fixtures";
 
 const bitsToBytes = (bits: Float32Array, bytesPer: 1 | 2): Uint8Array => {
   const out = new Uint8Array(bits.length * bytesPer);
@@ -453,14 +408,6 @@ async function somarChecks(h: Harness, tag: string, model: SOMARModel, ref: Tens
     message,
   );
   await reuseChecks(h, tag, model, () => model.decodeTokens(get(ref, "random_tokens")), first);
-}
-
-/** The message of a call that must fail, or "no error". */
-function refusal(call: () => Promise<unknown>): Promise<string> {
-  return call().then(
-    () => "no error",
-    (error) => String((error as Error)?.message ?? error),
-  );
 }
 
 /** An ldm autoencoder: the posterior mean, decode of latents, reconstruction; sampling refused. */
