@@ -9,120 +9,64 @@
  * reconstruct (decode(encode(x)), clamped). Priors over a vqvae's tokens are refused in one line.
  */
 
-import { vqvaeGrid, type LDMConfig, type SOMARConfig, type VQVAEConfig } from "./config";
+import type { LDMConfig, SOMARConfig, VQVAEConfig } from "./config";
 import { parseWeightFile, readParameter, WebFormatError, type WeightFile } from "./format";
 import type { Gpu, Workspace } from "./gpu";
 import { GraphBuilder, type GraphIO, type NetworkTraits } from "./graph";
 import { aeDecoder, aeEncoderHead, buildAutoencoderGraphs, type AutoencoderShape } from "./graph_ldm";
 import { decodeLatentGraph, encodeLatentGraph, type NormGroups } from "./graph_vqvae";
-import { WebModel, type Graphs, type Timings } from "./model";
-import { UnsupportedModelError } from "./psvae";
+import { WebModel, type Graphs } from "./model";
 import { normalizedRows } from "./tokenmap";
 import {
-  atlasGeometry,
-  atlasMaps,
-  atlasPicture,
-  gridColors,
-  middleToken,
-  nearestUnits,
-  patchify,
-  patchLayout,
-  tokenMaps,
-  tokenRegion,
-  type AtlasGeometry,
-  type PatchLayout,
-} from "./somar_grid";
+  reconstructThroughTokens,
+  requireCodebook,
+  SOMAR_CANNOT_SAMPLE,
+  SomarCodebook,
+  checkSomarConfig,
+  somarAutoencoder,
+  type Atlas,
+  type SOMARPageModel,
+  type SomarReconstruction,
+} from "./somar_core";
+import type { PatchLayout } from "./somar_grid";
 
-export const SOMAR_KINDS = ["autoencoder", "codebook", "prior"] as const;
+export { SOMAR_CANNOT_SAMPLE, SOMAR_KINDS, somarUnsupported } from "./somar_core";
+export type { Atlas, SomarReconstruction } from "./somar_core";
+
 const TRAITS: NetworkTraits = { numClasses: 0, condDim: 0, norm: "group" };
-const ATLAS_BATCH = 16; // units decoded per pass when drawing the atlas (one session size, bounded memory)
 
-/** Why a file of each kind has no Generate button (models/somar.py cannot_sample_reason; the prior's: not in the page). */
-export const SOMAR_CANNOT_SAMPLE: Record<SOMARConfig["kind"], string> = {
-  autoencoder: "a stage-1 autoencoder: its somar_prior_* model samples",
-  codebook: "a stage-2 codebook: its somar_prior_* model samples; here you paint token grids with its units instead",
-  prior: "the prior does not run in this page (optional in the web format): paint token grids with its codebook's units instead",
-};
-
-/** Why the page does not show a somar model whose codebook is of this family (null when it does): a prior over a vqvae's tokens. */
-export function somarUnsupported(codebookFamily: string | null | undefined): string | null {
-  if (codebookFamily === "vqvae") {
-    return "a somar prior over a vqvae's tokens is not shown in this page (the prior does not run here; load the vqvae's own file to reconstruct through its tokens)";
-  }
-  return null;
-}
-
-export interface SomarReconstruction {
-  images: Float32Array; // (n, C, S, S) in [-1, 1]
-  tokens: Int32Array | null; // (n, N) units of the finest level; null for an autoencoder file
-  timings: Timings;
-}
-
-export interface Atlas {
-  picture: Float32Array; // (C, height, width) in [-1, 1]
-  geometry: AtlasGeometry;
-}
-
-/** The codebook stage of a file's config: its own (codebook), the saved one or its own fields (prior); null for kind autoencoder. */
-function codebookConfig(cfg: SOMARConfig): SOMARConfig | null {
-  if (cfg.kind === "autoencoder") return null;
-  if (cfg.kind === "codebook") return cfg;
-  return (cfg.codebook as SOMARConfig | null) ?? { ...cfg, kind: "codebook", codebook: null };
-}
-
-export class SOMARModel extends WebModel<SOMARConfig> {
+export class SOMARModel extends WebModel<SOMARConfig> implements SOMARPageModel {
   readonly latentShape: number[]; // the autoencoder's latent map (C, h, w)
   readonly latentSize: number;
   readonly radius = 1; // unused: no sphere
   readonly canEncode = true;
   readonly canSample = false;
   readonly cannotSample: string;
-  readonly layout: PatchLayout | null; // the finest level's patches; null for an autoencoder file
+  readonly codebook: SomarCodebook | null; // the finest level; null for an autoencoder file
+  readonly layout: PatchLayout | null;
   readonly units: number; // K of the finest level
-  readonly codes: Float32Array; // (K, D), as stored (F16 outside fp32 files, exactly as the Python reader)
+  readonly codes: Float32Array; // (K, D)
   readonly grid: Float32Array; // (K, 2) SOM grid (row, col) of each unit
   readonly autoencoderFamily: "somar" | "ldm" | "vqvae";
   private ae: AutoencoderShape; // a vqvae's config when autoencoderFamily is "vqvae"
   private prefix: string; // of the autoencoder's encoder/decoder tensors
-  private colors: Float32Array | null = null;
 
   private constructor(gpu: Gpu, file: WeightFile, source: string) {
     super(gpu, file);
     const cfg = this.config;
-    const codebook = codebookConfig(cfg);
+    const autoencoder = somarAutoencoder(cfg);
     this.cannotSample = SOMAR_CANNOT_SAMPLE[cfg.kind];
-    this.autoencoderFamily = codebook?.autoencoder_family ?? "somar";
-    this.ae = (codebook?.autoencoder as unknown as AutoencoderShape | null) ?? codebook ?? cfg;
+    this.autoencoderFamily = autoencoder.family;
+    this.ae = autoencoder.config as unknown as AutoencoderShape;
     this.prefix = { autoencoder: "", codebook: "autoencoder.net.", prior: "codebook.autoencoder.net." }[cfg.kind];
-    if (this.autoencoderFamily === "vqvae") {
-      const vq = this.ae as unknown as VQVAEConfig;
-      this.latentShape = [vq.codebook_dim, vqvaeGrid(vq), vqvaeGrid(vq)]; // SOMARConfig.map_shape
-    } else {
-      const side = this.ae.image_size / 2 ** (this.ae.ae_mults.length - 1);
-      this.latentShape = [this.ae.latent_channels, side, side];
-    }
+    this.latentShape = autoencoder.latentShape;
     this.latentSize = this.latentShape[0] * this.latentShape[1] * this.latentShape[2];
-    [this.layout, this.units, this.codes, this.grid] = [null, 0, new Float32Array(0), new Float32Array(0)];
-    if (codebook) [this.layout, this.units, this.codes, this.grid] = this.readLevel(codebook, source);
-  }
-
-  /** The finest level's layout, unit count, codes and grid, checked against the config. */
-  private readLevel(codebook: SOMARConfig, source: string): [PatchLayout, number, Float32Array, Float32Array] {
-    const level = codebook.level_patches.length - 1;
-    const layout = patchLayout(this.latentShape, codebook.level_patches[level]);
-    const somPrefix = this.config.kind === "prior" ? "codebook.levels." : "levels.";
-    const codes = readParameter(this.file, `${somPrefix}${level}.codes`);
-    const units = codebook.level_sizes[level];
-    if (codes.shape.length !== 2 || codes.shape[0] !== units || codes.shape[1] !== layout.dim) {
-      throw new WebFormatError(
-        `'${source}': '${somPrefix}${level}.codes' has shape [${codes.shape}] but the config implies [${units}, ${layout.dim}]`,
-      );
-    }
-    const grid = readParameter(this.file, `${somPrefix}${level}.grid`);
-    if (grid.shape.length !== 2 || grid.shape[0] !== units || grid.shape[1] !== 2) {
-      throw new WebFormatError(`'${source}': '${somPrefix}${level}.grid' has shape [${grid.shape}], expected [${units}, 2]`);
-    }
-    return [layout, units, codes.data, grid.data];
+    const read = (name: string) => readParameter(this.file, name);
+    this.codebook = cfg.kind === "autoencoder" ? null : new SomarCodebook(cfg, this.latentShape, read, source);
+    this.layout = this.codebook?.layout ?? null;
+    this.units = this.codebook?.units ?? 0;
+    this.codes = this.codebook?.codes ?? new Float32Array(0);
+    this.grid = this.codebook?.grid ?? new Float32Array(0);
   }
 
   /** Parse and verify a sphere-web file holding a somar model, and build the batch-1 graphs. */
@@ -134,11 +78,7 @@ export class SOMARModel extends WebModel<SOMARConfig> {
   static fromFile(gpu: Gpu, file: WeightFile, source = "weights"): SOMARModel {
     const cfg = file.config;
     if (cfg.family !== "somar") throw new WebFormatError(`'${source}' holds a '${cfg.family}' model, not a somar model`);
-    if (!(SOMAR_KINDS as readonly string[]).includes(cfg.kind))
-      throw new WebFormatError(`'${source}' has unknown somar kind '${cfg.kind}'`);
-    const codebook = codebookConfig(cfg);
-    const unsupported = somarUnsupported((codebook as { family?: string } | null)?.family);
-    if (unsupported) throw new UnsupportedModelError(`'${source}': ${unsupported}`);
+    checkSomarConfig(cfg, source);
     return new SOMARModel(gpu, file, source).checkBuilds();
   }
 
@@ -175,20 +115,14 @@ export class SOMARModel extends WebModel<SOMARConfig> {
     return Promise.reject(new Error(this.cannotSample));
   }
 
-  private requireCodebook(): PatchLayout {
-    if (!this.layout) throw new Error("a somar autoencoder file has no codebook: it reconstructs, it has no tokens");
-    return this.layout;
-  }
-
   /** Units (n, N) of latent maps (n, C, h, w): each patch's best-matching unit of the finest level. */
   tokensOf(maps: Float32Array): Int32Array {
-    const layout = this.requireCodebook();
-    return nearestUnits(patchify(maps, layout), this.codes, layout.dim);
+    return requireCodebook(this.codebook).tokensOf(maps);
   }
 
   /** Images (n, C, S, S) in [-1, 1] of token grids (n, N) (SOMARCodebook.decode_tokens of the finest level). */
   decodeTokens(tokens: ArrayLike<number>): Promise<Float32Array> {
-    return this.decode(tokenMaps(tokens, this.codes, this.requireCodebook()));
+    return this.decode(requireCodebook(this.codebook).mapsOf(tokens));
   }
 
   /** Units (n, N) of images: encoded on the GPU, matched on the CPU (SOMARCodebook.tokenize's finest level). */
@@ -198,46 +132,29 @@ export class SOMARModel extends WebModel<SOMARConfig> {
 
   /** Images through their tokens (SOMARCodebook.reconstruct; an autoencoder file: decode(encode(x))), the tokens, times. */
   async reconstruct(images: Float32Array): Promise<SomarReconstruction> {
-    const start = performance.now();
-    const maps = await this.encode(images);
-    const tokens = this.layout ? this.tokensOf(maps) : null;
-    const encodeMs = performance.now() - start;
-    const out = await this.decode(tokens ? tokenMaps(tokens, this.codes, this.layout!) : maps);
-    this.lastTimings = { encodeMs, decodeMs: performance.now() - start - encodeMs, totalMs: performance.now() - start };
-    return { images: out, tokens, timings: this.lastTimings };
+    const out = await reconstructThroughTokens(
+      images,
+      this.codebook,
+      (x) => this.encode(x),
+      (maps) => this.decode(maps),
+    );
+    this.lastTimings = out.timings;
+    return out;
   }
 
   /** The finest level's atlas (SOMARCodebook.codebook_atlas): every unit decoded, cropped and placed on its grid cell. */
-  async atlas(): Promise<Atlas> {
-    const layout = this.requireCodebook();
-    const maps = atlasMaps(this.codes, layout);
-    const count = this.config.in_channels * this.config.image_size ** 2;
-    const images = new Float32Array(this.units * count);
-    const batch = Math.min(ATLAS_BATCH, this.units);
-    for (let first = 0; first < this.units; first += batch) {
-      const chunk = new Float32Array(batch * this.latentSize); // the last one padded with zero maps: one session size
-      chunk.set(maps.subarray(first * this.latentSize, Math.min(this.units, first + batch) * this.latentSize));
-      const decoded = await this.decode(chunk);
-      images.set(decoded.subarray(0, Math.min(batch, this.units - first) * count), first * count);
-    }
-    const region = tokenRegion(layout, this.config.image_size, middleToken(layout));
-    const geometry = atlasGeometry(this.grid, region.height, region.width);
-    return { picture: atlasPicture(images, this.config.in_channels, this.config.image_size, region, this.grid, geometry), geometry };
+  atlas(): Promise<Atlas> {
+    return requireCodebook(this.codebook).atlas((maps) => this.decode(maps));
   }
 
   /** (K, 3) colours in [-1, 1] of the units by their SOM grid place (a token map's colours). */
   unitColors(): Float32Array {
-    this.colors ??= gridColors(this.grid);
-    return this.colors;
+    return requireCodebook(this.codebook).unitColors();
   }
 
   /** The token map (3, rows, cols) in [-1, 1] of one token grid (N,): each unit in its colour. */
   tokenMap(tokens: ArrayLike<number>): Float32Array {
-    const colors = this.unitColors();
-    const n = this.requireCodebook().tokens;
-    const out = new Float32Array(3 * n);
-    for (let t = 0; t < n; t++) for (let c = 0; c < 3; c++) out[c * n + t] = colors[tokens[t] * 3 + c];
-    return out;
+    return requireCodebook(this.codebook).tokenMap(tokens);
   }
 }
 
