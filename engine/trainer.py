@@ -330,6 +330,7 @@ class Trainer:
         self.epoch_logs, self.window_logs = LogSums(), LogSums()  # the epoch's logged terms; those since the last log
         self.window_start, self.window_images = time.perf_counter(), 0  # when the window began, images trained in it
         self.last_checkpoint: tuple[Path, int] | None = None  # (file, step) of the last checkpoint written or loaded
+        self.hub = None  # rank 0's engine.hub.HubPusher under --push_to_hub: pushes at each checkpoint interval
         self.guard = NonFiniteGuard(info.device)
         self.skips_on_device = bool(optimizer.defaults.get("fused"))  # fused AdamW reads found_inf on the device
         if self.skips_on_device:
@@ -402,6 +403,8 @@ class Trainer:
         if failure is not None:
             raise TrainingError(failure)
         self.last_checkpoint = (self.run_dir / "checkpoints" / "checkpoint_latest.pth", self.state.step)
+        if self.hub is not None and epoch_file:  # returns at once: the upload runs in the background
+            self.hub.push(self.ema.model, self.state.step, self.state.epoch)
 
     def write_checkpoints(self, rng_states: list[dict], epoch_file: bool) -> str | None:
         """Rank 0's atomic writes; the failure message, or None when every file was written."""
