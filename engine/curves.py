@@ -1,11 +1,14 @@
-"""Line charts of a run's metrics.jsonl, drawn with Pillow alone, refreshed at every epoch end: the codebook usage
-picture of a tokenizer run (images/codebook_usage.png) and a diffusion run's loss per timestep bin by epoch
-(images/timestep_loss.png)."""
+"""A run's metrics.jsonl as curves: the Pillow line charts refreshed at every epoch end (a tokenizer run's codebook
+usage, images/codebook_usage.png; a diffusion run's loss per timestep bin by epoch, images/timestep_loss.png), and the
+series, panels and smoothing behind the matplotlib curves sheet (engine/plot.py: images/curves.png, python -m
+engine.plot)."""
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -118,3 +121,132 @@ def write_timestep_chart(metrics_path: Path, out_path: Path) -> Path | None:
     chart = line_chart(series, "diffusion loss per timestep bin (1 = smallest t)", (0.0, y_max), x_label="bin")
     chart.save(out_path)
     return out_path
+
+
+# ---- the curves sheet's data (drawn by engine/plot.py) ------------------------------------------------------------
+NOT_PLOTTED = ("step", "epoch", "fid_samples")  # the x axis and bookkeeping; t_bin_k have their own chart
+AUTO_WINDOW_FRACTION = 0.02  # auto smoothing: the EMA's time constant is 2% of a series' points, at any run length
+
+
+@dataclass
+class Curve:
+    """One metrics.jsonl key of one run: the steps and values of the lines holding it (NaN/Inf kept). `dense`
+    curves come from the per-step log lines (noisy batch means: drawn faint with a smoothing line), the others from
+    evaluations and epoch statistics (each point already a mean: drawn as markers)."""
+
+    steps: list[float] = field(default_factory=list)
+    values: list[float] = field(default_factory=list)
+    dense: bool = True
+
+
+@dataclass
+class Panel:
+    """One plot of the sheet: its title, the keys drawn in it (one line style each), whether its y axis may turn
+    logarithmic (losses, gradient norms and FIDs that span more than a decade) and whether its per-step values are
+    noisy enough to smooth (not the learning rate or peak memory, which are exact: an EMA would only shift them)."""
+
+    title: str
+    keys: list[str]
+    may_log: bool = True
+    smooth: bool = True
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON objects of a metrics.jsonl, in order; unreadable lines (a torn last line) are skipped."""
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int | float):
+            records.append(record)
+    return records
+
+
+def plotted_value(key: str, value) -> bool:
+    """A number (not a flag, not bookkeeping, not a timestep bin) worth a curve."""
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    return numeric and key not in NOT_PLOTTED and not key.startswith("t_bin_")
+
+
+def run_curves(records: list[dict]) -> dict[str, Curve]:
+    """{key: Curve} in order of first appearance; a key is dense when it comes from per-step lines (they log
+    `loss`). A key whose every value is 0 (a loss term switched off by a zero weight) is left out."""
+    curves: dict[str, Curve] = {}
+    for record in records:
+        for key, value in record.items():
+            if plotted_value(key, value):
+                curve = curves.setdefault(key, Curve(dense="loss" in record))
+                curve.steps.append(float(record["step"]))
+                curve.values.append(float(value))
+    return {key: curve for key, curve in curves.items() if any(value != 0 for value in curve.values)}
+
+
+def panels_for(keys: list[str], sparse: set[str]) -> list[Panel]:
+    """The sheet's panels for these keys (first-appearance order; `sparse`: those not from per-step lines): the
+    total loss and each other per-step term, the learning rate (its groups when named), gradient norm, throughput,
+    memory, reconstruction PSNR, the quick FIDs of every step count together, then the other evaluations and epoch
+    statistics (e.g. codebook_usage)."""
+    fixed = {
+        "grad_norm": Panel("gradient norm (before clipping)", ["grad_norm"]),
+        "img_per_s": Panel("throughput (images/s)", ["img_per_s"], may_log=False),
+        "peak_mem_mb": Panel("peak memory (MiB)", ["peak_mem_mb"], may_log=False, smooth=False),
+        "recon_psnr": Panel("reconstruction PSNR (dB, EMA weights)", ["recon_psnr"], may_log=False),
+    }
+    lr_groups = [key for key in keys if key.startswith("lr_")]
+    fids = sorted((key for key in keys if key.startswith("fid_")), key=fid_steps)
+    rest = [key for key in keys if key not in {"lr", *lr_groups, *fids, *fixed}]
+    panels = [Panel("loss (total)" if key == "loss" else key, [key]) for key in rest if key not in sparse]
+    if "lr" in keys or lr_groups:
+        panels.append(Panel("learning rate", lr_groups or ["lr"], may_log=False, smooth=False))
+    panels += [panel for key, panel in fixed.items() if key in keys]
+    panels += [Panel("quick FID", fids)] if fids else []
+    return panels + [Panel(key, [key]) for key in rest if key in sparse]
+
+
+def fid_steps(key: str) -> int:
+    """The step count of a fid_<N>step key (0 when it has none)."""
+    digits = key.removeprefix("fid_").removesuffix("step")
+    return int(digits) if digits.isdigit() else 0
+
+
+def series_label(key: str) -> str:
+    """A line's name inside a panel of several keys: 'encoder' for lr_encoder, '2 steps' for fid_2step."""
+    if key.startswith("lr_"):
+        return key.removeprefix("lr_")
+    if key.startswith("fid_") and fid_steps(key):
+        count = fid_steps(key)
+        return f"{count} step{'s' if count > 1 else ''}"
+    return key
+
+
+def select_keys(keys: list[str], patterns: list[str] | None) -> list[str]:
+    """The keys matching any of the shell-style patterns (all keys when there are none); ValueError naming a
+    pattern that matches nothing."""
+    if not patterns:
+        return keys
+    for pattern in patterns:
+        if not fnmatch.filter(keys, pattern):
+            raise ValueError(f"--keys {pattern}: no run logs a matching key; logged keys: {', '.join(keys)}")
+    return [key for key in keys if any(fnmatch.fnmatchcase(key, pattern) for pattern in patterns)]
+
+
+def auto_smoothing(count: int) -> float:
+    """EMA weight whose time constant 1/(1-w) is AUTO_WINDOW_FRACTION of `count` points (0: no smoothing for
+    short series), so a curve looks equally smooth whatever the run's length."""
+    window = AUTO_WINDOW_FRACTION * count
+    return 1.0 - 1.0 / window if window > 1 else 0.0
+
+
+def ema(values: list[float], weight: float) -> list[float]:
+    """Debiased exponential moving average (TensorBoard's smoothing): s_i = w s_(i-1) + (1-w) x_i from s_0 = 0,
+    divided by 1 - w^i so the first points are not pulled towards 0. Non-finite values are skipped (NaN out)."""
+    smoothed, state, finite = [], 0.0, 0
+    for value in values:
+        if not math.isfinite(value):
+            smoothed.append(math.nan)
+            continue
+        state, finite = weight * state + (1 - weight) * value, finite + 1
+        smoothed.append(state / (1 - weight**finite))
+    return smoothed
