@@ -31,6 +31,8 @@ from .distributed import DistInfo, any_rank, barrier, broadcast_object, gather_o
 from .globe import end_of_training_globe
 from .images import render_eval_images, render_verdict
 from .optim import EMA, load_optimizer_state
+from .plot import write_curves
+from .tensorboard import open_tensorboard
 
 CPU_DATA_BUDGET = 2 * 2**30  # bytes of stacked items kept in host memory by default (CIFAR-10 at 32 px: 0.6 GB)
 
@@ -326,6 +328,8 @@ class Trainer:
         self.dataset, self.settings, self.info = dataset, settings, info
         self.eval_dataset = dataset if eval_dataset is None else eval_dataset  # reconstructions: held out if any
         self.run_dir, self.run_config, self.logger, self.metrics = run_dir, run_config, logger, metrics
+        tensorboard = info.is_main and run_config.get("train", {}).get("tensorboard", False)
+        self.tensorboard = open_tensorboard(run_dir, logger) if tensorboard else None  # None: off or not installed
         self.state = TrainState()
         self.epoch_logs, self.window_logs = LogSums(), LogSums()  # the epoch's logged terms; those since the last log
         self.window_start, self.window_images = time.perf_counter(), 0  # when the window began, images trained in it
@@ -609,11 +613,17 @@ class Trainer:
             "img_per_s": images_per_second,
             "peak_mem_mb": peak_memory_mb(self.info.device),
         }
-        self.metrics.write(record)
+        self.write_metrics(record)
         bar.set_postfix(loss=f"{logs['loss']:.4f}", img_s=f"{images_per_second:.0f}")
 
+    def write_metrics(self, record: dict) -> None:
+        """A metrics.jsonl line, and its numbers as TensorBoard scalars with --tensorboard."""
+        self.metrics.write(record)
+        if self.tensorboard is not None:
+            self.tensorboard.scalars(record)
+
     def end_epoch(self) -> None:
-        """Epoch bookkeeping: counters, renders, FID, checkpoints."""
+        """Epoch bookkeeping: counters, renders, FID, checkpoints, and the curves picture after an evaluation."""
         self.state.epoch += 1
         self.state.step_in_epoch = 0
         epoch, settings = self.state.epoch, self.settings
@@ -624,15 +634,28 @@ class Trainer:
         done = f"epoch {epoch}/{settings.epochs} done (step {self.state.step})"
         self.logger.info(done + (summary and f": {summary}"))
         if stats:
-            self.metrics.write({"step": self.state.step, "epoch": epoch, **stats})
+            self.write_metrics({"step": self.state.step, "epoch": epoch, **stats})
         self.chart_usage()  # draws nothing for a run that logs neither usage nor timestep bins
-        if self.info.is_main and (epoch % settings.eval_every_epochs == 0 or last):
+        evaluate = epoch % settings.eval_every_epochs == 0 or last
+        fid = bool(settings.fid_every_epochs) and (epoch % settings.fid_every_epochs == 0 or last)
+        if self.info.is_main and evaluate:
             self.render(epoch)
         if self.info.is_main and last:
             self.render_globe(epoch)
-        if settings.fid_every_epochs and (epoch % settings.fid_every_epochs == 0 or last):
+        if fid:
             self.quick_fid(epoch)
         self.save(epoch_file=epoch % settings.ckpt_every_epochs == 0 or last)
+        if self.info.is_main and (evaluate or fid):
+            self.draw_curves()
+        if self.tensorboard is not None and last:
+            self.tensorboard.close()
+
+    def draw_curves(self) -> None:
+        """images/curves.png redrawn from metrics.jsonl (engine/plot.py); a failure is a warning, never a stop."""
+        try:
+            write_curves(self.run_dir)
+        except Exception as error:  # a picture must not end a run; matplotlib's errors share no narrower base
+            self.logger.warning(f"images/curves.png not drawn ({type(error).__name__}: {error}); training goes on")
 
     def chart_usage(self) -> None:
         """images/codebook_usage.png and timestep_loss.png, redrawn from metrics.jsonl at each epoch end of a run that
@@ -649,12 +672,14 @@ class Trainer:
         value = render_eval_images(self.ema.model, dataset, self.run_dir / "images", epoch, count, self.info.device)
         split = getattr(dataset, "split", "all")
         self.render_verdict(epoch)
+        if self.tensorboard is not None:
+            self.tensorboard.images(self.run_dir / "images", epoch, self.state.step)
         if value is None:
             self.logger.info(f"epoch {epoch}: samples rendered (EMA; this model cannot reconstruct)")
             return
         images = f"{min(count, len(dataset))} {'held-out' if split == 'test' else 'training'} images"
         self.logger.info(f"epoch {epoch}: reconstruction PSNR {value:.2f} dB on {images} (EMA, 1 step)")
-        self.metrics.write({"step": self.state.step, "epoch": epoch, "recon_psnr": value, "recon_split": split})
+        self.write_metrics({"step": self.state.step, "epoch": epoch, "recon_psnr": value, "recon_split": split})
 
     def render_verdict(self, epoch: int) -> None:
         """For a loss with a patch discriminator that has started: epoch_N_verdict.png and its mean verdicts."""
@@ -692,7 +717,7 @@ class Trainer:
                     inception_weights=self.settings.inception_weights,
                     cache_dir=str(self.run_dir.parent / "fid_stats"),
                 )
-                self.metrics.write(
+                self.write_metrics(
                     {
                         "step": self.state.step,
                         "epoch": epoch,
