@@ -35,6 +35,18 @@ def add_family_flag_groups(parser: argparse.ArgumentParser) -> dict[str, set[str
     return owned
 
 
+def add_tracker_flags(parser: argparse.ArgumentParser) -> None:
+    """Optional trackers, beside the metrics.jsonl and images/curves.png that every run writes."""
+    trackers = parser.add_argument_group("trackers", "beside metrics.jsonl and images/curves.png, always written")
+    trackers.add_argument(
+        "--tensorboard",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also write TensorBoard event files to <run>/tensorboard (every metrics line as scalars, the evaluation "
+        "pictures as images; rank 0); needs the tensorboard package; a resumed run keeps its setting",
+    )
+
+
 def on_gpu(device: str) -> bool:
     return device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
 
