@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import tempfile
@@ -17,6 +18,7 @@ from .families import FamilyError, model_from_config, with_family
 REQUIRED_KEYS = ("model", "config", "step", "epoch")
 RESUME_KEYS = ("model", "ema", "optimizer", "scheduler")  # what continuing a run needs beyond REQUIRED_KEYS
 TEMP_GLOB = ".*.tmp"  # atomic_write's temp files: .<name>.<random>.tmp
+PUSHED_WEIGHTS, PUSHED_CONFIG = "model.safetensors", "config.json"  # what training.py --push_to_hub uploads
 
 
 class CheckpointError(RuntimeError):
@@ -61,20 +63,59 @@ def remove_stale_temp_files(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def hub_cache_hint(path: Path) -> str:
+    """The fix for a bad file: for one in the Hugging Face cache (snapshots/<commit>/...), deleting its download."""
+    repo = next((parent for parent in path.parents if parent.name.startswith("models--")), None)
+    if repo is None or "snapshots" not in path.parts:
+        return "use another checkpoint (e.g. checkpoint_epoch_N.pth of the same run)"
+    return f"delete its download from the Hugging Face cache ({repo}) and run again to fetch it anew"
+
+
+def load_pushed_checkpoint(path: Path, map_location="cpu") -> dict:
+    """The checkpoint dict of the model.safetensors (EMA weights; step and epoch in its metadata) and config.json
+    (the run's) that training.py --push_to_hub uploads; no optimizer state, so it samples but does not resume."""
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), "pt") as file:
+            metadata = file.metadata() or {}
+        state = load_file(str(path), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as error:
+        reason = str(error).splitlines()[0][:120]
+        raise CheckpointError(f"'{path}' is unreadable or truncated ({reason}); {hub_cache_hint(path)}") from None
+    if metadata.get("weights") not in ("ema", "model") or "step" not in metadata:
+        raise CheckpointError(
+            f"'{path}' is a safetensors file but not the model.safetensors of training.py --push_to_hub (no step or "
+            "weights in its metadata); pass a web file to sampling.py --weights, or a checkpoint_*.pth"
+        )
+    try:
+        config = json.loads(path.with_name(PUSHED_CONFIG).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise CheckpointError(
+            f"'{path.with_name(PUSHED_CONFIG)}' beside '{path.name}' is missing or unreadable "
+            f"({error.__class__.__name__}); it holds the run's config: {hub_cache_hint(path)}"
+        ) from None
+    step, epoch = int(metadata["step"]), int(metadata.get("epoch", 0))
+    return {"model": state, "ema": None, "config": config, "step": step, "epoch": epoch, "weights": metadata["weights"]}
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
-    """Load with weights_only=True; one-line CheckpointError for missing, truncated or foreign files."""
+    """Load with weights_only=True; one-line CheckpointError for missing, truncated or foreign files. A
+    model.safetensors beside a config.json (training.py --push_to_hub's files) loads as a weights-only checkpoint."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint '{path}' does not exist; pass --checkpoint with a file under "
             "results/<run>/checkpoints/ or train one with training.py"
         )
+    if path.suffix == ".safetensors":
+        return load_pushed_checkpoint(path, map_location)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise CheckpointError(
-            f"checkpoint '{path}' is unreadable or truncated ({error.__class__.__name__}); "
-            "use another checkpoint (e.g. checkpoint_epoch_N.pth of the same run)"
+            f"checkpoint '{path}' is unreadable or truncated ({error.__class__.__name__}); {hub_cache_hint(path)}"
         ) from None
     missing = [key for key in REQUIRED_KEYS if not isinstance(ckpt, dict) or key not in ckpt]
     if missing:
