@@ -13,6 +13,7 @@ import torch
 
 from .checkpoint import CheckpointError, find_latest_checkpoint
 from .families import family_name_of
+from .hub import cached_repo_name, is_hub_path, resolve_hub_checkpoint
 from .runs import LATEST_CHECKPOINT
 
 LATEST = LATEST_CHECKPOINT  # results/<run>/checkpoints/checkpoint_latest.pth
@@ -85,9 +86,12 @@ def check_device(name: str) -> torch.device:
 
 def resolve_checkpoint(checkpoint: str | Path | None, results_dir: str | Path = "results") -> Path:
     """--checkpoint as a file: a file as given, a run folder (or its checkpoints/) -> its checkpoint_latest.pth,
-    None -> the newest run's under results_dir. A missing file is left for load_checkpoint to report."""
+    None -> the newest run's under results_dir, hf://OWNER/NAME[@REV][/FILE] -> its copy in the Hugging Face cache
+    (engine/hub.py). A missing file is left for load_checkpoint to report."""
     if checkpoint is None:
         return find_latest_checkpoint(results_dir)
+    if is_hub_path(checkpoint):
+        return resolve_hub_checkpoint(checkpoint)
     path = Path(checkpoint)
     if not path.is_dir():
         return path
@@ -100,7 +104,10 @@ def resolve_checkpoint(checkpoint: str | Path | None, results_dir: str | Path = 
 
 
 def source_folder_name(path: Path) -> str:
-    """Name of what a weight file belongs to: the run of results/<run>/checkpoints/x.pth, else its folder."""
+    """Name of what a weight file belongs to: the run of results/<run>/checkpoints/x.pth, OWNER--NAME of a file
+    from the Hub's cache, else its folder."""
+    if cached_repo_name(path):
+        return cached_repo_name(path)
     path = path.resolve()
     return path.parent.parent.name if path.parent.name == LATEST.parts[0] else path.parent.name
 
