@@ -48,6 +48,7 @@ from engine.data import AUTO, DATA_KINDS, SIGNAL_NORMS, DatasetError, build_data
 from engine.distributed import DeviceError, DistInfo, distributed  # noqa: E402
 from engine.families import DEFAULT_FAMILY, family_of_model  # noqa: E402
 from engine.flags import ConfigError  # noqa: E402
+from engine.hub import add_hub_flags, pusher_for  # noqa: E402
 from engine.optim import EMA, build_optimizer, build_scheduler, scaled_lr  # noqa: E402
 from engine.runs import LATEST_CHECKPOINT, MetricsWriter, dataset_options, setup_logger  # noqa: E402
 from engine.setup import (  # noqa: E402
@@ -279,7 +280,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, set[str]]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    for add_flags in (add_data_and_model_flags, add_optim_flags, add_config_flags, add_run_flags):
+    for add_flags in (add_data_and_model_flags, add_optim_flags, add_config_flags, add_run_flags, add_hub_flags):
         add_flags(parser)
     return parser, add_family_flag_groups(parser)
 
@@ -447,6 +448,7 @@ def main(args: argparse.Namespace) -> Path:
             train_items,
         )
         start(trainer, resume, args, logger)
+        trainer.hub = pusher_for(args, run_dir, run_config, logger) if info.is_main else None
         params = sum(p.numel() for p in model.parameters())
         logger.info(
             f"run {run_dir} | {args.model_type} {params / 1e6:.2f}M params | dataset {dataset.name} "
@@ -456,6 +458,8 @@ def main(args: argparse.Namespace) -> Path:
         )
         state = trainer.fit()
         logger.info(f"finished at epoch {state.epoch}, step {state.step}: {run_dir}")
+        if trainer.hub is not None:
+            trainer.hub.finish()  # waits (bounded) for the last upload and says where it went
         return run_dir
 
 
