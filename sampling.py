@@ -53,6 +53,7 @@ from engine.globe import (
     save_atlas,
     save_maps,
 )
+from engine.hub import local_path
 from engine.images import (
     first_items,
     per_image_generators,
@@ -123,9 +124,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     source = parser.add_mutually_exclusive_group()
     source.add_argument(
-        "--checkpoint", default=None, help="a checkpoint file or a run folder (its latest); default: the latest run"
+        "--checkpoint",
+        default=None,
+        help="a checkpoint file, a run folder (its latest) or hf://OWNER/NAME[@REV][/FILE]; default: the latest run",
     )
-    source.add_argument("--weights", default=None, help="an exported web weight file (export_weights.py)")
+    source.add_argument(
+        "--weights", default=None, help="an exported web weight file (export_weights.py) or hf://OWNER/NAME[@REV]/FILE"
+    )
     parser.add_argument("--results_dir", default="results")
     parser.add_argument(
         "--dest_folder", default="samples", help="outputs go to <dest_folder>/<run or model folder>/<file stem>/"
@@ -203,7 +208,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def weights_file(args) -> Path:
     """The file to load: --weights, --checkpoint (a file, or a run folder's latest) or the latest run's."""
-    return Path(args.weights) if args.weights else resolve_checkpoint(args.checkpoint, args.results_dir)
+    return local_path(args.weights) if args.weights else resolve_checkpoint(args.checkpoint, args.results_dir)
 
 
 @dataclass(frozen=True)
