@@ -36,6 +36,7 @@ from engine.cli import (
 )
 from engine.data import DatasetError, build_dataset
 from engine.families import cannot_sample_reason, takes_signals
+from engine.hub import cached_repo_name
 from engine.images import per_image_generators, plot_signals, reconstruct_at_steps, save_grid
 from engine.inception import InceptionFeatures, InceptionWeightsError, build_inception, images_to_uint8
 from engine.metrics import (
@@ -73,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     model = parser.add_argument_group("model")
     model.add_argument(
-        "--checkpoint", default=None, help="a checkpoint file or a run folder (its latest); default: the latest run"
+        "--checkpoint",
+        default=None,
+        help="a checkpoint file, a run folder (its latest) or hf://OWNER/NAME[@REV][/FILE]; default: the latest run",
     )
     model.add_argument("--results_dir", default="results", help="where to look for the latest run")
     model.add_argument("--ema", action=argparse.BooleanOptionalAction, default=True, help="--no-ema: raw weights")
@@ -156,13 +159,17 @@ def format_table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_dir_of(checkpoint: Path) -> Path:
+def run_dir_of(checkpoint: Path, results_dir: str | Path = "results") -> Path:
+    """The run folder of a checkpoint; <results_dir>/hub/<owner>--<name>/ for one from the Hub cache (not the cache)."""
+    if cached_repo_name(checkpoint):
+        return Path(results_dir) / "hub" / cached_repo_name(checkpoint)
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 
-def write_records(records: list[dict], checkpoint: Path, out: str | None) -> Path:
+def write_records(records: list[dict], checkpoint: Path, out: str | None, results_dir: str | Path = "results") -> Path:
     """Append to <run>/eval.jsonl; write the whole list to `out` as JSON if given. Returns the jsonl path."""
-    jsonl = run_dir_of(checkpoint) / "eval.jsonl"
+    jsonl = run_dir_of(checkpoint, results_dir) / "eval.jsonl"
+    jsonl.parent.mkdir(parents=True, exist_ok=True)
     with open(jsonl, "a") as file:
         file.writelines(json.dumps(record) + "\n" for record in records)
     if out:
@@ -459,7 +466,7 @@ def main(args: argparse.Namespace) -> list[dict]:
     ) as error:
         raise SystemExit(f"error: {error}") from None
     print(format_table(records))
-    print(f"appended {len(records)} results to {write_records(records, checkpoint, args.out)}")
+    print(f"appended {len(records)} results to {write_records(records, checkpoint, args.out, args.results_dir)}")
     return records
 
 
