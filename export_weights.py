@@ -28,7 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint",
         default=None,
-        help="a checkpoint (.pth) or a run folder (its latest); default: the latest run under --results_dir",
+        help="a checkpoint (.pth), a run folder (its latest) or hf://OWNER/NAME[@REV][/FILE]; default: the latest run "
+        "under --results_dir",
     )
     parser.add_argument("--results_dir", default="results", help="where to look when --checkpoint is not given")
     parser.add_argument("--output_dir", required=True, help="model folder, e.g. frontend/public/models/<name>")
