@@ -2,6 +2,7 @@
 
     python batch_export.py                                   # the latest run of each dataset under results/
     python batch_export.py results/cifar10_<stamp> results/ffhq_<stamp>/checkpoints/checkpoint_epoch_40.pth
+    python batch_export.py hf://alice/sphere-cifar10 --push_to_hub alice/sphere-web   # the page: ?hub=alice/sphere-web
 
 Each run goes to <output_root>/<run name>/model_<mode>.safetensors, plus model_decoder.onnx and model_encoder.onnx
 for Sphere Encoders and Power-Spherical VAEs (--no-onnx skips them); <output_root>/index.json then lists every
@@ -19,6 +20,7 @@ from pathlib import Path
 from engine.checkpoint import CheckpointError
 from engine.cli import LATEST, InputError, check_output_dir, int_in_range, resolve_checkpoint, source_folder_name
 from engine.families import DEFAULT_FAMILY
+from engine.hub import hub_folder_name, is_hub_path, push_web_files, repo_id_arg, repo_url
 from engine.onnx_export import OnnxExportError
 from engine.runs import read_run_config
 from engine.webformat import MAX_GROUP_SIZE, MODES, WebFormatError, export_checkpoint, web_export_of, write_index
@@ -31,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "runs",
         nargs="*",
-        help="run folders or checkpoint files; default: the latest run of each dataset under --results_dir",
+        help="run folders, checkpoint files or hf://OWNER/NAME[@REV][/FILE]; default: the latest run of each dataset "
+        "under --results_dir",
     )
     parser.add_argument("--results_dir", default="results")
     parser.add_argument("--output_root", default="frontend/public/models")
@@ -44,6 +47,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="also write the ONNX files of the page's CPU path (default; --no-onnx skips them)",
     )
+    hub = parser.add_argument_group("Hugging Face Hub", "token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT")
+    hub.add_argument(
+        "--push_to_hub",
+        type=repo_id_arg,
+        default=None,
+        metavar="OWNER/NAME",
+        help="then upload index.json and every file it names to this model repository; the page loads them with "
+        "?hub=OWNER/NAME",
+    )
+    hub.add_argument("--hub_private", action=argparse.BooleanOptionalAction, default=False, help="create it private")
+    hub.add_argument("--hub_revision", default=None, help="branch to push to (created if missing); default main")
     return parser.parse_args(argv)
 
 
@@ -84,6 +98,8 @@ def resolve_run(run: str | Path) -> tuple[str, Path]:
     """(model folder name, checkpoint) for a run folder or a checkpoint file: <run> for its latest checkpoint,
     <run>_<stem without 'checkpoint_'> for another one, the file's stem outside a run folder."""
     path = resolve_checkpoint(run)
+    if is_hub_path(run):
+        return hub_folder_name(run), path
     if not path.is_file():
         raise CheckpointError(f"'{run}' does not exist; pass run folders (results/<run>) or checkpoint files")
     if path.parent.name != LATEST.parts[0]:
@@ -118,6 +134,9 @@ def export_runs(args: argparse.Namespace) -> list[dict]:
         print(f"{name}: {sizes}")
     entries = write_index(output_root)
     print(f"{output_root / 'index.json'}: {len(entries)} models")
+    if args.push_to_hub:
+        hub = push_web_files(output_root, args.push_to_hub, args.hub_private, args.hub_revision)
+        print(f"pushed to {repo_url(args.push_to_hub, args.hub_revision)}; open the page with ?hub={hub}")
     return entries
 
 
