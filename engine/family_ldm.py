@@ -47,7 +47,10 @@ KIND_WORDS["pixel"] = "pixel diffusion model (ddpm_*)"
 def add_ldm_flags(group: argparse._ArgumentGroup) -> None:
     """Stage-2 input, architecture, diffusion and autoencoder-loss flags (None: the size's default)."""
     group.add_argument(
-        "--autoencoder", default=None, metavar="RUN_OR_CHECKPOINT", help="ldm_*, somar_codebook_*: the stage-1 run"
+        "--autoencoder",
+        default=None,
+        metavar="RUN_OR_CHECKPOINT",
+        help="ldm_*, somar_codebook_*: the stage-1 run (a run folder, checkpoint file or hf://OWNER/NAME[@REV])",
     )
     group.add_argument("--ae_width", type=int, default=None, help="ldm_ae_*: channels of the first level")
     group.add_argument("--ae_mults", type=int, nargs="+", default=None, help="ldm_ae_*: multiplier per level")
