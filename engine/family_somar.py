@@ -48,7 +48,12 @@ HELDOUT_IMAGES = 256  # the prior's held-out token NLL per epoch: the first imag
 
 def add_somar_flags(group: argparse._ArgumentGroup) -> None:
     """Stage inputs, SOM and prior flags (None: the size's default); --autoencoder and --ae_* are ldm's, shared."""
-    group.add_argument("--codebook", default=None, metavar="RUN_OR_CHECKPOINT", help="somar_prior_*: the stage-2 run")
+    group.add_argument(
+        "--codebook",
+        default=None,
+        metavar="RUN_OR_CHECKPOINT",
+        help="somar_prior_*: the stage-2 run (a run folder, checkpoint file or hf://OWNER/NAME[@REV])",
+    )
     group.add_argument("--level_patches", type=int, nargs="+", default=None, help="patch side per level (0 = map)")
     group.add_argument("--level_sizes", type=int, nargs="+", default=None, help="SOM units per level")
     group.add_argument("--som_topology", choices=SOM_TOPOLOGIES, default=None, help="SOM grid (default 2d)")
