@@ -34,22 +34,82 @@ export interface CatalogEntry {
 }
 
 export const CACHE_NAME = "sphere-encoder-weights-v1";
+export const HUB_ENDPOINT = "https://huggingface.co"; // like huggingface_hub's default HF_ENDPOINT
+const HUB_REPO = /^([A-Za-z0-9][\w.-]*)\/([A-Za-z0-9][\w.-]*)(?:@(.+))?$/; // OWNER/NAME[@REVISION]
+const LOCAL_HOSTS = ["127.0.0.1", "localhost"];
 
-/** Fetch and check index.json; `base` is its folder URL (ending with /). */
-export async function loadCatalog(base: string): Promise<CatalogEntry[]> {
+/** The folder URL (ending with /) of a Hub model repository's files: ?hub=OWNER/NAME[@REVISION] (default main). */
+export function hubBase(spec: string, endpoint: string = HUB_ENDPOINT): string {
+  const match = HUB_REPO.exec(spec.trim());
+  if (!match) throw new Error(`?hub=${spec} is not a Hub repository: write ?hub=OWNER/NAME or ?hub=OWNER/NAME@REVISION`);
+  const revision = encodeURIComponent(match[3] ?? "main");
+  return `${endpoint.replace(/\/+$/, "")}/${match[1]}/${match[2]}/resolve/${revision}/`;
+}
+
+/** ?hub_endpoint= (like HF_ENDPOINT), honoured only for a server on this machine (tests, a local mirror). */
+export function hubEndpoint(value: string | null): string {
+  if (value === null) return HUB_ENDPOINT;
+  let url: URL | null = null;
+  try {
+    url = new URL(value);
+  } catch {
+    url = null;
+  }
+  if (!url || url.protocol !== "http:" || !LOCAL_HOSTS.includes(url.hostname)) {
+    throw new Error(`?hub_endpoint=${value} is only honoured for http://127.0.0.1 or http://localhost; drop it`);
+  }
+  return `${url.origin}${url.pathname}`;
+}
+
+/** Where index.json is read from: the Hub repository of ?hub= in `search` (the page's location.search), else `base`. */
+export function catalogBase(base: string, search: string): string {
+  const params = new URLSearchParams(search);
+  const hub = params.get("hub");
+  return hub === null ? base : hubBase(hub, hubEndpoint(params.get("hub_endpoint")));
+}
+
+/** A copy of `value` whose "file" fields (relative to index.json) are absolute URLs under `root`. */
+function withAbsoluteFiles<T>(value: T, root: string): T {
+  if (Array.isArray(value)) return value.map((item) => withAbsoluteFiles(item, root)) as T;
+  if (!value || typeof value !== "object") return value;
+  const entries = Object.entries(value).map(([key, item]) => [
+    key,
+    key === "file" && typeof item === "string" ? new URL(item, root).href : withAbsoluteFiles(item, root),
+  ]);
+  return Object.fromEntries(entries) as T;
+}
+
+function pageSearch(): string {
+  return typeof location === "undefined" ? "" : location.search;
+}
+
+/**
+ * Fetch and check index.json; `base` is its folder URL (ending with /). With ?hub=OWNER/NAME[@REVISION] in `search`
+ * (the page's URL by default) index.json comes from that Hub repository instead, and the entries' file paths become
+ * absolute URLs there, so every download (checked the same way) goes to the Hub.
+ */
+export async function loadCatalog(base: string, search: string = pageSearch()): Promise<CatalogEntry[]> {
+  const root = catalogBase(base, search);
+  const fromHub = root !== base;
   let response: Response;
   try {
-    response = await fetch(new URL("index.json", base), { cache: "no-cache" });
+    response = await fetch(new URL("index.json", root), { cache: "no-cache" });
   } catch (error) {
-    throw new Error(`could not fetch ${base}index.json (${(error as Error).message})`);
+    throw new Error(`could not fetch ${root}index.json (${(error as Error).message})`);
+  }
+  if (fromHub && (response.status === 404 || response.status === 401)) {
+    throw new Error(
+      `no exported models at ${root}index.json (HTTP ${response.status}): the repository, revision or index.json is missing, or the repository is private. Push one with \`python batch_export.py --push_to_hub OWNER/NAME\`.`,
+    );
   }
   if (response.status === 404)
-    throw new Error(`no exported models: ${base}index.json not found. Run \`python batch_export.py\` and reload.`);
-  if (!response.ok) throw new Error(`${base}index.json: HTTP ${response.status}`);
+    throw new Error(`no exported models: ${root}index.json not found. Run \`python batch_export.py\` and reload.`);
+  if (!response.ok) throw new Error(`${root}index.json: HTTP ${response.status}`);
   const data = (await response.json()) as CatalogEntry[] | { models: CatalogEntry[] };
   const entries = Array.isArray(data) ? data : data.models;
-  if (!Array.isArray(entries)) throw new Error(`${base}index.json is not a list of models`);
-  return entries.filter((entry) => entry && typeof entry.name === "string" && entry.modes && Object.keys(entry.modes).length);
+  if (!Array.isArray(entries)) throw new Error(`${root}index.json is not a list of models`);
+  const listed = entries.filter((entry) => entry && typeof entry.name === "string" && entry.modes && Object.keys(entry.modes).length);
+  return fromHub ? listed.map((entry) => withAbsoluteFiles(entry, root)) : listed;
 }
 
 function cacheAvailable(): boolean {
