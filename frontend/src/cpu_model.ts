@@ -6,14 +6,25 @@
  * the same Gaussians in the same order as the WebGPU path, so both backends give the same images up to float error.
  */
 
-import { latentShape, sigmaForAngle, type FamilyName, type PSVAEConfig, type SphereConfig } from "./config";
+import { latentShape, sigmaForAngle, type ModelConfig, type PSVAEConfig, type SphereConfig } from "./config";
 import type { Mode } from "./format";
 import { comboScale, type Backend, type PageModel, type ReconstructOptions, type SampleOptions, type Timings } from "./model";
 import { Random } from "./rng";
+import { codebookConfig, somarUnsupported } from "./somar_core";
+import { vqvaeUnsupported } from "./vqvae_core";
 
 /** A network on the CPU: (batch, ...) float32 in, (batch, ...) float32 out; labels (batch,) for conditional models. */
 export interface Network {
   run(input: Float32Array, batch: number, labels: Int32Array | null): Promise<Float32Array>;
+  dispose(): Promise<void>;
+}
+
+/** The values of one graph input: float32, or integers (tokens, timesteps, labels) for an int64 input. */
+export type GraphInput = Float32Array | Int32Array | Uint32Array;
+
+/** A network with several inputs (in the order its file lists them) and one output, as float32 values. */
+export interface Graph {
+  run(inputs: GraphInput[], batch: number): Promise<Float32Array>;
   dispose(): Promise<void>;
 }
 
@@ -23,12 +34,42 @@ export interface CpuSampleOptions extends SampleOptions {
   onStep?: (images: Float32Array, step: number, total: number) => Promise<void> | void; // each round's images but the last
 }
 
+/** The files of index.json's `onnx` object a model's CPU path needs (engine/onnx_export.py writes them). */
+export type OnnxNetworkName = "decoder" | "encoder" | "unet" | "tensors";
+
 /** Why the CPU path cannot run a model of this config, or null when it can. */
-export function cpuUnsupported(config: { family?: string; backbone?: string }): string | null {
+export function cpuUnsupported(config: { family?: string; backbone?: string; quantizer?: string; kind?: string }): string | null {
   const family = config.family ?? "sphere";
-  if (family !== "sphere" && family !== "psvae") return `the CPU path runs Sphere Encoders and psvae models, not '${family}'`;
+  if (family === "vqvae") return vqvaeUnsupported(config.quantizer);
+  if (family === "somar") {
+    const codebook = codebookConfig(config as never) as { family?: string } | null;
+    return somarUnsupported(codebook?.family);
+  }
+  if (family === "ldm") return null;
+  if (family !== "sphere" && family !== "psvae") return `the CPU path does not run '${family}' models`;
   if (config.backbone === "conv1d") return "1-D signal models (psvae conv1d) are not shown in this page";
   return null;
+}
+
+/**
+ * The ONNX files the CPU path needs for a model of this config: the decoder (sphere, psvae: the encoder is optional, a
+ * decoder-only file samples in one step); a tokenizer's and a somar codebook's encoder, decoder and stored tensors
+ * (codebook, SOM levels); an ldm autoencoder's two networks; a latent UNet, its autoencoder's networks (latent_scale,
+ * when stored, in the tensors file); a pixel UNet alone.
+ */
+export function onnxNeeds(config: ModelConfig): OnnxNetworkName[] {
+  switch (config.family) {
+    case "vqvae":
+      return ["encoder", "decoder", "tensors"];
+    case "somar":
+      return config.kind === "autoencoder" ? ["encoder", "decoder"] : ["encoder", "decoder", "tensors"];
+    case "ldm":
+      return { autoencoder: ["encoder", "decoder"], latent: ["unet", "encoder", "decoder"], pixel: ["unet"] }[
+        config.kind
+      ] as OnnxNetworkName[];
+    default:
+      return ["decoder"];
+  }
 }
 
 /** The latent of one image: (N, C) tokens or (C, h, w) for a Sphere Encoder, (d,) for a psvae. */
@@ -36,59 +77,88 @@ export function cpuLatentShape(config: CpuConfig): number[] {
   return config.family === "psvae" ? [config.z_dim] : latentShape(config);
 }
 
-export class CpuModel implements PageModel {
+/** What every CPU-path model shares: serialized calls (a session runs one call at a time), timings, disposal. */
+export abstract class CpuBase<C extends ModelConfig> {
   readonly backend: Backend = "cpu";
   readonly mode: Mode = "fp32"; // the ONNX files hold the float32 (EMA) weights
   readonly imageSize: number;
+  lastTimings: Timings = { encodeMs: 0, decodeMs: 0, totalMs: 0 };
+  private queue: Promise<unknown> = Promise.resolve();
+  private disposed = false;
+
+  protected constructor(
+    readonly config: C,
+    private networks: ({ dispose(): Promise<void> } | null)[],
+  ) {
+    this.imageSize = config.in_channels * config.image_size ** 2;
+  }
+
+  get family(): C["family"] {
+    return this.config.family;
+  }
+
+  /** Release the sessions once calls in flight are done; later calls are refused. */
+  dispose(): Promise<void> {
+    this.disposed = true;
+    return this.queue.then(async () => {
+      for (const network of this.networks) await network?.dispose();
+    });
+  }
+
+  /** Serialize calls (a session runs one call at a time). */
+  protected exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.disposed) return Promise.reject(new Error("this model was disposed"));
+    const next = this.queue.then(fn, fn);
+    this.queue = next.catch(() => undefined);
+    return next;
+  }
+
+  /** Run `fn` serialized and record its time as the call's encode or decode time. */
+  protected timed(kind: "encode" | "decode", fn: () => Promise<Float32Array>): Promise<Float32Array> {
+    return this.exclusive(async () => {
+      const start = performance.now();
+      const out = await fn();
+      const ms = performance.now() - start;
+      this.lastTimings = { encodeMs: kind === "encode" ? ms : 0, decodeMs: kind === "decode" ? ms : 0, totalMs: ms };
+      return out;
+    });
+  }
+}
+
+export class CpuModel extends CpuBase<CpuConfig> implements PageModel {
   readonly latentShape: number[];
   readonly latentSize: number;
   readonly radius: number;
   readonly canEncode: boolean;
   readonly canSample = true;
-  lastTimings: Timings = { encodeMs: 0, decodeMs: 0, totalMs: 0 };
-  private queue: Promise<unknown> = Promise.resolve();
-  private disposed = false;
 
   constructor(
-    readonly config: CpuConfig,
+    config: CpuConfig,
     private decoder: Network,
     private encoder: Network | null,
   ) {
+    super(config, [decoder, encoder]);
     const unsupported = cpuUnsupported(config);
     if (unsupported) throw new Error(unsupported);
-    this.imageSize = config.in_channels * config.image_size ** 2;
     this.latentShape = cpuLatentShape(config);
     this.latentSize = this.latentShape.reduce((a, b) => a * b, 1);
     this.radius = config.family === "psvae" ? 1 : Math.sqrt(this.latentSize); // the unit sphere S^(d-1), or sqrt(L)
     this.canEncode = encoder !== null;
   }
 
-  get family(): FamilyName {
-    return this.config.family;
-  }
-
   /** The latent of images (n, C, S, S) in [-1, 1]: z before projection (sphere), mu (psvae). */
   encode(images: Float32Array, labels?: number[]): Promise<Float32Array> {
-    return this.exclusive(async () => {
-      const encoder = this.requireEncoder();
+    return this.timed("encode", () => {
       const batch = batchOf(images, this.imageSize, "images");
-      const start = performance.now();
-      const out = await encoder.run(images, batch, this.labelRows(batch, batch, labels));
-      const ms = performance.now() - start;
-      this.lastTimings = { encodeMs: ms, decodeMs: 0, totalMs: ms };
-      return out;
+      return this.requireEncoder().run(images, batch, this.labelRows(batch, batch, labels));
     });
   }
 
   /** x = D(v) in [-1, 1]; latents are expected on the model's sphere (radius `radius`). */
   decode(latents: Float32Array, labels?: number[]): Promise<Float32Array> {
-    return this.exclusive(async () => {
+    return this.timed("decode", () => {
       const batch = batchOf(latents, this.latentSize, "latents");
-      const start = performance.now();
-      const out = await this.decoder.run(latents, batch, this.labelRows(batch, batch, labels));
-      const ms = performance.now() - start;
-      this.lastTimings = { encodeMs: 0, decodeMs: ms, totalMs: ms };
-      return out;
+      return this.decoder.run(latents, batch, this.labelRows(batch, batch, labels));
     });
   }
 
@@ -166,15 +236,6 @@ export class CpuModel implements PageModel {
     });
   }
 
-  /** Release the sessions once calls in flight are done; later calls are refused. */
-  dispose(): Promise<void> {
-    this.disposed = true;
-    return this.queue.then(async () => {
-      await this.decoder.dispose();
-      await this.encoder?.dispose();
-    });
-  }
-
   private async decodeGuided(v: Float32Array, rows: number, labels: Int32Array | null, scale: number | null): Promise<Float32Array> {
     const x = await this.decoder.run(v, rows, labels);
     if (scale !== null) mixHalves(x, scale, true);
@@ -215,17 +276,9 @@ export class CpuModel implements PageModel {
     if (!this.encoder) throw new Error("this file holds no encoder: it can decode, not encode");
     return this.encoder;
   }
-
-  /** Serialize calls (a session runs one call at a time). */
-  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
-    if (this.disposed) return Promise.reject(new Error("this model was disposed"));
-    const next = this.queue.then(fn, fn);
-    this.queue = next.catch(() => undefined);
-    return next;
-  }
 }
 
-function batchOf(values: Float32Array, perItem: number, what: string): number {
+export function batchOf(values: Float32Array, perItem: number, what: string): number {
   const batch = values.length / perItem;
   if (!Number.isInteger(batch) || batch < 1) throw new Error(`${what} has ${values.length} values, not a multiple of ${perItem}`);
   return batch;

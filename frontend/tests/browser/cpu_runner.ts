@@ -1,18 +1,37 @@
 /**
- * Parity of the page's CPU path (onnxruntime-web wasm, src/ort.ts + src/cpu_model.ts) against the PyTorch references
- * of scripts/make_fixtures.py: every index.json entry with ONNX files is loaded as the page loads it and checked for
- * encode, decode, samples (3 steps, 1 step, guided) and reconstruction; a decoder-only file refuses to encode; broken
- * ONNX files fail with their reason. With `bench`, decode latency (batch 1) of the page's model beside a bare
+ * Parity of the page's CPU path (onnxruntime-web wasm, src/ort.ts + src/cpu_model.ts + src/cpu_families.ts) against
+ * the PyTorch references of scripts/make_fixtures.py: every index.json entry with ONNX files is loaded as the page
+ * loads it. Sphere and psvae models: encode, decode, samples (3 steps, 1 step, guided) and reconstruction; a
+ * decoder-only file refuses to encode. vqvae, ldm and somar models: the checks the WebGPU harness runs (fixtures.ts:
+ * tokens, decode of tokens, token map; UNet passes, a DDIM step, whole DDIM/DDPM runs with PyTorch's noise, previews;
+ * latent maps, tokens, the atlas). Broken ONNX files fail with their reason. With `bench`, decode latency (batch 1) of the page's model beside a bare
  * onnxruntime-web session on the same file, interleaved. scripts/cpu-parity.mjs drives this page.
  */
 
 import type { CpuModel } from "../../src/cpu_model";
+import type { LDMPageModel } from "../../src/ldm_core";
+import type { PageModel } from "../../src/model";
+import type { SOMARPageModel } from "../../src/somar_core";
+import type { VQVAEPageModel } from "../../src/vqvae_core";
 import { cpuThreads, loadOrt, onnxModel, type OnnxFile, type OnnxIndex } from "../../src/ort";
-import { TOLERANCE, fetchTensors, get, maxAbsDiff, refusal, type Result, type Tensors } from "./fixtures";
+import {
+  TOLERANCE,
+  fetchTensors,
+  get,
+  ldmChecks,
+  maxAbsDiff,
+  refusal,
+  somarChecks,
+  vqvaeChecks,
+  type Repeat,
+  type Result,
+  type Tensors,
+} from "./fixtures";
 
 interface Manifest {
   guidance: number;
   recon_angle: number;
+  ldm_steps: number;
   models: Record<string, { decoder_only?: boolean }>;
 }
 
@@ -93,7 +112,7 @@ async function brokenFileChecks(h: Harness, entry: Entry, fetchBytes: (file: Onn
   const cases: [string, OnnxIndex, (file: OnnxFile) => Promise<ArrayBuffer>, RegExp][] = [
     [
       "truncated",
-      { ...onnx, decoder: unchecked(onnx.decoder), encoder: onnx.encoder && unchecked(onnx.encoder) },
+      { ...onnx, decoder: unchecked(onnx.decoder!), encoder: onnx.encoder && unchecked(onnx.encoder) },
       truncated,
       /ONNX file '[^']+' could not be loaded .*re-export it/,
     ],
@@ -151,6 +170,15 @@ async function benchDecode(h: Harness, entry: Entry, model: CpuModel, decoderByt
   );
 }
 
+/** The shared checks of a vqvae, ldm or somar model (fixtures.ts), then the repeated call: the same output. */
+async function familyChecks(h: Harness, tag: string, model: PageModel, ref: Tensors, manifest: Manifest): Promise<void> {
+  let repeat: Repeat;
+  if (model.family === "vqvae") repeat = await vqvaeChecks(h, tag, model as VQVAEPageModel, ref);
+  else if (model.family === "ldm") repeat = await ldmChecks(h, tag, model as LDMPageModel, ref, manifest);
+  else repeat = await somarChecks(h, tag, model as SOMARPageModel, ref);
+  await h.check(`${tag}/repeat_identical`, 0, async () => [await repeat.call(), repeat.first]);
+}
+
 async function runCpuParityTests(
   options: { base?: string; only?: string | null; bench?: number } = {},
 ): Promise<{ threads: number; results: Result[] }> {
@@ -172,7 +200,7 @@ async function runCpuParityTests(
   for (const entry of entries) {
     const name = entry.name;
     const ref = manifest && (await fetchTensors(`${base}/${name}/reference_fp32.safetensors`));
-    let model: CpuModel;
+    let model: PageModel;
     const start = performance.now();
     try {
       model = await onnxModel(entry.onnx!, fetchBytes, name);
@@ -182,9 +210,11 @@ async function runCpuParityTests(
     }
     h.record(`cpu/${name}/load`, true, `${(performance.now() - start).toFixed(0)} ms`);
     const labels = ref?.has("labels") ? Array.from(get(ref, "labels")) : undefined;
-    if (manifest && ref && manifest.models[name]?.decoder_only) await decoderOnlyChecks(h, name, model, ref, labels);
-    else if (manifest && ref) await fullChecks(h, name, model, ref, labels, manifest);
-    if (options.bench) await benchDecode(h, entry, model, await fetchBytes(entry.onnx!.decoder), options.bench);
+    const sphere = model.family === "sphere" || model.family === "psvae";
+    if (manifest && ref && !sphere) await familyChecks(h, `cpu/${name}`, model, ref, manifest);
+    else if (manifest && ref && manifest.models[name]?.decoder_only) await decoderOnlyChecks(h, name, model as CpuModel, ref, labels);
+    else if (manifest && ref) await fullChecks(h, name, model as CpuModel, ref, labels, manifest);
+    if (options.bench && sphere) await benchDecode(h, entry, model as CpuModel, await fetchBytes(entry.onnx!.decoder!), options.bench);
     await model.dispose();
   }
   if (entries.length && manifest) await brokenFileChecks(h, entries[0], fetchBytes);

@@ -8,10 +8,21 @@ import { Gpu, Workspace, encodeSteps, type Step } from "../../src/gpu";
 import * as ops from "../../src/ops";
 import { loadModel } from "../../src/family";
 import type { WebModel } from "../../src/model";
-import { LDMModel, timeFeatures, type LDMSampleOptions } from "../../src/ldm";
+import { LDMModel, timeFeatures } from "../../src/ldm";
 import { SOMARModel } from "../../src/somar";
 import { VQVAEModel } from "../../src/vqvae";
-import { TOLERANCE, fetchTensors, get, maxAbsDiff, refusal, type Result, type Tensors } from "./fixtures";
+import {
+  TOLERANCE,
+  fetchTensors,
+  get,
+  ldmChecks,
+  maxAbsDiff,
+  somarChecks,
+  vqvaeChecks,
+  type Repeat,
+  type Result,
+  type Tensors,
+} from "./fixtures";
 
 const bitsToBytes = (bits: Float32Array, bytesPer: 1 | 2): Uint8Array => {
   const out = new Uint8Array(bits.length * bytesPer);
@@ -286,10 +297,10 @@ async function modelTests(h: Harness, base: string, manifest: Manifest, only: st
         h.record(`model/${tag}/load`, false, String((error as Error)?.stack ?? error));
         continue;
       }
+      if (model instanceof LDMModel) await timeFeatureCheck(h, tag, model, ref);
       const labels = ref.has("labels") ? Array.from(get(ref, "labels")) : undefined;
-      if (model instanceof VQVAEModel) await vqvaeChecks(h, tag, model, ref);
-      else if (model instanceof LDMModel) await ldmChecks(h, tag, model, ref, manifest);
-      else if (model instanceof SOMARModel) await somarChecks(h, tag, model, ref);
+      const family = familyChecks(h, `model/${tag}`, model, ref, manifest);
+      if (family) await reuseChecks(h, tag, model, await family);
       else if (info.decoder_only) await decoderOnlyChecks(h, tag, model, ref, labels);
       else await modelChecks(h, tag, model, ref, labels, manifest);
       await model.dispose();
@@ -328,165 +339,17 @@ async function modelChecks(h: Harness, tag: string, model: WebModel, ref: Tensor
     const out = await model.reconstruct(get(ref, "images"), reconArgs);
     return [out.images, get(ref, "reconstruct")];
   });
-  await reuseChecks(h, tag, model, () => model.sample(2, sampleArgs), first);
+  await reuseChecks(h, tag, model, { call: () => model.sample(2, sampleArgs), first });
 }
 
-/**
- * Token indices equal PyTorch's except where its two nearest codes are closer than this (squared distance):
- * there float rounding may pick either one. Measured: no such position in the fixtures.
- */
-const TIE_MARGIN = 1e-4;
-
-/** Positions whose token differs from the reference's, and whether each is a near-tie. */
-function tokenMismatches(actual: Float32Array, expected: Float32Array, margins: Float32Array): { count: number; ties: number } {
-  let count = 0;
-  let ties = 0;
-  for (let i = 0; i < expected.length; i++) {
-    if (actual[i] === expected[i]) continue;
-    count++;
-    if (margins[i] < TIE_MARGIN) ties++;
-  }
-  return { count, ties };
-}
-
-/** A tokenizer: tokens, decode of tokens, reconstruction through the tokens, token map; sampling refused. */
-async function vqvaeChecks(h: Harness, tag: string, model: VQVAEModel, ref: Tensors) {
-  const tokens = get(ref, "tokens");
-  const encoded = await model.encode(get(ref, "images"));
-  const { count, ties } = tokenMismatches(encoded, tokens, get(ref, "margins"));
-  h.record(
-    `model/${tag}/tokens`,
-    count === ties && encoded.length === tokens.length,
-    `${count} of ${tokens.length} differ (${ties} near-ties)`,
-  );
-  let first: Float32Array = new Float32Array();
-  await h.check(`model/${tag}/decode_tokens`, TOLERANCE.model, async () => [
-    (first = await model.decode(get(ref, "random_tokens"))),
-    get(ref, "decode"),
-  ]);
-  await h.check(`model/${tag}/reconstruct`, count ? Infinity : TOLERANCE.model, async () => {
-    const out = await model.reconstruct(get(ref, "images"));
-    return [out.images, get(ref, "reconstruct")];
-  });
-  await h.check(`model/${tag}/token_map`, TOLERANCE.model, async () => [model.tokenMap(tokens), get(ref, "token_map")]);
-  const message = await model.sample().then(
-    () => "no error",
-    (error) => String((error as Error)?.message ?? error),
-  );
-  h.record(`model/${tag}/sample_refused`, !model.canSample && /no prior over its tokens/.test(message), message);
-  await reuseChecks(h, tag, model, () => model.decode(get(ref, "random_tokens")), first);
-}
-
-/**
- * A somar codebook (or a prior's): the latent maps, tokens (the CPU's best-matching units of the GPU's maps), the
- * decode of a given token grid, the reconstruction through the tokens and the atlas; sampling refused.
- */
-async function somarChecks(h: Harness, tag: string, model: SOMARModel, ref: Tensors) {
-  await h.check(`model/${tag}/latent`, TOLERANCE.model, async () => [await model.encode(get(ref, "images")), get(ref, "latent")]);
-  const tokens = get(ref, "tokens");
-  const encoded = Float32Array.from(await model.tokenize(get(ref, "images")));
-  const { count, ties } = tokenMismatches(encoded, tokens, get(ref, "margins"));
-  h.record(
-    `model/${tag}/tokens`,
-    count === ties && encoded.length === tokens.length,
-    `${count} of ${tokens.length} differ (${ties} near-ties)`,
-  );
-  let first: Float32Array = new Float32Array();
-  await h.check(`model/${tag}/decode_tokens`, TOLERANCE.model, async () => [
-    (first = await model.decodeTokens(get(ref, "random_tokens"))),
-    get(ref, "decode"),
-  ]);
-  await h.check(`model/${tag}/reconstruct`, count ? Infinity : TOLERANCE.model, async () => [
-    (await model.reconstruct(get(ref, "images"))).images,
-    get(ref, "reconstruct"),
-  ]);
-  await h.check(`model/${tag}/atlas`, TOLERANCE.model, async () => [(await model.atlas()).picture, get(ref, "atlas")]);
-  const message = await refusal(() => model.sample());
-  h.record(
-    `model/${tag}/sample_refused`,
-    !model.canSample && /somar_prior_\* model samples|does not run in this page/.test(message),
-    message,
-  );
-  await reuseChecks(h, tag, model, () => model.decodeTokens(get(ref, "random_tokens")), first);
-}
-
-/** An ldm autoencoder: the posterior mean, decode of latents, reconstruction; sampling refused. */
-async function ldmAutoencoderChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors) {
-  await h.check(`model/${tag}/encode_mean`, TOLERANCE.model, async () => [await model.encode(get(ref, "images")), get(ref, "encode")]);
-  let first: Float32Array = new Float32Array();
-  await h.check(`model/${tag}/decode`, TOLERANCE.model, async () => [
-    (first = await model.decode(get(ref, "latents"))),
-    get(ref, "decode"),
-  ]);
-  await h.check(`model/${tag}/reconstruct`, TOLERANCE.model, async () => [
-    (await model.reconstruct(get(ref, "images"))).images,
-    get(ref, "reconstruct"),
-  ]);
-  const message = await refusal(() => model.sample(1));
-  h.record(`model/${tag}/sample_refused`, !model.canSample && /stage-1 autoencoder/.test(message), message);
-  await reuseChecks(h, tag, model, () => model.decode(get(ref, "latents")), first);
-}
-
-/**
- * A diffusion model: time features, one UNet pass (with a class and the null class on a conditional UNet), one
- * DDIM step, a 3-step DDIM run (η = 0) with its x̂_0 images; the stochastic runs PyTorch made (DDPM, DDIM η > 0)
- * given its x_T and step noise; a conditional UNet's guided pass.
- */
-async function ldmDiffusionChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors, manifest: Manifest) {
-  const x = get(ref, "x");
-  const t = get(ref, "t")[0];
-  const labels = ref.has("labels") ? Array.from(get(ref, "labels")) : undefined;
+/** A diffusion model's time features (the WebGPU UNet's input; the CPU path computes them in its ONNX graph). */
+async function timeFeatureCheck(h: Harness, tag: string, model: LDMModel, ref: Tensors) {
+  if (model.config.kind === "autoencoder") return;
   const width = model.config.unet_width;
   await h.check(`model/${tag}/time_features`, TOLERANCE.model, async () => [
-    timeFeatures(t, width),
+    timeFeatures(get(ref, "t")[0], width),
     get(ref, "time_features").slice(0, width),
   ]);
-  let first: Float32Array = new Float32Array();
-  await h.check(`model/${tag}/unet`, TOLERANCE.model, async () => [(first = await model.denoise(x, t, { labels })), get(ref, "unet")]);
-  if (labels) {
-    await h.check(`model/${tag}/unet_guided`, TOLERANCE.model, async () => [
-      await model.denoise(x, t, { labels, guidance: manifest.guidance }),
-      get(ref, "unet_guided"),
-    ]);
-  }
-  await h.check(`model/${tag}/ddim_step`, TOLERANCE.model, async () => [await model.ddimStep(x, 10, 0), get(ref, "ddim_step")]);
-  const steps: Float32Array[] = [];
-  const collect = (images: Float32Array): void => void steps.push(images);
-  await h.check(`model/${tag}/ddim_3_steps_previews`, TOLERANCE.chained, async () => {
-    const final = await model.sample(2, { steps: 3, noise: x, sampler: "ddim", eta: 0, onStep: collect });
-    const all = new Float32Array(steps.reduce((n, s) => n + s.length, 0));
-    steps.forEach((s, i) => all.set(s, i * s.length));
-    if (maxAbsDiff(final, steps[steps.length - 1]) !== 0) throw new Error("the sample is not the last preview");
-    return [all, get(ref, "sample_steps")];
-  });
-  const stochastic: [string, LDMSampleOptions][] = [
-    ["sample_ddpm", labels ? { labels, guidance: manifest.guidance } : { sampler: "ddpm" }], // conditional: the file's default
-    ["sample_ddim_eta", { labels, sampler: "ddim" }], // η: the file's default
-  ];
-  for (const [name, options] of stochastic.filter(([name]) => ref.has(name))) {
-    await h.check(`model/${tag}/${name}`, TOLERANCE.chained, async () => {
-      const noise = get(ref, `${name}_noise`);
-      const perStep = noise.length / (manifest.ldm_steps - 1);
-      const stepNoise = Array.from({ length: manifest.ldm_steps - 1 }, (_, i) => noise.slice(i * perStep, (i + 1) * perStep));
-      const images = await model.sample(2, { ...options, steps: manifest.ldm_steps, noise: get(ref, `${name}_x_T`), stepNoise });
-      return [images, get(ref, name)];
-    });
-  }
-  if (model.canEncode) {
-    await h.check(`model/${tag}/reconstruct`, TOLERANCE.model, async () => [
-      (await model.reconstruct(get(ref, "images"))).images,
-      get(ref, "reconstruct"),
-    ]);
-  } else {
-    const message = await refusal(() => model.reconstruct(new Float32Array(model.imageSize)));
-    h.record(`model/${tag}/reconstruct_refused`, /cannot reconstruct/.test(message), message);
-  }
-  await reuseChecks(h, tag, model, () => model.denoise(x, t, { labels }), first);
-}
-
-async function ldmChecks(h: Harness, tag: string, model: LDMModel, ref: Tensors, manifest: Manifest) {
-  if (model.config.kind === "autoencoder") await ldmAutoencoderChecks(h, tag, model, ref);
-  else await ldmDiffusionChecks(h, tag, model, ref, manifest);
 }
 
 /** A file with the decoder alone: decode and 1-step samples match; encoding calls fail saying why. */
@@ -511,11 +374,19 @@ async function decoderOnlyChecks(h: Harness, tag: string, model: WebModel, ref: 
     );
     h.record(`model/${tag}/${what}_refused`, /holds no encoder/.test(message), message);
   }
-  await reuseChecks(h, tag, model, () => model.sample(2, sampleArgs), first);
+  await reuseChecks(h, tag, model, { call: () => model.sample(2, sampleArgs), first });
+}
+
+/** The checks of a vqvae, ldm or somar model (shared with the CPU path's harness), or null for another family. */
+function familyChecks(h: Harness, tag: string, model: WebModel, ref: Tensors, manifest: Manifest): Promise<Repeat> | null {
+  if (model instanceof VQVAEModel) return vqvaeChecks(h, tag, model, ref);
+  if (model instanceof LDMModel) return ldmChecks(h, tag, model, ref, manifest);
+  if (model instanceof SOMARModel) return somarChecks(h, tag, model, ref);
+  return null;
 }
 
 /** The same call again: bit-identical, with no new buffers and no new pipelines. */
-async function reuseChecks(h: Harness, tag: string, model: WebModel, call: () => Promise<Float32Array>, first: Float32Array) {
+async function reuseChecks(h: Harness, tag: string, model: WebModel, { call, first }: Repeat) {
   const bytesBefore = model.gpuBytes;
   const pipelinesBefore = h.gpu.pipelineCount;
   await h.check(`model/${tag}/repeat_identical`, 0, async () => [await call(), first]);

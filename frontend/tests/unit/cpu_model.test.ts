@@ -251,7 +251,7 @@ describe("psvae on the CPU", () => {
   });
 
   it("refuses families and backbones the CPU path does not run, and calls after dispose", async () => {
-    expect(cpuUnsupported({ family: "vqvae" })).toMatch(/not 'vqvae'/);
+    expect(cpuUnsupported({ family: "gan" })).toMatch(/does not run 'gan' models/);
     expect(cpuUnsupported({ family: "psvae", backbone: "conv1d" })).toMatch(/1-D signal/);
     expect(cpuUnsupported({ backbone: "vit" })).toBeNull();
     const model = new CpuModel(psvaeConfig(), new Dense(3, IMAGE, 2), null);
