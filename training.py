@@ -66,7 +66,12 @@ from engine.setup import (  # noqa: E402
 )
 from engine.threads import add_threads_flag, configure_threads  # noqa: E402
 from engine.trainer import Trainer, TrainingError, enable_tf32, prefers_channels_last  # noqa: E402
-from engine.training_flags import PRESET_CHOICES, add_family_flag_groups, parse_training_flags  # noqa: E402
+from engine.training_flags import (  # noqa: E402
+    PRESET_CHOICES,
+    add_family_flag_groups,
+    add_tracker_flags,
+    parse_training_flags,
+)
 from losses import PerceptualWeightsError  # noqa: E402
 from losses.psvae import RECON_TERMS as PSVAE_RECON_TERMS  # noqa: E402
 from losses.vqvae import RECON_TERMS as VQVAE_RECON_TERMS  # noqa: E402
@@ -280,7 +285,8 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, set[str]]]:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
-    for add_flags in (add_data_and_model_flags, add_optim_flags, add_config_flags, add_run_flags, add_hub_flags):
+    groups = (add_data_and_model_flags, add_optim_flags, add_config_flags, add_run_flags)
+    for add_flags in (*groups, add_hub_flags, add_tracker_flags):
         add_flags(parser)
     return parser, add_family_flag_groups(parser)
 
