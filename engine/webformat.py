@@ -336,6 +336,22 @@ def export_model(
     }
 
 
+def tensors_file_bytes(config: dict, tensors: dict[str, torch.Tensor]) -> bytes:
+    """A whole fp32 sphere-web file holding only `tensors` (F32, none quantized) under a model's config: the ONNX
+    export's model_tensors.bin, which the page parses as any web file (docs/web_format.md §8)."""
+    entries, _ = encode_tensors({name: tensor.detach().cpu() for name, tensor in tensors.items()}, set(), "fp32", 32)
+    metadata = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "mode": "fp32",
+        "group_size": "32",
+        "config": json.dumps(config),
+        "quantization": "{}",
+    }
+    header, chunks = build_header(entries, metadata)
+    return b"".join([len(header).to_bytes(8, "little"), header, *chunks])
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reading and validation (docs/web_format.md §7)
 
@@ -586,9 +602,10 @@ def export_checkpoint(
     group_size: int = 32,
     onnx: bool = False,
 ) -> list[dict]:
-    """Export one training checkpoint in every mode to output_dir/model_<mode>.safetensors, and with onnx its
-    networks to output_dir/model_{decoder,encoder}.onnx (engine/onnx_export.py); summaries. ONNX files an
-    earlier export left in output_dir are removed first: they would not match the new weights."""
+    """Export one training checkpoint in every mode to output_dir/model_<mode>.safetensors, and with onnx the
+    ONNX files its family declares (output_dir/model_{encoder,decoder,unet}.onnx, model_tensors.bin:
+    engine/onnx_export.py); summaries. ONNX files an earlier export left in output_dir are removed first: they
+    would not match the new weights."""
     from engine.checkpoint import load_model_from_checkpoint  # keeps the format usable without the trainer
 
     model, run_config = load_model_from_checkpoint(str(checkpoint), use_ema=use_ema)
@@ -606,8 +623,8 @@ def export_checkpoint(
 
 
 def onnx_summaries(model: nn.Module, output_dir: Path) -> list[dict]:
-    """export_onnx's files as summaries (mode "onnx", the network, bytes, the seconds the export took); [] for a
-    family without an ONNX export."""
+    """export_onnx's files as summaries (mode "onnx", the network or "tensors", bytes, the seconds the export
+    took); [] for a model without an ONNX export."""
     start = time.perf_counter()
     described = export_onnx(model, output_dir) or {}
     seconds = time.perf_counter() - start
@@ -642,8 +659,8 @@ def web_source(path: str | Path) -> dict:
 
 def index_entry(model_dir: Path, root: Path) -> dict | None:
     """index.json entry of one exported model folder (None when it holds no sphere-web file). `onnx`, when the
-    folder holds model_decoder.onnx: its files (relative to root, as the modes' files) and the config, so that
-    the page's CPU path needs no safetensors file."""
+    folder holds the files of an ONNX export (model_onnx.json): those files (relative to root, as the modes'
+    files) and the config, so that the page's CPU path needs no safetensors file."""
     modes, metadata = {}, None
     for mode in MODES:
         path = model_dir / web_file_name(mode)
