@@ -16,6 +16,26 @@ DEFAULT_FAMILY = "sphere"  # configs saved before families existed are Sphere En
 
 
 @dataclass(frozen=True)
+class OnnxNetwork:
+    """One ONNX graph of a model (engine/onnx_export.py): fn(model, *inputs), inputs in the order `example` names
+    them, the batch axis (the first of every input) dynamic."""
+
+    fn: Callable[..., torch.Tensor]  # (eval model, *inputs) -> the graph's one output
+    example: Callable[[int], dict[str, torch.Tensor]]  # batch -> named example inputs (their dtypes are the graph's)
+    output: str  # the graph's output name
+
+
+@dataclass(frozen=True)
+class OnnxExport:
+    """What a family's models give the page's CPU path (docs/web_format.md §8): ONNX networks, and the tensors the
+    page reads beside them (model_tensors.bin, under their web-file names)."""
+
+    networks: Callable[[nn.Module], dict[str, OnnxNetwork]]  # model -> {"encoder" | "decoder" | "unet": network}
+    tensors: Callable[[nn.Module], tuple[str, ...]] = lambda model: ()  # state_dict names; () = no tensors file
+    unsupported: Callable[[nn.Module], str | None] = lambda model: None  # why this model gets no ONNX files, or None
+
+
+@dataclass(frozen=True)
 class WebExport:
     """How a family's models are written to the sphere-web format (engine/webformat.py, docs/web_format.md)."""
 
@@ -24,6 +44,7 @@ class WebExport:
     index_fields: Callable[[dict], dict]  # the family's own fields of an index.json entry
     unsupported: Callable[[dict], str | None] = lambda config: None  # why a config cannot be exported/read, or None
     export_state: Callable[[dict], dict] = lambda state: state  # the state_dict as written (training statistics reset)
+    onnx: OnnxExport | None = None  # None: no ONNX files (the page runs the family on WebGPU only)
 
 
 @dataclass(frozen=True)

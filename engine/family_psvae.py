@@ -14,6 +14,7 @@ from models.psvae import BACKBONES, DECODERS, POSTERIORS, PSVAE, PSVAE_MODELS, P
 
 from .family import Family, LatentSphere, WebExport
 from .flags import ConfigError, Rule, weight_rule
+from .onnx_networks import POINT_LATENT_ONNX
 
 # flags that set PSVAEConfig fields of the same name (None: the size's default)
 MODEL_FLAGS = (
@@ -139,7 +140,7 @@ PSVAE_FAMILY = Family(
     check_dataset=check_psvae_dataset,
     flag_rules=PSVAE_RULES,
     presets={"quickstart": "psvae_fashion.yaml"},
-    web=WebExport(("backbone", "decoder", "z_dim"), psvae_edge_layers, psvae_index_fields),
+    web=WebExport(("backbone", "decoder", "z_dim"), psvae_edge_layers, psvae_index_fields, onnx=POINT_LATENT_ONNX),
     latent=LatentSphere(psvae_encode_point, psvae_decode_point),
     summary="Power-Spherical VAE models (psvae*): architecture, posterior, reconstruction form and beta schedule",
 )

@@ -13,6 +13,7 @@ from models.sphere import SPHERE_MODELS, SphereConfig, SphereEncoder
 
 from .family import Family, LatentSphere, WebExport
 from .flags import ConfigError, Rule, probability_rule, weight_rule
+from .onnx_networks import POINT_LATENT_ONNX
 
 
 def add_sphere_flags(group: argparse._ArgumentGroup) -> None:
@@ -153,7 +154,7 @@ SPHERE_FAMILY = Family(
     check_dataset=check_sphere_dataset,
     flag_rules=SPHERE_RULES,
     presets={"quickstart": "sphere_fashion.yaml", "paper": "sphere_cifar10.yaml"},
-    web=WebExport(("backbone", "latent_dim"), sphere_edge_layers, sphere_index_fields),
+    web=WebExport(("backbone", "latent_dim"), sphere_edge_layers, sphere_index_fields, onnx=POINT_LATENT_ONNX),
     latent=LatentSphere(sphere_encode_point, sphere_decode_point),
     summary="Sphere Encoder models (vit*, convnet*): noise level, loss weights and the encoder's lr",
 )

@@ -1,11 +1,26 @@
-"""ONNX export of a Sphere Encoder's or a Power-Spherical VAE's two networks, beside the web files: the page runs
-them with onnxruntime-web's WebAssembly backend where WebGPU is missing or slow.
+"""ONNX export of a model's networks, beside the web files: the page runs them with onnxruntime-web's WebAssembly
+backend where WebGPU is missing or slow. Each family declares its networks and tensors (engine.family.OnnxExport,
+its WebExport's `onnx`); a family without one, or a model it refuses, gets no files (the reason logged once).
 
-Graph I/O (float32, the batch axis dynamic; `labels` int64 (B,) only when num_classes > 0, num_classes = null):
-  model_decoder.onnx  v (B, *latent_shape) on the sphere -> x (B, C, S, S) in [-1, 1]   = model.decode(v, labels)
-  model_encoder.onnx  x (B, C, S, S) in [-1, 1] -> z (B, *latent_shape)                 = sphere: model.encode (before
-                      the projection, which the page applies); psvae: mu, already on the unit sphere
-The glue (projection, re-noising, guidance) stays in the page, exactly as on its WebGPU path.
+Graph I/O (opset 20, float32 unless noted, the batch axis "batch" dynamic, weights inside; `labels` int64 (B,) only
+when num_classes > 0, num_classes = the null class):
+  sphere, psvae  model_decoder.onnx  v (B, *latent_shape) -> x (B, C, S, S) = model.decode(v, labels)
+                 model_encoder.onnx  x [, labels] -> z: sphere: model.encode (before the projection, which the page
+                                     applies); psvae: mu, already on the unit sphere
+  vqvae ("vq")   model_encoder.onnx  x -> tokens int64 (B, h, w)         = VQVAE.encode (nearest-code indices)
+                 model_decoder.onnx  tokens int64 (B, h, w) -> x          = VQVAE.decode_indices (clamped)
+                 model_tensors.bin   quantizer.embedding.weight (the stored codebook)
+  ldm            model_encoder.onnx  x -> mean (B, c, h, w)              kinds autoencoder, latent: posterior mean
+                 model_decoder.onnx  z (B, c, h, w) -> x, clamped         unscaled z (a latent model's x0 / scale)
+                 model_unet.onnx     x (B, *latent_shape), t int64 (B,) [, labels] -> out (B, *latent_shape), the
+                                     UNet's raw prediction (eps / v / x0); kinds latent, pixel
+                 model_tensors.bin   latent_scale (kind latent)
+  somar          model_encoder.onnx  x -> maps (B, C, h, w)              = FrozenMap.encode (kinds autoencoder,
+                 model_decoder.onnx  maps -> x, clamped                    codebook, prior over a somar codebook)
+                 model_tensors.bin   the finest level's `levels.{k}.codes` and `levels.{k}.grid` (prefix `codebook.`
+                                     in a prior), kinds codebook and prior
+model_tensors.bin is an fp32 sphere-web file (engine/webformat.py) holding only those tensors under their web-file
+names. The glue (projection, re-noising, guidance, sampler steps, SOM matching) stays in the page, as on WebGPU.
 """
 
 from __future__ import annotations
@@ -23,13 +38,15 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import atomic_write
-from .families import family_name_of
+from .families import FAMILIES, family_of
+from .family import OnnxExport, OnnxNetwork
 
-ONNX_FILES = {"encoder": "model_encoder.onnx", "decoder": "model_decoder.onnx"}
+NETWORK_FILES = {"encoder": "model_encoder.onnx", "decoder": "model_decoder.onnx", "unet": "model_unet.onnx"}
+TENSORS = "tensors"  # the record's and the index's name of model_tensors.bin
+ONNX_FILES = {**NETWORK_FILES, TENSORS: "model_tensors.bin"}
 ONNX_RECORD = "model_onnx.json"  # export_onnx's answer, written last: what index.json checks the files against
 OPSET = 20  # what torch's exporter emits by default here; onnxruntime-web 1.30 runs it
 EXAMPLE_BATCH = 2  # not 1: torch.export specialises a batch of 1 to a constant
-ONNX_FAMILIES = ("sphere", "psvae")
 
 log = logging.getLogger(__name__)
 _logged_reasons: set[str] = set()
@@ -40,54 +57,38 @@ class OnnxExportError(RuntimeError):
 
 
 class OnnxFileError(ValueError):
-    """An exported .onnx file is missing, truncated or changed since its export."""
+    """An exported file is missing, truncated or changed since its export."""
 
 
-class _Decoder(nn.Module):
-    """model.decode(v, labels) with the graph's input names."""
+class _Network(nn.Module):
+    """One declared network as a module: forward(*inputs) = fn(model, *inputs)."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, fn):
         super().__init__()
-        self.model = model
+        self.model, self.fn = model, fn
 
-    def forward(self, v: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.model.decode(v, labels)
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model, *inputs)
 
 
-class _Encoder(nn.Module):
-    """The encoder's latent: the sphere family's z before projection, the psvae's mu (its kappa is not used)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        z = self.model.encode(x, labels)
-        return z[0] if isinstance(z, tuple) else z
+def onnx_export_of(model: nn.Module) -> OnnxExport | None:
+    """The model's family's ONNX declaration, None when the family has none."""
+    web = family_of(model).web
+    return web.onnx if web is not None else None
 
 
 def unsupported_reason(model: nn.Module) -> str | None:
     """Why this model gets no ONNX files, or None when it does."""
-    family = family_name_of(model)
-    if family not in ONNX_FAMILIES:
-        return f"{family} models have no ONNX export yet (only {', '.join(ONNX_FAMILIES)}); the page uses WebGPU"
-    if getattr(model, "is_signal", False):
-        return "1-D signal models (psvae conv1d) get no ONNX export: the page does not show them"
-    return None
+    declared = onnx_export_of(model)
+    if declared is None:
+        having = ", ".join(name for name, family in FAMILIES.items() if family.web is not None and family.web.onnx)
+        return f"{family_of(model).name} models have no ONNX export (only {having}); the page uses WebGPU"
+    return declared.unsupported(model)
 
 
-def _example_inputs(model: nn.Module, network: str) -> dict[str, torch.Tensor]:
-    """Named example inputs of one network (a batch of EXAMPLE_BATCH), labels only for conditional models."""
-    config, device = model.config, next(model.parameters()).device
-    if network == "decoder":
-        shape = tuple(model.latent_shape) if hasattr(model, "latent_shape") else (config.z_dim,)
-        inputs = {"v": torch.randn(EXAMPLE_BATCH, *shape, device=device)}
-    else:
-        size = config.image_size
-        inputs = {"x": torch.rand(EXAMPLE_BATCH, config.in_channels, size, size, device=device) * 2 - 1}
-    if config.num_classes > 0:
-        inputs["labels"] = torch.arange(EXAMPLE_BATCH, device=device) % (config.num_classes + 1)
-    return inputs
+def networks_of(model: nn.Module) -> dict[str, OnnxNetwork]:
+    """The networks the model's family declares for it, by name (encoder, decoder, unet)."""
+    return onnx_export_of(model).networks(model)
 
 
 @functools.cache
@@ -103,10 +104,10 @@ def onnx_bytes(model: nn.Module, network: str) -> bytes:
     """One network of an eval-mode model as a serialized ONNX model (weights inside, batch axis dynamic)."""
     from torch.onnx._internal.exporter import _core
 
-    wrapper = (_Decoder if network == "decoder" else _Encoder)(model).eval()
-    inputs = _example_inputs(model, network)
+    declared = networks_of(model)[network]
+    inputs = declared.example(EXAMPLE_BATCH)
     batch = torch.export.Dim("batch", min=1)
-    dynamic_shapes = {name: {0: batch} for name in inputs}
+    dynamic_shapes = {"inputs": tuple({0: batch} for _ in inputs)}
     quiet = io.StringIO()  # the exporter prints its progress; the scripts print one line per file instead
     with (
         torch.no_grad(),
@@ -114,19 +115,29 @@ def onnx_bytes(model: nn.Module, network: str) -> bytes:
         contextlib.redirect_stderr(quiet),
         warnings.catch_warnings(),
     ):
-        warnings.filterwarnings("ignore", message=".*The axis name")  # v and labels share the one batch axis
+        warnings.filterwarnings("ignore", message=".*The axis name")  # the inputs share the one batch axis
         program = _core.export(
-            wrapper,
-            (),
-            inputs,
+            _Network(model, declared.fn).eval(),
+            tuple(inputs.values()),
             registry=_torchlib_registry(),
             dynamic_shapes=dynamic_shapes,
             input_names=list(inputs),
-            output_names=["x" if network == "decoder" else "z"],
+            output_names=[declared.output],
             opset_version=OPSET,
         )
         program._rename_dynamic_axes(dynamic_shapes)  # the axis is "batch" in the file, not "s0"
     return program.model_proto.SerializeToString()
+
+
+def tensors_bytes(model: nn.Module) -> bytes | None:
+    """model_tensors.bin of the model (its family's named tensors, fp32), None when the family names none."""
+    from .webformat import tensors_file_bytes  # webformat imports this module
+
+    names = onnx_export_of(model).tensors(model)
+    if not names:
+        return None
+    state = model.state_dict()
+    return tensors_file_bytes(model.config.to_dict(), {name: state[name].float() for name in names})
 
 
 def _write(path: Path, blob: bytes) -> dict:
@@ -134,28 +145,39 @@ def _write(path: Path, blob: bytes) -> dict:
     return {"file": path.name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
 
 
-def export_onnx(
-    model: nn.Module, folder: str | Path, networks: tuple[str, ...] = ("decoder", "encoder")
-) -> dict | None:
-    """Write folder/model_decoder.onnx and folder/model_encoder.onnx (each atomically) for a sphere or psvae
-    model in its current weights (pass the EMA model the web files get); returns the index.json object
-    {"decoder": {"file", "bytes", "sha256"}, "encoder": {...}}, or None (reason logged once) for a model with
-    no ONNX export. networks: which to write (a decoder-only export passes ("decoder",))."""
+def export_onnx(model: nn.Module, folder: str | Path, networks: tuple[str, ...] | None = None) -> dict | None:
+    """Write the model's ONNX networks (folder/model_<network>.onnx) and tensors file (model_tensors.bin, when its
+    family names tensors), each atomically, from its current weights (pass the EMA model the web files get), then
+    model_onnx.json; returns the index.json object {network: {"file", "bytes", "sha256"}, ..., "tensors": {...}},
+    or None (reason logged once) for a model with no ONNX export. networks: which to write (default: all the family
+    declares; a decoder-only export passes ("decoder",))."""
     reason = unsupported_reason(model)
     if reason is not None:
         if reason not in _logged_reasons:
             _logged_reasons.add(reason)
             log.warning("no ONNX files: %s", reason)
         return None
+    names = _chosen(model, networks)
     was_training = model.training
     model.eval()
     try:
-        blobs = {network: _exported(model, network) for network in networks}
+        blobs = {network: _exported(model, network) for network in names}
     finally:
         model.train(was_training)
-    described = {network: _write(Path(folder) / ONNX_FILES[network], blob) for network, blob in blobs.items()}
+    if (tensors := tensors_bytes(model)) is not None:
+        blobs[TENSORS] = tensors
+    described = {name: _write(Path(folder) / ONNX_FILES[name], blob) for name, blob in blobs.items()}
     _write(Path(folder) / ONNX_RECORD, (json.dumps(described, indent=1) + "\n").encode())
     return described
+
+
+def _chosen(model: nn.Module, networks: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The networks to write: all the model's, or those asked for (ValueError naming one it does not have)."""
+    declared = tuple(networks_of(model))
+    unknown = [name for name in networks or () if name not in declared]
+    if unknown:
+        raise ValueError(f"this model has no ONNX network {unknown}; it has {', '.join(declared)}")
+    return declared if networks is None else tuple(networks)
 
 
 def _exported(model: nn.Module, network: str) -> bytes:
@@ -170,8 +192,8 @@ def _exported(model: nn.Module, network: str) -> bytes:
 
 
 def remove_onnx(folder: str | Path) -> list[Path]:
-    """Delete the folder's ONNX files and their record (so none outlive the weights they were exported from);
-    the paths removed."""
+    """Delete the folder's ONNX files, tensors file and their record (so none outlive the weights they were exported
+    from); the paths removed."""
     paths = [Path(folder) / name for name in (ONNX_RECORD, *ONNX_FILES.values())]
     removed = [path for path in paths if path.is_file()]
     for path in removed:
@@ -180,8 +202,8 @@ def remove_onnx(folder: str | Path) -> list[Path]:
 
 
 def describe_onnx(folder: str | Path, root: str | Path | None = None) -> dict | None:
-    """The index object of the ONNX files export_onnx wrote in folder (file names relative to root, default
-    folder), each checked against the size and SHA-256 recorded at export; None when the folder has no record.
+    """The index object of the files export_onnx wrote in folder (file names relative to root, default folder),
+    each checked against the size and SHA-256 recorded at export; None when the folder has no record.
     OnnxFileError names a file that is missing, truncated or changed."""
     folder = Path(folder)
     try:
@@ -194,7 +216,7 @@ def describe_onnx(folder: str | Path, root: str | Path | None = None) -> dict | 
         ) from None
     if not (
         isinstance(recorded, dict)
-        and "decoder" in recorded
+        and set(recorded) & set(NETWORK_FILES)
         and set(recorded) <= set(ONNX_FILES)
         and all(isinstance(entry, dict) for entry in recorded.values())
     ):

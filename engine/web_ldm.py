@@ -3,11 +3,19 @@ which ldm models the format cannot hold. Three kinds share it: an `autoencoder` 
 (`encoder.*`, `decoder.*`); a `latent` file holds the UNet (`unet.*`), the frozen autoencoder (`autoencoder.*`) and
 the buffer `latent_scale`; a `pixel` file holds the UNet alone (a class-conditional UNet also `unet.label_embed`,
 whose last row is the null class). The diffusion settings travel in the config; the sampler defaults (`sampler`,
-`eta`) are optional keys, so files written before they existed still read (as DDIM, η = 0)."""
+`eta`) are optional keys, so files written before they existed still read (as DDIM, η = 0).
+
+ONNX: the autoencoder's encoder (posterior mean) and decoder (clamped) for kinds autoencoder and latent (unscaled
+latents), the UNet for kinds latent and pixel (its raw prediction at int64 timesteps, its sinusoidal features
+computed in the graph), and for kind latent model_tensors.bin with `latent_scale`."""
 
 from __future__ import annotations
 
-from .family import WebExport
+import torch
+import torch.nn as nn
+
+from .family import OnnxExport, OnnxNetwork, WebExport
+from .onnx_networks import example_images, example_integers, example_labels, example_normal
 
 LDM_WEB_KEYS = (
     "kind",
@@ -85,4 +93,45 @@ def ldm_index_fields(config: dict) -> dict:
     return fields
 
 
-LDM_WEB = WebExport(LDM_WEB_KEYS, ldm_edge_layers, ldm_index_fields, unsupported=ldm_web_unsupported)
+def _autoencoder_of(model: nn.Module) -> nn.Module:
+    """The KL autoencoder of a model: itself (autoencoder) or its frozen stage 1 (latent)."""
+    return model if model.config.kind == "autoencoder" else model.autoencoder
+
+
+def _mean(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _autoencoder_of(model).encode(x)[0]  # (B, c, h, w) posterior mean, unscaled
+
+
+def _decoded(model: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    return _autoencoder_of(model).decode(z).clamp(-1, 1)  # z unscaled: a latent model's x0 / latent_scale
+
+
+def _unet(model: nn.Module, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+    return model.unet(x, t, labels)  # eps, v or x0 per config.prediction; labels = num_classes: the null class
+
+
+def ldm_onnx_networks(model: nn.Module) -> dict[str, OnnxNetwork]:
+    """encoder: x -> mean and decoder: z -> x in [-1, 1] (kinds autoencoder, latent); unet: x (B, *latent_shape),
+    t int64 (B,) [, labels int64 (B,)] -> out (kinds latent, pixel)."""
+    config = model.config
+    shape = tuple(ldm_latent_shape(config.to_dict()))
+    networks = {}
+    if config.kind != "pixel":
+        networks["encoder"] = OnnxNetwork(_mean, lambda batch: {"x": example_images(config, batch)}, "mean")
+        networks["decoder"] = OnnxNetwork(_decoded, lambda batch: {"z": example_normal(batch, shape)}, "x")
+    if config.kind != "autoencoder":
+        networks["unet"] = OnnxNetwork(_unet, lambda batch: _unet_example(config, shape, batch), "out")
+    return networks
+
+
+def _unet_example(config, shape: tuple[int, ...], batch: int) -> dict[str, torch.Tensor]:
+    timesteps = example_integers(batch, (), config.timesteps)
+    return {"x": example_normal(batch, shape), "t": timesteps, **example_labels(config, batch)}
+
+
+LDM_ONNX = OnnxExport(
+    ldm_onnx_networks,
+    tensors=lambda model: ("latent_scale",) if model.config.kind == "latent" else (),
+    unsupported=lambda model: ldm_web_unsupported(model.config.to_dict()),
+)
+LDM_WEB = WebExport(LDM_WEB_KEYS, ldm_edge_layers, ldm_index_fields, unsupported=ldm_web_unsupported, onnx=LDM_ONNX)

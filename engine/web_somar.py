@@ -4,13 +4,19 @@ the state as written. Three kinds share it. An `autoencoder` file holds the stag
 config's `autoencoder_family`) and one SOM per level (`levels.{k}.codes` (K, D), `levels.{k}.grid` (K, 2) unit
 (row, col)); a `prior` file holds that codebook under `codebook.` (or a vqvae tokenizer, `codebook.net.*`) and the
 transformer `prior.*`. SOM codes and grids are buffers, never quantized (F16 in fp16/q8/q4, F32 in fp32); their
-training statistics are written reset."""
+training statistics are written reset.
+
+ONNX (every kind the page shows; not a prior over a vqvae's tokens): the frozen autoencoder's encoder (images -> the
+latent map, as FrozenMap.encode) and decoder (map -> images, clamped), and for kinds codebook and prior
+model_tensors.bin with the finest level's SOM codes and grid."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn as nn
 
-from .family import WebExport
+from .family import OnnxExport, OnnxNetwork, WebExport
+from .onnx_networks import example_images, example_normal
 from .web_ldm import AE_EDGES
 from .web_vqvae import vqvae_edge_layers, vqvae_export_state
 
@@ -116,10 +122,61 @@ def _vqvae_parts(state: dict) -> dict:
     return out
 
 
+def _frozen_map(model: nn.Module) -> nn.Module:
+    """What maps images to latent maps and back: the autoencoder itself, a codebook's or a prior's codebook's
+    FrozenMap."""
+    kind = model.config.kind
+    return model if kind == "autoencoder" else (model.autoencoder if kind == "codebook" else model.codebook.autoencoder)
+
+
+def _codebook_config(model: nn.Module):
+    return model.config if model.config.kind == "codebook" else model.codebook.config
+
+
+def _maps(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _frozen_map(model).encode(x)  # (B, C, h, w): tanh map, ldm mean, or a cosine vqvae's unit latents
+
+
+def _images(model: nn.Module, maps: torch.Tensor) -> torch.Tensor:
+    return _frozen_map(model).decode(maps).clamp(-1, 1)
+
+
+def somar_onnx_networks(model: nn.Module) -> dict[str, OnnxNetwork]:
+    """encoder: x (B, C, S, S) -> maps (B, *map_shape); decoder: maps -> x in [-1, 1]."""
+    config = model.config
+    shape = _own_map(config) if config.kind == "autoencoder" else _codebook_config(model).map_shape
+    return {
+        "encoder": OnnxNetwork(_maps, lambda batch: {"x": example_images(config, batch)}, "maps"),
+        "decoder": OnnxNetwork(_images, lambda batch: {"maps": example_normal(batch, tuple(shape))}, "x"),
+    }
+
+
+def somar_onnx_tensors(model: nn.Module) -> tuple[str, ...]:
+    """The finest level's SOM codes (K, D) and grid (K, 2) of a codebook or prior file; () for an autoencoder."""
+    if model.config.kind == "autoencoder":
+        return ()
+    prefix = "codebook." if model.config.kind == "prior" else ""
+    finest = len(_codebook_config(model).level_sizes) - 1
+    return (f"{prefix}levels.{finest}.codes", f"{prefix}levels.{finest}.grid")
+
+
+def somar_onnx_unsupported(model: nn.Module) -> str | None:
+    """Why a somar model gets no ONNX files: a prior over a vqvae's tokens (the page does not show it)."""
+    config = model.config.to_dict()
+    if _codebook_dict(config).get("family", "somar") == "vqvae":
+        return (
+            "a somar prior over a vqvae's tokens gets no ONNX files: the page does not show it (its prior does not "
+            "run there); export the vqvae run for its tokenizer"
+        )
+    return somar_web_unsupported(config)
+
+
+SOMAR_ONNX = OnnxExport(somar_onnx_networks, tensors=somar_onnx_tensors, unsupported=somar_onnx_unsupported)
 SOMAR_WEB = WebExport(
     SOMAR_WEB_KEYS,
     somar_edge_layers,
     somar_index_fields,
     unsupported=somar_web_unsupported,
     export_state=somar_export_state,
+    onnx=SOMAR_ONNX,
 )

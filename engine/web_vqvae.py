@@ -1,15 +1,19 @@
 """The vqvae family's web export (docs/web_format.md): which layers stay fp16 in q8/q4, the index.json fields and
 which vqvae models the format cannot hold. The codebook (`quantizer.embedding.weight`) is an nn.Embedding, never
-quantized: F16 in fp16/q8/q4, F32 in fp32."""
+quantized: F16 in fp16/q8/q4, F32 in fp32. ONNX (quantizer "vq"): the encoder gives tokens, the decoder takes them,
+and model_tensors.bin holds the stored codebook (the page normalises its rows itself when l2_norm)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn as nn
 
-from .family import WebExport
+from .family import OnnxExport, OnnxNetwork, WebExport
+from .onnx_networks import example_images, example_integers
 
+CODEBOOK = "quantizer.embedding.weight"
 VQVAE_WEB_KEYS = ("channel_mults", "codebook_size", "codebook_dim", "l2_norm", "quantizer", "norm_groups", "width")
 
 
@@ -69,10 +73,36 @@ def vqvae_export_state(state: dict) -> dict:
     return out
 
 
+def _tokens(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model.encode(x)  # (B, h, w) int64: each position's nearest code
+
+
+def _images(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    return model.decode_indices(tokens)  # (B, C, S, S) clamped to [-1, 1]
+
+
+def vqvae_onnx_networks(model: nn.Module) -> dict[str, OnnxNetwork]:
+    """encoder: x (B, C, S, S) -> tokens int64 (B, h, w) (VQVAE.encode); decoder: tokens -> x (decode_indices)."""
+    config = model.config
+    grid = (config.latent_size, config.latent_size)
+    return {
+        "encoder": OnnxNetwork(_tokens, lambda batch: {"x": example_images(config, batch)}, "tokens"),
+        "decoder": OnnxNetwork(
+            _images, lambda batch: {"tokens": example_integers(batch, grid, config.codebook_size)}, "x"
+        ),
+    }
+
+
+VQVAE_ONNX = OnnxExport(
+    vqvae_onnx_networks,
+    tensors=lambda model: (CODEBOOK,),
+    unsupported=lambda model: vqvae_web_unsupported(model.config.to_dict()),
+)
 VQVAE_WEB = WebExport(
     VQVAE_WEB_KEYS,
     vqvae_edge_layers,
     vqvae_index_fields,
     unsupported=vqvae_web_unsupported,
     export_state=vqvae_export_state,
+    onnx=VQVAE_ONNX,
 )
