@@ -4,11 +4,19 @@ weight files for the WebGPU demo; a family without one is a one-line error.
     python export_weights.py --checkpoint results/cifar10_<stamp> --output_dir frontend/public/models/cifar10_<stamp> \
         --mode q8 --mode q4 --index_root frontend/public/models
 
-Writes <output_dir>/model_<mode>.safetensors per mode (all four when --mode is not given), and for Sphere Encoders
-and Power-Spherical VAEs <output_dir>/model_decoder.onnx and model_encoder.onnx (float32, any batch size: the page's
-CPU path runs them with onnxruntime-web) with model_onnx.json (their sizes and SHA-256; --no-onnx skips the three),
-and nothing outside --output_dir, except
-<index_root>/index.json when --index_root names the folder that holds --output_dir.
+Writes <output_dir>/model_<mode>.safetensors per mode (all four when --mode is not given) and, for the page's CPU
+path (onnxruntime-web; float32, any batch size), the ONNX files of the model's family with model_onnx.json (their
+sizes and SHA-256; --no-onnx skips them):
+  sphere, psvae           model_encoder.onnx, model_decoder.onnx
+  vqvae (quantizer vq)    model_encoder.onnx (tokens), model_decoder.onnx, model_tensors.bin (the codebook)
+  ldm autoencoder         model_encoder.onnx, model_decoder.onnx
+  ldm latent              model_unet.onnx, model_encoder.onnx, model_decoder.onnx, model_tensors.bin (latent_scale)
+  ldm pixel               model_unet.onnx
+  somar autoencoder       model_encoder.onnx, model_decoder.onnx
+  somar codebook, prior   model_encoder.onnx, model_decoder.onnx, model_tensors.bin (the finest level's SOM)
+  none                    1-D signal psvae, fsq vqvae, a somar prior over a vqvae's tokens
+and nothing outside --output_dir, except <index_root>/index.json when --index_root names the folder that holds
+--output_dir.
 Format, quantization and BatchNorm folding: docs/web_format.md; ONNX graph inputs and outputs: engine/onnx_export.py.
 """
 
@@ -56,8 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--onnx",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="also write model_decoder.onnx / model_encoder.onnx for the page's CPU path (default; --no-onnx skips "
-        "them and removes those an earlier export left in --output_dir)",
+        help="also write the ONNX files of the model's family for the page's CPU path (model_encoder.onnx, "
+        "model_decoder.onnx, model_unet.onnx, model_tensors.bin: the ones the family has, listed above; default; "
+        "--no-onnx skips them and removes those an earlier export left in --output_dir)",
     )
     parser.add_argument(
         "--index_root",
