@@ -4,8 +4,10 @@
     python batch_export.py results/cifar10_<stamp> results/ffhq_<stamp>/checkpoints/checkpoint_epoch_40.pth
     python batch_export.py hf://alice/sphere-cifar10 --push_to_hub alice/sphere-web   # the page: ?hub=alice/sphere-web
 
-Each run goes to <output_root>/<run name>/model_<mode>.safetensors, plus model_decoder.onnx and model_encoder.onnx
-for Sphere Encoders and Power-Spherical VAEs (--no-onnx skips them); <output_root>/index.json then lists every
+Each run goes to <output_root>/<run name>/model_<mode>.safetensors, plus the ONNX files of its family (--no-onnx
+skips them): model_encoder.onnx and model_decoder.onnx for sphere, psvae, vqvae (vq), ldm autoencoder and latent and
+somar models, model_unet.onnx for ldm latent and pixel, model_tensors.bin beside them for vqvae, ldm latent and somar
+codebook and prior models (export_weights.py --help lists them); <output_root>/index.json then lists every
 model folder under output_root (name, dataset, image size, latent size and shape, backbone, classes,
 parameter count, per mode the file, relative to index.json, and its size in bytes, and the ONNX files).
 """
@@ -117,7 +119,7 @@ def check_exportable(checkpoint: Path) -> None:
 
 
 def file_label(summary: dict) -> str:
-    """'fp32', 'q8'... for a web file, 'onnx decoder' / 'onnx encoder' for an ONNX file."""
+    """'fp32', 'q8'... for a web file, 'onnx decoder', 'onnx unet', 'onnx tensors'... for an ONNX export's file."""
     return f"onnx {summary['network']}" if summary["mode"] == "onnx" else summary["mode"]
 
 
