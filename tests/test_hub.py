@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import batch_export
+import evaluate
 import sampling
 import training
 from engine import hub
@@ -196,6 +197,7 @@ def test_hf_checkpoint_loads_samples_and_feeds_a_later_stage(pushed, fake_hub, t
     run_dir, _ = pushed
     ema = load_checkpoint(run_dir / "checkpoints" / "checkpoint_latest.pth")["ema"]
     model, config = load_model_from_checkpoint(resolve_checkpoint("hf://me/tiny"))
+    assert evaluate.run_dir_of(resolve_checkpoint("hf://me/tiny"), tmp_path) == tmp_path / "hub" / "me--tiny"
     assert config == json.loads((run_dir / "config.json").read_text())
     assert all(torch.equal(value, ema[key]) for key, value in model.state_dict().items())
     assert load_checkpoint(resolve_checkpoint("hf://me/tiny@v1"))["step"] == 2  # a revision
@@ -249,6 +251,7 @@ def test_a_failing_upload_only_warns(tmp_path, monkeypatch, caplog):
     assert "the last checkpoint (step 7) was not pushed" in last and "hf upload me/tiny" in last
     assert "--revision dev" in last
     assert (tmp_path / "hub" / "model.safetensors").is_file()  # staged: what to upload by hand
+    assert "```bash\npython x\n```" in (tmp_path / "hub" / "README.md").read_text()  # the command that trained it
 
 
 def test_batch_export_pushes_the_web_files(pushed, tmp_path, monkeypatch, capsys):
