@@ -13,7 +13,11 @@
 // without ONNX files runs on WebGPU and says so; a corrupt ONNX file is explained; a browser without WebGPU (navigator.gpu
 // missing, or Chromium without --enable-unsafe-webgpu) generates and reconstructs on the CPU and explains why a
 // model without ONNX files cannot run. Prints the time to first image (ms from navigation start). Saves e2e-cpu.png.
-// Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8] [--fixtures DIR] [--cpu-only]
+// The other families on the CPU path, in Auto: a pixel diffusion model (ddpm16) generates with its x̂_0 previews and the
+// race times one UNet pass on each backend; a tokenizer (vqvae_tiny16) shows its token map; a somar codebook
+// (somar_cb16) draws its atlas and a painted cell is decoded; each stays on the CPU on SwiftShader. Saves
+// e2e-cpu-families.png.
+// Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8] [--fixtures DIR] [--cpu-only] [--cpu-families]
 import fs from "node:fs";
 import path from "node:path";
 import { build } from "vite";
@@ -27,6 +31,8 @@ const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name
 const modelName = option("--model", "vit_tiny16");
 const modeName = option("--mode", "q8");
 const cpuOnly = args.includes("--cpu-only"); // the CPU path's checks alone
+const familiesOnly = args.includes("--cpu-families"); // the CPU path's vqvae, ldm and somar checks alone
+const NO_ONNX = "vit_legacy16"; // a fixture exported without ONNX files
 const outDir = path.join(root, "test-results", "e2e-dist");
 const fixtures = path.resolve(option("--fixtures", path.join(root, "test-fixtures")));
 if (!fs.existsSync(path.join(fixtures, "index.json"))) throw new Error("no test-fixtures/index.json: run npm run fixtures");
@@ -75,9 +81,10 @@ const check = (ok, what) => {
 };
 
 try {
-  if (!cpuOnly) await webgpuChecks(browser);
+  if (!cpuOnly && !familiesOnly) await webgpuChecks(browser);
   const errors = [];
-  await cpuChecks(browser, errors);
+  if (!familiesOnly) await cpuChecks(browser, errors);
+  await cpuFamilyChecks(browser, errors);
   check(errors.length === 0, `no page errors after the CPU path checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
 } finally {
   await close();
@@ -191,8 +198,8 @@ async function cpuChecks(browser, errors) {
   await auto.screenshot({ path: path.join(root, "test-results", "e2e-cpu.png"), fullPage: true });
 
   // a model without ONNX files stays on WebGPU when the CPU is picked, and says so; a corrupt ONNX file is explained
-  await pick(auto, "vqvae_tiny16");
-  check((await settled(auto)) === "ready" && (await backendOf(auto)) === "webgpu", "vqvae_tiny16 (no ONNX files) loads on WebGPU");
+  await pick(auto, NO_ONNX);
+  check((await settled(auto)) === "ready" && (await backendOf(auto)) === "webgpu", `${NO_ONNX} (no ONNX files) loads on WebGPU`);
   check(
     /has no ONNX files .*it runs on WebGPU/.test(await auto.textContent("#backend-status")),
     `it says so: ${await auto.textContent("#backend-status")}`,
@@ -222,10 +229,10 @@ async function cpuChecks(browser, errors) {
   );
   await pick(plain, "psvae_vit16");
   check((await settled(plain)) === "ready" && (await backendOf(plain)) === "cpu", "a psvae runs on the CPU without WebGPU");
-  await pick(plain, "vqvae_tiny16");
+  await pick(plain, NO_ONNX);
   check((await settled(plain)) === "unsupported", "a model without ONNX files is not loaded without WebGPU");
   check(
-    /vqvae_tiny16 has no ONNX files, so it needs WebGPU, which this browser lacks/.test(
+    new RegExp(`${NO_ONNX} has no ONNX files, so it needs WebGPU, which this browser lacks`).test(
       await plain.textContent("#messages .message.error"),
     ),
     `and the page says why: ${await plain.textContent("#messages .message.error")}`,
@@ -255,6 +262,75 @@ async function cpuChecks(browser, errors) {
   console.log(
     `time to first image (${modelName}, 9 images, 2 steps, fresh profile): Auto ${autoFirst} ms, without WebGPU ${plainFirst} ms`,
   );
+}
+
+/** The range of a canvas's RGB values (0: a flat, blank image), and its width. */
+function canvasRange(page, selector) {
+  return page.evaluate((s) => {
+    const canvas = document.querySelector(s);
+    const rgb = [...canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data].filter((_, i) => i % 4 !== 3);
+    return { width: canvas.width, range: Math.max(...rgb) - Math.min(...rgb) };
+  }, selector);
+}
+
+/** A counter the page keeps in document.body.dataset. */
+function counter(page, key) {
+  return page.evaluate((k) => Number(document.body.dataset[k] ?? 0), key);
+}
+
+/** Wait until Auto's race of the current model is done; its backend line. */
+async function raced(page, before) {
+  await page.waitForFunction((n) => Number(document.body.dataset.race ?? 0) > n, before, { timeout: 300_000 });
+  return page.textContent("#backend-status");
+}
+
+/** The vqvae, ldm and somar families on the CPU path, in Auto on SwiftShader. */
+async function cpuFamilyChecks(browser, errors) {
+  const page = await openPage(browser, "?backend=auto&model=ddpm16", errors);
+  check((await settled(page)) === "ready" && (await backendOf(page)) === "cpu", "Auto runs the pixel model ddpm16 on the CPU");
+  check(
+    Number(await counter(page, "previews")) >= 10,
+    `its first sample shows each step's x̂₀ (${await counter(page, "previews")} previews)`,
+  );
+  check(
+    /10 steps \(DDIM η 0\), seed \d+/.test(await page.textContent("#generate-status")),
+    `status: ${await page.textContent("#generate-status")}`,
+  );
+  const sample = await canvasRange(page, "#grid canvas:nth-child(1)");
+  check(sample.width === 16 && sample.range > 20, `the CPU sample is not blank (range ${sample.range})`);
+  const line = await raced(page, 0);
+  check(
+    /Runs on CPU.*One UNet pass \(best of 5\): CPU [\d.]+ ms · WebGPU [\d.]+ ms/.test(line) && (await backendOf(page)) === "cpu",
+    `Auto times one UNet pass on each backend and keeps the CPU: ${line}`,
+  );
+
+  await pick(page, "vqvae_tiny16");
+  check((await settled(page)) === "ready" && (await backendOf(page)) === "cpu", "Auto runs vqvae_tiny16 on the CPU");
+  await page.waitForFunction(() => Number(document.body.dataset.tokens ?? 0) > 0, null, { timeout: 60_000 });
+  const tokens = await canvasRange(page, "#recon-tokens");
+  check(tokens.width === 8 && tokens.range > 20, `its token map is 8×8 and not blank: ${await page.textContent("#recon-tokens-caption")}`);
+
+  const races = await counter(page, "race");
+  const atlases = await counter(page, "atlas");
+  await pick(page, "somar_cb16");
+  check((await settled(page)) === "ready" && (await backendOf(page)) === "cpu", "Auto runs somar_cb16 on the CPU");
+  check((await counter(page, "atlas")) > atlases, `its atlas is drawn: ${await page.textContent("#paint-status")}`);
+  const atlas = await canvasRange(page, "#paint-atlas");
+  check(atlas.width === 21 && atlas.range > 20, `the atlas is not blank (width ${atlas.width}, range ${atlas.range})`);
+  const painted = await counter(page, "painted");
+  const box = await page.locator("#paint-tokens").boundingBox();
+  await page.evaluate(() => (window.sphereDemo.paint.unit = (window.sphereDemo.paint.tokens[0] + 5) % window.sphereDemo.model.units));
+  await page.locator("#paint-tokens").click({ position: { x: box.width / 8, y: box.height / 8 } });
+  await page.waitForFunction((n) => Number(document.body.dataset.painted ?? 0) > n, painted, { timeout: 60_000 });
+  check(true, `a painted cell is decoded on the CPU: ${await page.textContent("#paint-status")}`);
+  const somarLine = await raced(page, races);
+  check(
+    /One decode \(best of 5\): CPU/.test(somarLine) && (await backendOf(page)) === "cpu",
+    `Auto keeps the somar codebook on the CPU: ${somarLine}`,
+  );
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await page.screenshot({ path: path.join(root, "test-results", "e2e-cpu-families.png"), fullPage: true });
+  await page.close();
 }
 
 // ---- WebGPU: every family ------------------------------------------------------------------------------------

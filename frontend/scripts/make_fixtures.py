@@ -10,8 +10,9 @@ Writes frontend/test-fixtures/ (git-ignored):
                                          map; somar: latent maps, patches, tokens, decode of tokens,
                                          reconstruction, atlas); none for the 1-D psvae, which the page does not show
   <model>/dequant_<mode>.safetensors    the float32 state dict read back by engine.webformat
-  <model>/model_{decoder,encoder}.onnx  the models in ONNX_MODELS exported with engine.onnx_export (the page's
-                                         CPU path; the decoder alone for a decoder-only file)
+  <model>/model_{decoder,encoder,unet}.onnx  the models in ONNX_MODELS exported with engine.onnx_export (the
+                                         page's CPU path; the decoder alone for a decoder-only file), with
+                                         model_tensors.bin for the families that read stored tensors
   kernels.safetensors + kernels.json    single-op cases (GEMM in every encoding, convs, norms, attention...)
   diffusion.safetensors + diffusion.json  whole DDIM (η > 0) and DDPM runs of models/diffusion.py with a
                                          recording denoiser: each step's x, network output and step noise
@@ -203,8 +204,10 @@ SAMPLER_CASES = {
 SAMPLER_SHAPE = (2, 3, 4, 4)  # (n, C, h, w) of the recorded runs
 SAMPLER_SCHEDULE = dict(timesteps=1000, beta_start=1e-4, beta_end=0.02)  # DDPM's linear range (cosine ignores it)
 DECODER_ONLY = {"psvae_decoder16"}  # models whose files keep only the decoder.* tensors
-# models that also get ONNX files (the page's CPU path): unconditional and conditional, both backbones, psvae
+# models that also get ONNX files (the page's CPU path): unconditional and conditional, both backbones, psvae; a
+# tokenizer, a class-conditional latent-diffusion model (UNet, autoencoder, latent_scale), a pixel one, a somar codebook
 ONNX_MODELS = {"vit_tiny16", "convnet_tiny16", "vit_cond16", "convnet_cond_bn16", "psvae_vit16", "psvae_decoder16"}
+ONNX_MODELS |= {"vqvae_tiny16", "ldm_cond16", "ddpm16", "somar_cb16"}
 GUIDANCE = 2.0
 RECON_ANGLE = 30.0  # degrees of re-noising between reconstruction rounds
 
@@ -494,7 +497,7 @@ def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
         }
     remove_onnx(folder)  # none left from an earlier run with another list
     if name in ONNX_MODELS:  # the float32 model, as the fp32 file holds it
-        entry["onnx"] = export_onnx(model, folder, ("decoder",) if name in DECODER_ONLY else ("decoder", "encoder"))
+        entry["onnx"] = export_onnx(model, folder, ("decoder",) if name in DECODER_ONLY else None)
     return entry
 
 
