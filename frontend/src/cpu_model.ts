@@ -63,10 +63,10 @@ export function onnxNeeds(config: ModelConfig): OnnxNetworkName[] {
       return ["encoder", "decoder", "tensors"];
     case "somar":
       return config.kind === "autoencoder" ? ["encoder", "decoder"] : ["encoder", "decoder", "tensors"];
-    case "ldm":
-      return { autoencoder: ["encoder", "decoder"], latent: ["unet", "encoder", "decoder"], pixel: ["unet"] }[
-        config.kind
-      ] as OnnxNetworkName[];
+    case "ldm": {
+      const needs: Record<string, OnnxNetworkName[]> = { autoencoder: ["encoder", "decoder"], latent: ["unet", "encoder", "decoder"] };
+      return needs[config.kind] ?? ["unet"]; // pixel (an unknown kind is named when the model loads)
+    }
     default:
       return ["decoder"];
   }
