@@ -645,7 +645,7 @@ class Trainer:
         if fid:
             self.quick_fid(epoch)
         self.save(epoch_file=epoch % settings.ckpt_every_epochs == 0 or last)
-        if self.info.is_main and (evaluate or fid):
+        if self.info.is_main and (evaluate or fid) and self.run_config.get("train", {}).get("curves", True):
             self.draw_curves()
         if self.tensorboard is not None and last:
             self.tensorboard.close()
