@@ -272,3 +272,9 @@ def test_models_the_page_does_not_show_get_no_files(case, words, tmp_path, caplo
     assert export_onnx(model, tmp_path) is None
     assert not list(tmp_path.iterdir())
     assert sum(words in record.message for record in caplog.records) <= 1, "the reason is logged once"
+
+
+def test_asking_for_a_network_the_model_lacks_names_those_it_has(tmp_path):
+    with pytest.raises(ValueError, match=r"no ONNX network \['unet'\]; it has encoder, decoder"):
+        export_onnx(build("vqvae"), tmp_path, networks=("unet",))
+    assert not list(tmp_path.iterdir())
