@@ -7,7 +7,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from engine.tensorboard import MISSING
+from engine.tensorboard import MISSING, TensorBoardLog
 from tests.test_training import run_training, tiny_flags
 
 
@@ -49,3 +49,20 @@ def test_without_the_package_training_says_so_once_and_goes_on(tmp_path, monkeyp
     assert log.count(MISSING) == 1 and "pip install tensorboard" in MISSING and "finished at epoch 1" in log
     assert not (run_dir / "tensorboard").exists()
     assert (run_dir / "images" / "epoch_0001_recon.png").is_file() and not (run_dir / "images" / "curves.png").exists()
+
+
+def test_a_resumed_log_hides_what_its_killed_predecessor_logged_after_the_checkpoint(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    killed = TensorBoardLog(tmp_path, SummaryWriter)
+    for step in (1, 2, 3, 4):  # the checkpoint was taken at step 2
+        killed.scalars({"step": step, "epoch": 1, "loss": float(step), "recon_split": "test", "flag": True})
+    killed.close()
+    resumed = TensorBoardLog(tmp_path, SummaryWriter)
+    for step in (3, 4):
+        resumed.scalars({"step": step, "epoch": 1, "loss": 10.0 * step})
+    resumed.close()
+    events = EventAccumulator(str(tmp_path))
+    events.Reload()
+    assert set(events.Tags()["scalars"]) == {"loss", "epoch"}
+    assert [(event.step, event.value) for event in events.Scalars("loss")] == [(1, 1), (2, 2), (3, 30), (4, 40)]
