@@ -425,9 +425,9 @@ def evaluate_family(run_dir: Path, judges: Judges, args) -> tuple[dict, torch.Te
     result |= {"reconstruction": recon, "generation": gen}
     if samples is not None:
         return result, samples, f"samples, {max(gen['steps'])} step{'s' * (max(gen['steps']) > 1)}"
-    originals, recons = pictures
     half = GRID_SIDE**2 // 2  # top rows the held-out images, bottom rows their reconstructions
-    return result, torch.cat([originals[:half], recons[:half]]), "reconstructions (no sampler)"
+    grid = torch.cat([padded(images[:half], half) for images in pictures])
+    return result, grid, "no sampler: held-out (top), reconstructed"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -460,11 +460,15 @@ def family_result(family: str, args, threads: int, judges: Judges) -> dict:
     return result
 
 
+def padded(images: torch.Tensor, count: int) -> torch.Tensor:
+    """The first `count` images (B, C, H, W) in [-1, 1], followed by white ones up to `count`."""
+    images = images[:count].float().clamp(-1, 1).cpu()
+    return torch.cat([images, images.new_ones(count - len(images), *images.shape[1:])])
+
+
 def save_cell(images: torch.Tensor, path: Path) -> None:
-    """A GRID_SIDE-wide grid of images in [-1, 1], enlarged FIGURE_SCALE times (nearest neighbour)."""
-    images = images[: GRID_SIDE**2].float().clamp(-1, 1).cpu()
-    blanks = images.new_ones(GRID_SIDE**2 - len(images), *images.shape[1:])  # white tiles: every grid is full
-    grid = make_grid(torch.cat([images, blanks]), nrow=GRID_SIDE, padding=2, pad_value=1.0)  # (3, H, W)
+    """A full GRID_SIDE x GRID_SIDE grid of images in [-1, 1], enlarged FIGURE_SCALE times (nearest neighbour)."""
+    grid = make_grid(padded(images, GRID_SIDE**2), nrow=GRID_SIDE, padding=2, pad_value=1.0)  # (3, H, W)
     pixels = ((grid + 1) * 127.5).round().clamp(0, 255).byte().permute(1, 2, 0).numpy()
     picture = Image.fromarray(pixels)
     path.parent.mkdir(parents=True, exist_ok=True)
