@@ -58,8 +58,8 @@ def load_run(folder: Path, name: str | None = None) -> Run:
 
 def run_summary(folder: Path, records: list[dict]) -> str:
     """'vit_tiny on cifar10, step 1200 (epoch 6)': from config.json when the folder has one."""
-    last = records[-1]
-    where = f"step {last['step']:,}" + (f" (epoch {last['epoch']})" if "epoch" in last else "")
+    epochs = [record["epoch"] for record in records if "epoch" in record]
+    where = f"step {max(record['step'] for record in records):,}" + (f" (epoch {epochs[-1]})" if epochs else "")
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
@@ -160,7 +160,8 @@ def set_y_range(ax, panel: Panel, shown: list[np.ndarray]) -> None:
     low, high = float(values.min()), float(values.max())
     if panel.may_log and low > 0 and high / low > 10:
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=6))
+        subs = (1.0, 2.0, 5.0) if high / low < 100 else (1.0,)  # ticks at 1-2-5 within two decades, else decades
+        ax.yaxis.set_major_locator(LogLocator(subs=subs, numticks=6))
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(low / 1.25, high * 1.25)
         return
