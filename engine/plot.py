@@ -21,7 +21,8 @@ from .curves import Curve, Panel, auto_smoothing, ema, panels_for, read_records,
 
 COLUMNS = 4  # panels per row
 PANEL_INCHES = (3.7, 2.45)  # width, height of one panel with its labels
-HEADER_INCHES = 0.75  # title and smoothing note (plus the run legend of a comparison)
+HEADER_INCHES = 0.75  # title and smoothing note
+LEGEND_ROW_INCHES = 0.22  # each row of a comparison's run legend, below them
 DPI = 110
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -208,7 +209,7 @@ def decorate(ax, panel: Panel, compare: bool) -> None:
         unique = dict(zip(labels, handles))  # one NaN/Inf entry however many curves had some
         if compare:  # the key's line style, in grey: colours are the runs'
             unique = {name: recoloured(line) for name, line in unique.items()}
-        ax.legend(unique.values(), unique.keys(), fontsize=7, frameon=False, handlelength=1.8, loc="best")
+        ax.legend(unique.values(), unique.keys(), fontsize=7, frameon=False, handlelength=2.6 if compare else 1.8)
 
 
 def recoloured(line):
@@ -245,8 +246,10 @@ def draw_sheet(runs: list[Run], smoothing: float | None = None, keys: list[str] 
     panels = sheet_panels(runs, keys)
     columns = min(COLUMNS, max(2, len(panels)))
     rows = math.ceil(len(panels) / columns)
-    header = HEADER_INCHES + (0.3 if len(runs) > 1 else 0)
-    width, height = columns * PANEL_INCHES[0], rows * PANEL_INCHES[1] + header
+    width = columns * PANEL_INCHES[0]
+    legend_columns = run_legend_columns(runs, width)
+    header = HEADER_INCHES + (LEGEND_ROW_INCHES * math.ceil(len(runs) / legend_columns) + 0.15 if len(runs) > 1 else 0)
+    height = rows * PANEL_INCHES[1] + header
     figure = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(figure)
     axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
@@ -257,14 +260,21 @@ def draw_sheet(runs: list[Run], smoothing: float | None = None, keys: list[str] 
         draw_panel(ax, panel, runs, smoothing, max(x_max, 1.0))
     for ax in axes[len(panels) :]:
         ax.set_visible(False)
-    write_header(figure, runs, smoothing, height)
+    write_header(figure, runs, smoothing, legend_columns)
     return figure
 
 
-def write_header(figure, runs: list[Run], smoothing: float | None, height: float) -> None:
+def run_legend_columns(runs: list[Run], width: float) -> int:
+    """Columns of a comparison's run legend that fit the sheet's width (about 0.07 inch a character)."""
+    longest = max(len(f"{run.name} ({run.summary})") for run in runs)
+    return max(1, min(len(runs), int((width - 0.5) / (0.07 * longest + 0.6))))
+
+
+def write_header(figure, runs: list[Run], smoothing: float | None, legend_columns: int) -> None:
     """Title (the run and its summary, or the number of runs), the smoothing note, a comparison's run legend."""
     from matplotlib.lines import Line2D
 
+    height = figure.get_figheight()
     title = f"{runs[0].name}  |  {runs[0].summary}" if len(runs) == 1 else f"{len(runs)} runs"
     figure.text(0.5 / figure.get_figwidth(), 1 - 0.12 / height, title, fontsize=12, weight="bold", va="top")
     note = smoothing_note(smoothing)
@@ -277,7 +287,7 @@ def write_header(figure, runs: list[Run], smoothing: float | None, height: float
             labels,
             loc="upper left",
             bbox_to_anchor=(0.4 / figure.get_figwidth(), 1 - 0.62 / height),
-            ncol=min(len(runs), 3),
+            ncol=legend_columns,
             fontsize=8.5,
             frameon=False,
             handlelength=2,
@@ -311,7 +321,9 @@ def smoothing_value(text: str) -> float | None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.plot", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="run folders (or their metrics.jsonl)")
     parser.add_argument("--out", type=Path, default=Path("curves.png"), help="the picture (.png, .pdf, .svg)")
     parser.add_argument(
