@@ -181,9 +181,10 @@ function weightLoader(w: GpuMatrix, aligned: boolean): { code: string; code4: st
   return f32(i32(nibble) - 8) * ${scale};`,
         code4: `let addr = n * P.ROW_BYTES + (k >> 1u); // even: the 4 nibbles are one 16-bit half of a word
   let bits = w[addr >> 2u] >> ((addr & 3u) * 8u);
-  let q = vec4<i32>(vec4<u32>(bits, bits >> 4u, bits >> 8u, bits >> 12u) & vec4<u32>(0xfu)) - vec4<i32>(8);
+  let q = vec4<i32>(vec4<u32>(bits, bits >> 4u, bits >> 8u, bits >> 12u) & vec4<u32>(0xfu)); // q + 8
   let s = n * P.GROUPS + k / ${group};
-  return vec4<f32>(q) * ${scale};`,
+  let scale = ${scale};
+  return fma(vec4<f32>(q), vec4<f32>(scale), vec4<f32>(-8.0 * scale)); // one rounding, as (q - 8) scale`,
         params: { ...groups, ROW_BYTES: u32(Math.ceil(w.cols / 2)) },
       };
   }
@@ -307,6 +308,42 @@ function fastA(input: GemmInput, aligned: boolean): { A_BASE: string; A4_AT: str
   return { A_BASE: "return 0u;", A4_AT: "return vec4<f32>();" };
 }
 
+/** The direct GEMM's FAST weight reads (gemm_direct.wgsl CHUNK4, W_SCALE, W4_SCALED): each group's scale decoded once. */
+function fastW(w: GpuMatrix, aligned: boolean): { CHUNK4: string; W_SCALE: string; W4_SCALED: string } {
+  const none = { CHUNK4: "0xffffffffu", W_SCALE: "return 1.0;" };
+  if (!aligned) return { ...none, W4_SCALED: "return vec4<f32>();" };
+  switch (w.encoding) {
+    case "f32":
+      return { ...none, W4_SCALED: "return w[n * (P.K >> 2u) + k4];" };
+    case "f16":
+      return {
+        ...none,
+        W4_SCALED: "let i = n * (P.K >> 1u) + 2u * k4;\n  return vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u]));",
+      };
+    case "q8":
+    case "q4":
+      break;
+  }
+  const scale = "let s = n * P.GROUPS + g;\n  return pick_half(unpack2x16float(ws[s >> 1u]), s);";
+  const chunk = `${w.groupSize / 4}u`;
+  if (w.encoding === "q8")
+    return {
+      CHUNK4: chunk,
+      W_SCALE: scale,
+      W4_SCALED: `let word = w[n * (P.K >> 2u) + k4];
+  let q = vec4<i32>(i32(word << 24u), i32(word << 16u), i32(word << 8u), i32(word)) >> vec4<u32>(24u);
+  return vec4<f32>(q) * s;`,
+    };
+  return {
+    CHUNK4: chunk,
+    W_SCALE: scale,
+    W4_SCALED: `let addr = n * P.ROW_BYTES + 2u * k4; // the 4 nibbles are one 16-bit half of a word
+  let bits = w[addr >> 2u] >> ((addr & 3u) * 8u);
+  let q = vec4<i32>(vec4<u32>(bits, bits >> 4u, bits >> 8u, bits >> 12u) & vec4<u32>(0xfu)); // q + 8
+  return fma(vec4<f32>(q), vec4<f32>(s), vec4<f32>(-8.0 * s)); // one rounding, as (q - 8) s`,
+  };
+}
+
 /** C = act(A W^T + bias) with W dequantized in the shader; one 32x32 tile per workgroup (kernelChoice.gemm's main). */
 export function gemm(spec: GemmSpec): Dispatch {
   const w = spec.weight;
@@ -340,6 +377,7 @@ export function gemm(spec: GemmSpec): Dispatch {
     LOAD_W4: loadW.code4,
     FAST: String(aligned && (spec.input.layout === "rows" || spec.input.layout === "cols")),
     ...fastA(spec.input, aligned),
+    ...fastW(w, aligned),
     A_AT: vectorA ? "return a[i >> 2u][i & 3u];" : "return a[i];",
     LOAD_A4: vectorA
       ? "let v = a[(m * P.K + k) >> 2u];\n  if (P.A_MODE == 1u) {\n    return v / (1.0 + exp(-v));\n  }\n  return v;"
