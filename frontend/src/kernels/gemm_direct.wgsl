@@ -18,8 +18,17 @@ fn a4_at(base: u32, k4: u32) -> vec4<f32> {
   {{A4_AT}}
 }
 
-fn w4_at(n: u32, k4: u32) -> vec4<f32> {
-  return load_w4(n, 4u * k4);
+// FAST weights: K in chunks of CHUNK4 steps of four k (a quantization group; unquantized: the whole row). Each
+// column's scale of a chunk is decoded once (w_scale(n, g), g the group; 1 unquantized), not once per four weights,
+// then w4_scaled(n, k4, s) = W(n, 4 k4..4 k4 + 3) (the weight decoding of ops.ts fastW, one variant per encoding)
+const CHUNK4: u32 = {{CHUNK4}};
+
+fn w_scale(n: u32, g: u32) -> f32 {
+  {{W_SCALE}}
+}
+
+fn w4_scaled(n: u32, k4: u32, s: f32) -> vec4<f32> {
+  {{W4_SCALED}}
 }
 
 fn sum4(v: vec4<f32>) -> f32 {
@@ -155,27 +164,35 @@ fn fast_block(row0: u32, col0: u32) {
   var c50 = 0.0; var c51 = 0.0; var c52 = 0.0; var c53 = 0.0;
   var c60 = 0.0; var c61 = 0.0; var c62 = 0.0; var c63 = 0.0;
   var c70 = 0.0; var c71 = 0.0; var c72 = 0.0; var c73 = 0.0;
-  for (var k = 0u; k < K4; k++) {
-    let w0 = w4_at(n0, k);
-    let w1 = w4_at(n1, k);
-    let w2 = w4_at(n2, k);
-    let w3 = w4_at(n3, k);
-    let a0 = a4_at(b0, k);
-    c00 = dot_acc(a0, w0, c00); c01 = dot_acc(a0, w1, c01); c02 = dot_acc(a0, w2, c02); c03 = dot_acc(a0, w3, c03);
-    let a1 = a4_at(b1, k);
-    c10 = dot_acc(a1, w0, c10); c11 = dot_acc(a1, w1, c11); c12 = dot_acc(a1, w2, c12); c13 = dot_acc(a1, w3, c13);
-    let a2 = a4_at(b2, k);
-    c20 = dot_acc(a2, w0, c20); c21 = dot_acc(a2, w1, c21); c22 = dot_acc(a2, w2, c22); c23 = dot_acc(a2, w3, c23);
-    let a3 = a4_at(b3, k);
-    c30 = dot_acc(a3, w0, c30); c31 = dot_acc(a3, w1, c31); c32 = dot_acc(a3, w2, c32); c33 = dot_acc(a3, w3, c33);
-    let a4 = a4_at(b4, k);
-    c40 = dot_acc(a4, w0, c40); c41 = dot_acc(a4, w1, c41); c42 = dot_acc(a4, w2, c42); c43 = dot_acc(a4, w3, c43);
-    let a5 = a4_at(b5, k);
-    c50 = dot_acc(a5, w0, c50); c51 = dot_acc(a5, w1, c51); c52 = dot_acc(a5, w2, c52); c53 = dot_acc(a5, w3, c53);
-    let a6 = a4_at(b6, k);
-    c60 = dot_acc(a6, w0, c60); c61 = dot_acc(a6, w1, c61); c62 = dot_acc(a6, w2, c62); c63 = dot_acc(a6, w3, c63);
-    let a7 = a4_at(b7, k);
-    c70 = dot_acc(a7, w0, c70); c71 = dot_acc(a7, w1, c71); c72 = dot_acc(a7, w2, c72); c73 = dot_acc(a7, w3, c73);
+  var k = 0u;
+  for (var g = 0u; k < K4; g++) {
+    let s0 = w_scale(n0, g);
+    let s1 = w_scale(n1, g);
+    let s2 = w_scale(n2, g);
+    let s3 = w_scale(n3, g);
+    let end = k + min(CHUNK4, K4 - k);
+    for (; k < end; k++) {
+      let w0 = w4_scaled(n0, k, s0);
+      let w1 = w4_scaled(n1, k, s1);
+      let w2 = w4_scaled(n2, k, s2);
+      let w3 = w4_scaled(n3, k, s3);
+      let a0 = a4_at(b0, k);
+      c00 = dot_acc(a0, w0, c00); c01 = dot_acc(a0, w1, c01); c02 = dot_acc(a0, w2, c02); c03 = dot_acc(a0, w3, c03);
+      let a1 = a4_at(b1, k);
+      c10 = dot_acc(a1, w0, c10); c11 = dot_acc(a1, w1, c11); c12 = dot_acc(a1, w2, c12); c13 = dot_acc(a1, w3, c13);
+      let a2 = a4_at(b2, k);
+      c20 = dot_acc(a2, w0, c20); c21 = dot_acc(a2, w1, c21); c22 = dot_acc(a2, w2, c22); c23 = dot_acc(a2, w3, c23);
+      let a3 = a4_at(b3, k);
+      c30 = dot_acc(a3, w0, c30); c31 = dot_acc(a3, w1, c31); c32 = dot_acc(a3, w2, c32); c33 = dot_acc(a3, w3, c33);
+      let a4 = a4_at(b4, k);
+      c40 = dot_acc(a4, w0, c40); c41 = dot_acc(a4, w1, c41); c42 = dot_acc(a4, w2, c42); c43 = dot_acc(a4, w3, c43);
+      let a5 = a4_at(b5, k);
+      c50 = dot_acc(a5, w0, c50); c51 = dot_acc(a5, w1, c51); c52 = dot_acc(a5, w2, c52); c53 = dot_acc(a5, w3, c53);
+      let a6 = a4_at(b6, k);
+      c60 = dot_acc(a6, w0, c60); c61 = dot_acc(a6, w1, c61); c62 = dot_acc(a6, w2, c62); c63 = dot_acc(a6, w3, c63);
+      let a7 = a4_at(b7, k);
+      c70 = dot_acc(a7, w0, c70); c71 = dot_acc(a7, w1, c71); c72 = dot_acc(a7, w2, c72); c73 = dot_acc(a7, w3, c73);
+    }
   }
   store_row(row0 + 0u, col0, vec4<f32>(c00, c01, c02, c03));
   store_row(row0 + 1u, col0, vec4<f32>(c10, c11, c12, c13));
