@@ -1,13 +1,15 @@
 """The curves sheet (engine/plot.py): a run's images/curves.png and python -m engine.plot comparing runs."""
 
 import json
+import logging
 import math
+from types import SimpleNamespace
 
 import pytest
 from matplotlib.colors import to_hex
 from PIL import Image
 
-from engine import plot
+from engine import plot, trainer
 from engine.plot import COLOURS, draw_sheet, load_run, value_labels, write_curves
 
 
@@ -114,3 +116,14 @@ def test_tick_labels_carry_the_decimals_their_spacing_needs():
     assert value_labels([12.6942, 12.6944, 12.6946]) == ["12.6942", "12.6944", "12.6946"]
     assert value_labels([0, 5e-7, 1e-6, 1.5e-6]) == ["0", "5e-7", "1e-6", "1.5e-6"]
     assert value_labels([4120.0, 4140.0]) == ["4120", "4140"]
+
+
+def test_a_picture_that_cannot_be_drawn_is_a_warning_not_a_stop(tmp_path, monkeypatch, caplog):
+    def no_fonts(run_dir):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(trainer, "write_curves", no_fonts)
+    holder = SimpleNamespace(run_dir=tmp_path, logger=logging.getLogger("test_plot"))
+    with caplog.at_level(logging.WARNING, logger="test_plot"):
+        trainer.Trainer.draw_curves(holder)
+    assert caplog.messages == ["images/curves.png not drawn (RuntimeError: no fonts); training goes on"]
