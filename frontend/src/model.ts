@@ -51,8 +51,9 @@ export interface Timings {
 export type Backend = "webgpu" | "cpu";
 
 /**
- * What the page uses of a model, whichever backend runs it: `WebModel` (WebGPU, every family) and `CpuModel`
- * (WebAssembly, sphere and psvae models with ONNX files) implement it.
+ * What the page uses of a model, whichever backend runs it: `WebModel` (WebGPU, every family), `CpuModel` (WebAssembly,
+ * sphere and psvae models) and the CPU classes of src/cpu_families.ts implement it; each family's own surface extends it
+ * (VQVAEPageModel, LDMPageModel, SOMARPageModel in the *_core.ts files).
  */
 export interface PageModel {
   readonly backend: Backend;
