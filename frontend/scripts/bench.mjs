@@ -190,6 +190,30 @@ function installBench({ batch, wasmThreads }) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// CPU time of the browser's GPU process (where SwiftShader runs) per call: other jobs' load inflates wall time much
+// more than it inflates this (Linux /proc only; null elsewhere)
+
+function gpuProcess() {
+  if (!fs.existsSync("/proc/self/stat")) return null;
+  const parent = (pid) => Number(fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")[1]);
+  for (const pid of fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
+    try {
+      if (!fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("--type=gpu-process")) continue;
+      for (let p = Number(pid); p > 1; p = parent(p)) if (p === process.pid) return Number(pid);
+    } catch {
+      // a process that ended while we looked
+    }
+  }
+  return null;
+}
+
+/** User + system CPU milliseconds of process `pid` so far (clock ticks of 10 ms). */
+function cpuMs(pid) {
+  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
+  return (Number(fields[11]) + Number(fields[12])) * 10;
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Statistics and the table
 
 function quantile(sorted, q) {
@@ -212,11 +236,12 @@ function summary(times) {
 
 const ms = (value) => (value >= 100 ? value.toFixed(0) : value.toFixed(1));
 
-function printRow(runner, stats, reference) {
+function printRow(runner, stats, reference, cpu) {
   const ratio = reference ? `${(stats.median / reference.median).toFixed(2)}x` : "";
+  const gpuCpu = cpu ? `  GPU-process CPU ${ms(cpu.median).padStart(7)} ms [${ms(cpu.p25)}–${ms(cpu.p75)}]` : "";
   console.log(
     `  ${runner.padEnd(18)} ${ms(stats.median).padStart(8)} ms  [${ms(stats.p25)}–${ms(stats.p75)}]`.padEnd(52) +
-      ` min ${ms(stats.min).padStart(7)}  ${ratio.padStart(7)}`,
+      ` min ${ms(stats.min).padStart(7)}  ${ratio.padStart(7)}${gpuCpu}`,
   );
 }
 
@@ -276,6 +301,7 @@ await server.listen();
 const { browser, close } = await launchChromium();
 const torch = settings.torch && !args.includes("--profile") ? startTorch() : null;
 const results = { settings, models: [] };
+let gpuPid = null; // the GPU process of our Chromium (its CPU time per call is printed beside the wall time)
 try {
   const page = await browser.newPage();
   page.on("console", (message) => {
@@ -293,6 +319,7 @@ try {
     `adapter: ${JSON.stringify(results.adapter)}; onnxruntime-web ${results.ortVersion ?? "off"} (wasm ${settings.wasmThreads} thread(s)); PyTorch default ${results.torchThreads ?? "off"} threads`,
   );
   const index = JSON.parse(fs.readFileSync(path.join(modelsDir, "index.json"), "utf8"));
+  gpuPid = gpuProcess();
   if (args.includes("--profile")) await profile(page, index);
   else await benchmark(page, index);
   if (option("--json", null)) fs.writeFileSync(option("--json", null), JSON.stringify(results, null, 2) + "\n");
@@ -336,20 +363,26 @@ async function benchmark(page, index) {
       };
       runners.push(...torchThreads.map((n) => `torch ${n} thread${n > 1 ? "s" : ""}`));
       const times = Object.fromEntries(runners.map((r) => [r, []]));
+      const cpuTimes = Object.fromEntries(runners.map((r) => [r, []])); // page WebGPU runners only
       for (let round = 0; round < settings.warmup + settings.rounds; round++) {
         for (const runner of runners) {
+          const gpuCpu = gpuPid && /^page (fp|q)/.test(runner) ? cpuMs(gpuPid) : null;
           const elapsed = await timeOne(runner);
-          if (round >= settings.warmup) times[runner].push(elapsed);
+          if (round < settings.warmup) continue;
+          times[runner].push(elapsed);
+          if (gpuCpu !== null) cpuTimes[runner].push(cpuMs(gpuPid) - gpuCpu);
         }
       }
       await page.evaluate(() => window.bench.disposeAll());
       const stats = Object.fromEntries(runners.map((r) => [r, summary(times[r])]));
+      const cpuStats = Object.fromEntries(runners.filter((r) => cpuTimes[r].length).map((r) => [r, summary(cpuTimes[r])]));
       const reference = stats["ort webgpu"];
       console.log(
         `${entry.name} ${part} (${entry.param_count ? `${(entry.param_count / 1e6).toFixed(2)}M params, ` : ""}ratio = median / ORT WebGPU's; page cpu: / ORT wasm's)`,
       );
-      for (const runner of runners) printRow(runner, stats[runner], runner === "page cpu" ? stats["ort wasm"] : reference);
-      results.models.push({ model: entry.name, part, stats });
+      for (const runner of runners)
+        printRow(runner, stats[runner], runner === "page cpu" ? stats["ort wasm"] : reference, cpuStats[runner]);
+      results.models.push({ model: entry.name, part, stats, gpuProcessCpu: cpuStats });
     }
   }
 }
