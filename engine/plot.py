@@ -28,6 +28,7 @@ COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e
 LINE_STYLES = ("-", "--", ":", "-.")
 RAW_ALPHA = 0.28  # the logged values under the smoothing line
 OUTLIER_QUANTILES = (0.01, 0.99)  # a long noisy series' y range ignores its 1% most extreme raw values
+MAX_POINTS = 1500  # drawn per line (a panel is about 330 pixels wide): more would only cost time
 
 
 @dataclass
@@ -101,29 +102,48 @@ def draw_curve(ax, curve: Curve, style: dict, smoothing: float | None) -> list[n
     line = {"color": style["colour"], "ls": style["ls"]}
     if not curve.dense or not style["smooth"]:
         marker = {} if curve.dense else {"marker": "o", "ms": 3.5}
-        ax.plot(steps, values, lw=1.4, label=style["label"], **line, **marker)
+        kept = thinned(len(values))
+        ax.plot(steps[kept], values[kept], lw=1.4, label=style["label"], **line, **marker)
         return [values]
-    ax.plot(steps, values, alpha=RAW_ALPHA, lw=0.8, **line)
-    if len(values) <= 60:  # a short run's points, visible where the line smooths them away
-        ax.plot(steps, values, ".", color=style["colour"], alpha=0.6, ms=4)
+    draw_raw(ax, steps, values, style["colour"])
     smooth = np.asarray(ema(values.tolist(), smoothing_weight(smoothing, len(values))))
-    ax.plot(steps, smooth, lw=1.6, label=style["label"], **line)
+    kept = thinned(len(values))
+    ax.plot(steps[kept], smooth[kept], lw=1.6, label=style["label"], **line)
     if len(values) < 20:
         return [values, smooth]
     return [np.quantile(values, OUTLIER_QUANTILES), smooth]
 
 
+def thinned(count: int) -> np.ndarray:
+    """Indices of at most MAX_POINTS evenly spread points (the first and last among them) of a `count`-point line
+    that is smooth at the scale of a pixel (an EMA, the learning rate): drawing more only costs time."""
+    return np.unique(np.linspace(0, count - 1, min(count, MAX_POINTS)).round().astype(int))
+
+
+def draw_raw(ax, steps: np.ndarray, values: np.ndarray, colour: str) -> None:
+    """The logged values, faint: a line (dots too for a short run, whose points the EMA line may hide); past
+    MAX_POINTS, the band between each of MAX_POINTS bins' lowest and highest value (what the line would fill)."""
+    if len(values) <= MAX_POINTS:
+        ax.plot(steps, values, color=colour, alpha=RAW_ALPHA, lw=0.8)
+        if len(values) <= 60:
+            ax.plot(steps, values, ".", color=colour, alpha=0.6, ms=4)
+        return
+    starts = np.unique(np.linspace(0, len(values), MAX_POINTS, endpoint=False).astype(int))
+    low, high = np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
+    ax.fill_between(steps[starts], low, high, color=colour, alpha=RAW_ALPHA, lw=0)
+
+
 def value_labels(values: list[float]) -> list[str]:
-    """Tick labels of a linear axis with as many decimals as its tick spacing needs and no offset text elsewhere:
-    0.25, 4200, 12.6945; 3e-5 style for values below 1e-3 or from 1e5."""
+    """Tick labels of a linear axis with the fewest digits that still give every tick its exact value, and no
+    offset text elsewhere: 0.25, 4200, 12.6945; 1.25e-3 style for values below 1e-3 or from 1e5."""
     finite = [value for value in values if math.isfinite(value)]
     spacing = min((abs(b - a) for a, b in zip(finite, finite[1:]) if b != a), default=1.0)
-    if all(value == 0 or 1e-3 <= abs(value) < 1e5 for value in finite):
-        decimals = max(0, -math.floor(math.log10(spacing) + 1e-9))
-        return [f"{value:.{decimals}f}" for value in values]
-    scale = max(abs(value) for value in finite)  # mantissa digits down to the spacing
-    digits = max(0, math.floor(math.log10(scale)) - math.floor(math.log10(spacing) + 1e-9))
-    return ["0" if value == 0 else compact(f"{value:.{digits}e}") for value in values]
+    plain = all(value == 0 or 1e-3 <= abs(value) < 1e5 for value in finite)
+    for digits in range(10):
+        labels = [f"{value:.{digits}f}" if plain else f"{value:.{digits}e}" for value in values]
+        if all(abs(float(label) - value) < 1e-3 * spacing for label, value in zip(labels, values)):
+            break
+    return labels if plain else ["0" if value == 0 else compact(label) for label, value in zip(labels, values)]
 
 
 def compact(text: str) -> str:

@@ -116,6 +116,7 @@ def test_tick_labels_carry_the_decimals_their_spacing_needs():
     assert value_labels([12.6942, 12.6944, 12.6946]) == ["12.6942", "12.6944", "12.6946"]
     assert value_labels([0, 5e-7, 1e-6, 1.5e-6]) == ["0", "5e-7", "1e-6", "1.5e-6"]
     assert value_labels([4120.0, 4140.0]) == ["4120", "4140"]
+    assert value_labels([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1.25e-3]) == ["2.5e-4", "5e-4", "7.5e-4", "1e-3", "1.25e-3"]
 
 
 def test_a_picture_that_cannot_be_drawn_is_a_warning_not_a_stop(tmp_path, monkeypatch, caplog):
