@@ -12,7 +12,6 @@ import torch
 import evaluate
 import training
 from engine.checkpoint import atomic_save, load_checkpoint
-from losses import build_lpips
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +36,7 @@ def checkpoint(tmp_path_factory) -> Path:
     ]
     flags += ["--batch_size", "8", "--epochs", "1", "--steps", "1", "--num_workers", "0", "--eval_samples", "2"]
     flags += ["--recon_perc_weight", "0", "--con_perc_weight", "0", "--results_dir", str(results), "--device", "cpu"]
+    flags += ["--no-curves"]  # the curves picture is tested in test_plot.py; here it would only cost time
     run_dir = training.main(training.parse_args(flags))
     path = run_dir / "checkpoints" / "checkpoint_latest.pth"
     state = load_checkpoint(path)
@@ -55,7 +55,7 @@ def run_evaluate(inception_weights, vgg_weights_file):
 
     def run(checkpoint: Path, tmp_path: Path, *flags: str, vgg: bool = True) -> list[dict]:
         common = ["--checkpoint", str(checkpoint), "--device", "cpu", "--inception_weights", str(inception_weights)]
-        common += ["--ref_cache_dir", str(tmp_path / "fid_stats"), "--num_ref", "16"]
+        common += ["--ref_cache_dir", str(tmp_path / "fid_stats"), "--num_ref", "8"]
         common += ["--vgg_weights", vgg_weights_file] if vgg else []
         return evaluate.main(evaluate.parse_args([*common, *flags]))
 
@@ -68,7 +68,9 @@ def by_key(records: list[dict]) -> dict[tuple, dict]:
 
 def test_generation_table_jsonl_out_and_images(run_evaluate, checkpoint, tmp_path, capsys):
     out, images = tmp_path / "out.json", tmp_path / "png"
-    flags = ["--steps", "1", "2", "--cfg", "1", "2", "--num_samples", "10", "--batch_size", "8"]
+    # 5 samples in batches of 4 (Inception features cost ~0.2 s an image on one core): more than the 3 neighbours
+    # precision/recall need, and two batches
+    flags = ["--steps", "1", "2", "--cfg", "1", "2", "--num_samples", "5", "--batch_size", "4"]
     records = run_evaluate(checkpoint, tmp_path, *flags, "--out", str(out), "--save_images", str(images))
     table = capsys.readouterr().out
     assert "fid" in table.splitlines()[0] and "is: n/a (Inception classifier head is all zeros" in table
@@ -81,9 +83,9 @@ def test_generation_table_jsonl_out_and_images(run_evaluate, checkpoint, tmp_pat
             assert found["generation", steps, cfg, "fid"]["value"] > 0
             assert found["generation", steps, cfg, "is"]["value"] is None
             assert "all zeros" in found["generation", steps, cfg, "is"]["reason"]
-            assert len(list((images / f"steps{steps}_cfg{cfg:g}").glob("*.png"))) == 10
+            assert len(list((images / f"steps{steps}_cfg{cfg:g}").glob("*.png"))) == 5
     record = records[0]
-    assert record["checkpoint"] == str(checkpoint) and record["dataset"] == "demo" and record["num_samples"] == 10
+    assert record["checkpoint"] == str(checkpoint) and record["dataset"] == "demo" and record["num_samples"] == 5
     assert record["reference"].endswith("fid_stats_demo_16.npz") and "time" in record
     lines = (checkpoint.parent.parent / "eval.jsonl").read_text().splitlines()
     assert [json.loads(line) for line in lines[-len(records) :]] == records
@@ -92,7 +94,7 @@ def test_generation_table_jsonl_out_and_images(run_evaluate, checkpoint, tmp_pat
     # per-image seeds: another batch size gives the same samples, so the same FID against the same --ref
     reference = tmp_path / "fid_stats" / "fid_stats_demo_16.npz"
     again = run_evaluate(
-        checkpoint, tmp_path, "--steps", "2", "--cfg", "2", "--num_samples", "10", "--batch_size", "5",
+        checkpoint, tmp_path, "--steps", "2", "--cfg", "2", "--num_samples", "5", "--batch_size", "3",
         "--ref", str(reference),
     )  # fmt: skip
     assert by_key(again)["generation", 2, 2.0, "fid"]["value"] == pytest.approx(
@@ -103,7 +105,7 @@ def test_generation_table_jsonl_out_and_images(run_evaluate, checkpoint, tmp_pat
 
 
 def test_reconstruction_metrics(run_evaluate, checkpoint, tmp_path):
-    flags = ["--reconstruction", "--no-generation", "--steps", "2", "--num_recon", "10", "--batch_size", "8"]
+    flags = ["--reconstruction", "--no-generation", "--steps", "2", "--num_recon", "5", "--batch_size", "3"]
     records = run_evaluate(checkpoint, tmp_path, *flags)
     found = by_key(records)
     image_metrics = ("rfid", "psnr", "ssim", "lpips")  # a sphere model has no codebook: no usage, no perplexity
@@ -112,7 +114,7 @@ def test_reconstruction_metrics(run_evaluate, checkpoint, tmp_path):
         values = {metric: found["reconstruction", steps, None, metric]["value"] for metric in image_metrics}
         assert all(math.isfinite(value) for value in values.values()), values
         assert values["rfid"] > 0 and 0 < values["psnr"] < 100 and -1 < values["ssim"] < 1 and values["lpips"] > 0
-    assert all(r["num_samples"] == 10 and r["split"] == "test" for r in records)
+    assert all(r["num_samples"] == 5 and r["split"] == "test" for r in records)
 
 
 def test_bad_inputs_exit_with_one_line(run_evaluate, checkpoint, tmp_path):
@@ -126,12 +128,6 @@ def test_bad_inputs_exit_with_one_line(run_evaluate, checkpoint, tmp_path):
         evaluate.main(evaluate.parse_args(["--checkpoint", str(checkpoint), "--inception_weights", "nope.pth"]))
 
 
-def test_checkpoint_may_be_a_run_folder(run_evaluate, checkpoint, tmp_path):
-    flags = ["--reconstruction", "--no-generation", "--steps", "1", "--num_recon", "4", "--batch_size", "4"]
-    records = run_evaluate(checkpoint.parent.parent, tmp_path, *flags)
-    assert {record["checkpoint"] for record in records} == {str(checkpoint)}
-
-
 def test_cuda_missing_is_named_before_loading(checkpoint, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match=r"^error: CUDA is not available; use --device cpu$"):
@@ -139,13 +135,13 @@ def test_cuda_missing_is_named_before_loading(checkpoint, monkeypatch):
 
 
 @pytest.fixture
-def lpips_calls(monkeypatch, vgg_weights_file) -> list:
-    """The vgg_weights argument of every build_lpips call evaluate.py makes (the model built is the test one)."""
+def lpips_calls(monkeypatch, lpips_model) -> list:
+    """The vgg_weights argument of every build_lpips call evaluate.py makes (the model returned is the session's)."""
     calls = []
 
     def spy(vgg_weights=None):
         calls.append(vgg_weights)
-        return build_lpips(vgg_weights_file)
+        return lpips_model
 
     monkeypatch.setattr(evaluate, "build_lpips", spy)
     return calls
@@ -164,7 +160,8 @@ def test_lpips_uses_the_runs_vgg(run_evaluate, checkpoint, tmp_path, monkeypatch
     monkeypatch.delenv("SPHERE_VGG_WEIGHTS", raising=False)
     flags = ["--reconstruction", "--no-generation", "--steps", "1", "--num_recon", "2", "--batch_size", "2"]
     recorded = with_recorded_vgg(checkpoint, tmp_path, vgg_weights_file)
-    run_evaluate(recorded, tmp_path, *flags, vgg=False)
+    records = run_evaluate(recorded.parent.parent, tmp_path, *flags, vgg=False)  # --checkpoint may be a run folder
+    assert {record["checkpoint"] for record in records} == {str(recorded)}
     missing = with_recorded_vgg(checkpoint, tmp_path, str(tmp_path / "moved_away.pth"))
     run_evaluate(missing, tmp_path, *flags, vgg=False)  # a recorded file that is gone: torchvision's default
     run_evaluate(recorded, tmp_path, *flags, "--vgg_weights", str(tmp_path / "flag.pth"), vgg=False)
