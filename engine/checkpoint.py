@@ -148,6 +148,9 @@ def load_weights(path: str | Path) -> tuple[dict, dict | None, dict | None]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"--init_from '{path}' is not a file; pass a checkpoint_*.pth to start from")
+    if path.suffix == ".safetensors":  # training.py --push_to_hub's files (hf://OWNER/NAME)
+        ckpt = load_pushed_checkpoint(path, "cpu")
+        return ckpt["model"], ckpt["ema"], (ckpt.get("config") or {}).get("model")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:

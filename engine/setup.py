@@ -14,6 +14,7 @@ from models import build_model
 from .distributed import DistInfo, broadcast_object
 from .families import cannot_sample_reason, family_of_model, takes_signals
 from .flags import ConfigError, Rule, check_rules, probability_rule
+from .hub import is_hub_path, resolve_hub_checkpoint
 from .runs import (
     LATEST_CHECKPOINT,
     clean_run_dir,
@@ -204,7 +205,9 @@ def _choose_run(args, dataset, model_config: dict) -> RunPlan:
 def plan_run(args, dataset, info: DistInfo) -> RunPlan:
     """Pick (rank 0) and share the run to continue, if any; when resuming a checkpoint, flags the user did not
     type come from its saved config (then validated again). Reads the disk, writes nothing."""
-    if args.init_from is not None:
+    if args.init_from is not None and is_hub_path(args.init_from):
+        args.init_from = str(resolve_hub_checkpoint(args.init_from))  # its copy in the Hugging Face cache
+    elif args.init_from is not None:
         args.init_from = str(Path(args.init_from).resolve())  # one spelling, to find the run it started
     model_config = model_config_for(args, dataset)
     plan = broadcast_object(_choose_run(args, dataset, model_config) if info.is_main else None, info)

@@ -19,7 +19,7 @@ import evaluate
 import sampling
 import training
 from engine import hub
-from engine.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint
+from engine.checkpoint import CheckpointError, load_checkpoint, load_model_from_checkpoint, load_weights
 from engine.cli import resolve_checkpoint
 from engine.family_ldm import load_autoencoder
 from engine.flags import ConfigError
@@ -208,6 +208,12 @@ def test_hf_checkpoint_loads_samples_and_feeds_a_later_stage(pushed, fake_hub, t
     assert paths and paths[0].relative_to(tmp_path / "out" / "me--tiny" / "model")
     message = one_line_error(lambda: load_autoencoder("hf://me/tiny"), ConfigError)  # --autoencoder takes hf:// too
     assert "holds a sphere model, not an ldm_ae_* autoencoder" in message
+    state, _, saved = load_weights(resolve_checkpoint("hf://me/tiny"))  # --init_from hf://: the pushed EMA weights
+    assert saved == json.loads((run_dir / "config.json").read_text())["model"]
+    assert all(torch.equal(value, ema[key]) for key, value in state.items())
+    flags = tiny_flags(tmp_path / "tuned", "--init_from", "hf://me/tiny", "--epochs", "1", "--steps", "1")
+    tuned = training.main(training.parse_args(flags))
+    assert "models--me--tiny" in json.loads((tuned / "config.json").read_text())["train"]["init_from"]
 
 
 def test_hub_errors_are_one_line(fake_hub):
