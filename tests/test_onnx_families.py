@@ -93,17 +93,17 @@ def inputs_of(model, network: str, batch: int, seed: int) -> dict[str, torch.Ten
     gen = torch.Generator().manual_seed(seed)
     shapes = {name: tuple(t.shape[1:]) for name, t in networks_of(model)[network].example(1).items()}
     config = model.config
+
+    def noisy(shape):  # x_t of the UNet, a latent z or a map
+        return torch.randn((batch, *shape), generator=gen)
+
     draw = {
-        "x": lambda shape: (
-            torch.randn((batch, *shape), generator=gen)  # x_t
-            if network == "unet"
-            else torch.rand((batch, *shape), generator=gen) * 2 - 1
-        ),  # images
+        "x": lambda shape: noisy(shape) if network == "unet" else torch.rand((batch, *shape), generator=gen) * 2 - 1,
         "tokens": lambda shape: torch.randint(0, getattr(config, "codebook_size", 1), (batch, *shape), generator=gen),
         "t": lambda shape: torch.randint(0, getattr(config, "timesteps", 1), (batch,), generator=gen),
         "labels": lambda shape: torch.randint(0, config.num_classes + 1, (batch,), generator=gen),
-        "z": lambda shape: torch.randn((batch, *shape), generator=gen),
-        "maps": lambda shape: torch.randn((batch, *shape), generator=gen),
+        "z": noisy,
+        "maps": noisy,
     }
     return {name: draw[name](shape) for name, shape in shapes.items()}
 
