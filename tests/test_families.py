@@ -405,7 +405,7 @@ def test_batches_with_sigma_are_moved_and_flipped_together(toy, tmp_path, monkey
 
 def test_a_model_that_cannot_sample_trains_renders_reconstructions_only(toy, tmp_path):
     run_dir = train(*toy_flags(tmp_path / "results", "--epochs", "1"))
-    assert sorted(p.name for p in (run_dir / "images").iterdir()) == ["epoch_0001_recon.png"]
+    assert sorted(p.name for p in (run_dir / "images").iterdir()) == ["curves.png", "epoch_0001_recon.png"]
     records = metrics_of(run_dir)
     steps = [r for r in records if "loss" in r]
     assert len(steps) == 3 and all("mse" in r and "grad_norm" in r for r in steps)
@@ -596,7 +596,7 @@ def test_a_psvae_run_uses_its_familys_flags_loss_and_renders(psvae_run):
     images = sorted(p.name for p in (psvae_run / "images").iterdir())
     renders = ["epoch_0001_recon.png", "epoch_0001_samples_1step.png"]  # PSVAE.default_eval_steps
     globe = ["epoch_0001_atlas.png", "epoch_0001_latent_map.png", "epoch_0001_latent_thumbnails.png"]  # z_dim 3
-    assert images == sorted(renders + globe)
+    assert images == sorted(["curves.png", *renders, *globe])
 
 
 def test_a_psvae_checkpoint_samples_exports_and_refuses_sphere_only_flags(psvae_run, tmp_path):
