@@ -60,7 +60,7 @@ def image_names(run_dir: Path) -> list[str]:
 def test_the_last_epoch_adds_the_globe_atlas_and_latent_maps(demo_run):
     per_epoch = [f"epoch_000{e}_{kind}.png" for e in (1, 2) for kind in ("recon", "samples_1step")]
     globe = [f"epoch_0002_{kind}.png" for kind in ("atlas", "latent_map", "latent_thumbnails")]
-    assert image_names(demo_run) == sorted(per_epoch + globe)
+    assert image_names(demo_run) == sorted(["curves.png", *per_epoch, *globe])
     log = (demo_run / "log.txt").read_text()
     assert "globe atlas and latent maps (EMA): " in log
 
@@ -79,7 +79,7 @@ def test_each_epochs_terms_reach_the_log_and_every_steps_reach_metrics(demo_run)
 
 def test_a_latent_off_s2_gets_no_atlas(tmp_path):
     run_dir = train(*psvae_flags(tmp_path, "demo", "--latent_dim", "4", "--epochs", "1", "--steps", "1"))
-    assert image_names(run_dir) == ["epoch_0001_recon.png", "epoch_0001_samples_1step.png"]
+    assert image_names(run_dir) == ["curves.png", "epoch_0001_recon.png", "epoch_0001_samples_1step.png"]
 
 
 def test_signal_runs_draw_curves_and_their_globe(sines_run):
