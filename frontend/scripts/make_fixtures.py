@@ -19,7 +19,7 @@ Writes frontend/test-fixtures/ (git-ignored):
   index.json                             the demo's model list for these files (engine.webformat.write_index)
   manifest.json                          what was written, with configs (written last: marks completion)
 
-Usage: python frontend/scripts/make_fixtures.py [--out DIR] [--force]. Skips the work when the inputs
+Usage: python frontend/scripts/make_fixtures.py [--out DIR] [--force] [--workers 2]. Skips the work when the inputs
 (this script, models/, engine/webformat.py and the family table) have not changed since the last run.
 """
 
@@ -29,7 +29,9 @@ import argparse
 import hashlib
 import json
 import math
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -216,6 +218,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(REPO / "frontend" / "test-fixtures"))
     parser.add_argument("--force", action=argparse.BooleanOptionalAction, default=False)
+    parser.add_argument("--workers", type=int, default=2, help="processes building the model fixtures (1: this one)")
     return parser.parse_args(argv)
 
 
@@ -468,6 +471,8 @@ def keep_decoder_only(path: Path) -> None:
 
 
 def make_model_fixtures(name: str, out_dir: Path, seed: int) -> dict:
+    torch.set_num_threads(1)  # tiny ops: threading only adds overhead (x100 on small CI machines)
+    torch.manual_seed(seed)  # the same files whichever worker builds them, in whatever order
     registry_name, overrides, modes = MODELS[name]
     model = build_model(registry_name, **overrides)
     randomize(model, seed)
@@ -642,6 +647,18 @@ def recorded_sampler_runs() -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
     return {k: v.float().contiguous() for k, v in tensors.items()}, cases
 
 
+def all_model_fixtures(out_dir: Path, workers: int) -> dict[str, dict]:
+    """make_model_fixtures of every model, in `workers` spawned processes (one thread each; the ONNX exports take most
+    of the time), the models with ONNX files first so that the two workers finish together."""
+    seeds = {name: 10 + i for i, name in enumerate(MODELS)}
+    order = sorted(MODELS, key=lambda name: name not in ONNX_MODELS)
+    if workers <= 1:
+        return {name: make_model_fixtures(name, out_dir, seeds[name]) for name in MODELS}
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {name: pool.submit(make_model_fixtures, name, out_dir, seeds[name]) for name in order}
+        return {name: futures[name].result() for name in MODELS}
+
+
 def main(args: argparse.Namespace) -> None:
     out_dir = Path(args.out)
     digest = inputs_digest()
@@ -650,10 +667,9 @@ def main(args: argparse.Namespace) -> None:
         if json.loads(manifest_path.read_text()).get("digest") == digest:
             print(f"fixtures in {out_dir} are up to date")
             return
-    torch.set_num_threads(1)  # tiny ops: threading only adds overhead (x100 on small CI machines)
-    torch.manual_seed(0)
+    torch.set_num_threads(1)
     out_dir.mkdir(parents=True, exist_ok=True)
-    models = {name: make_model_fixtures(name, out_dir, seed=10 + i) for i, name in enumerate(MODELS)}
+    models = all_model_fixtures(out_dir, args.workers)
     tensors, cases = kernel_cases()
     save_file(tensors, str(out_dir / "kernels.safetensors"))
     (out_dir / "kernels.json").write_text(json.dumps(cases, indent=1))
