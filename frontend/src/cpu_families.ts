@@ -151,10 +151,12 @@ export class CpuLDMModel extends CpuBase<LDMConfig> implements LDMPageModel {
     return this.timed("decode", () => this.network("decoder").run([latents], batch));
   }
 
+  /** The guided denoiser's output on x_t at timestep t (one UNet pass, of the doubled batch when guided). */
   denoise(x: Float32Array, t: number, conditioning: Conditioning = {}): Promise<Float32Array> {
     return this.exclusive(() => this.diffusion.denoise(x, t, conditioning));
   }
 
+  /** n images by DDIM or DDPM (DiffusionModel.sample), onStep seeing each step's x̂_0 decoded. */
   sample(n: number, options: LDMSampleOptions = {}): Promise<Float32Array> {
     if (!this.canSample) return Promise.reject(new Error(AE_CANNOT_SAMPLE));
     return this.exclusive(async () => {
@@ -164,6 +166,7 @@ export class CpuLDMModel extends CpuBase<LDMConfig> implements LDMPageModel {
     });
   }
 
+  /** One DDIM step (η = 0, no labels) from x_t at times[index] of a `steps`-step run: x_prev. */
   ddimStep(x: Float32Array, steps: number, index: number): Promise<Float32Array> {
     return this.exclusive(() => this.diffusion.ddimStep(x, steps, index));
   }
@@ -229,18 +232,22 @@ export class CpuSOMARModel extends CpuBase<SOMARConfig> implements SOMARPageMode
     return Promise.reject(new Error(this.cannotSample));
   }
 
+  /** Units (n, N) of latent maps: each patch's best-matching unit of the finest level. */
   tokensOf(maps: Float32Array): Int32Array {
     return requireCodebook(this.codebook).tokensOf(maps);
   }
 
+  /** Images of token grids (n, N) (SOMARCodebook.decode_tokens of the finest level). */
   decodeTokens(tokens: ArrayLike<number>): Promise<Float32Array> {
     return this.decode(requireCodebook(this.codebook).mapsOf(tokens));
   }
 
+  /** Units (n, N) of images (SOMARCodebook.tokenize's finest level). */
   async tokenize(images: Float32Array): Promise<Int32Array> {
     return this.tokensOf(await this.encode(images));
   }
 
+  /** Images through their tokens (an autoencoder file: decode(encode(x))), the tokens, times. */
   async reconstruct(images: Float32Array): Promise<SomarReconstruction> {
     const out = await reconstructThroughTokens(
       images,
@@ -252,10 +259,12 @@ export class CpuSOMARModel extends CpuBase<SOMARConfig> implements SOMARPageMode
     return out;
   }
 
+  /** The finest level's atlas (SOMARCodebook.codebook_atlas). */
   atlas(): Promise<Atlas> {
     return requireCodebook(this.codebook).atlas((maps) => this.decode(maps));
   }
 
+  /** The token map (3, rows, cols) in [-1, 1] of one token grid: each unit in its colour. */
   tokenMap(tokens: ArrayLike<number>): Float32Array {
     return requireCodebook(this.codebook).tokenMap(tokens);
   }
