@@ -60,7 +60,7 @@ def test_a_tiny_vqvae_learns_with_a_living_codebook(learning_run):
         assert f"| {term} " in lines[-1], lines[-1]
     names = sorted(path.name for path in (learning_run / "images").iterdir())
     renders = [f"epoch_000{e}_{kind}.png" for e in (1, 2) for kind in ("recon", "tokens")]
-    assert names == ["codebook_usage.png", *renders]
+    assert names == ["codebook_usage.png", "curves.png", *renders]
 
 
 # ---------------------------------------------------------------------------------------------------------
