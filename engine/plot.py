@@ -172,7 +172,7 @@ def tick_formatter():
 def set_y_range(ax, panel: Panel, shown: list[np.ndarray]) -> None:
     """Range over what the curves asked to show, padded; logarithmic when the panel may be and the values are
     positive and span more than a decade."""
-    from matplotlib.ticker import LogLocator, NullFormatter
+    from matplotlib.ticker import LogLocator, MaxNLocator, NullLocator
 
     values = np.concatenate([np.ravel(v) for v in shown]) if shown else np.zeros(0)
     values = values[np.isfinite(values)]
@@ -183,11 +183,12 @@ def set_y_range(ax, panel: Panel, shown: list[np.ndarray]) -> None:
         ax.set_yscale("log")
         subs = (1.0, 2.0, 5.0) if high / low < 100 else (1.0,)  # ticks at 1-2-5 within two decades, else decades
         ax.yaxis.set_major_locator(LogLocator(subs=subs, numticks=6))
-        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.yaxis.set_minor_locator(NullLocator())  # the 1-2-5 majors are enough; minor ticks cost time
         ax.set_ylim(low / 1.25, high * 1.25)
         return
     pad = 0.06 * (high - low) or 0.1 * abs(high) or 1.0
     ax.set_ylim(low - pad, high + pad)
+    ax.yaxis.set_major_locator(MaxNLocator(6, steps=[1, 2, 2.5, 5, 10]))
 
 
 def draw_panel(ax, panel: Panel, runs: list[Run], smoothing: float | None, x_max: float) -> None:
@@ -272,14 +273,12 @@ def draw_sheet(runs: list[Run], smoothing: float | None = None, keys: list[str] 
     height = rows * PANEL_INCHES[1] + header
     figure = Figure(figsize=(width, height), dpi=DPI)
     FigureCanvasAgg(figure)
-    axes = np.atleast_1d(figure.subplots(rows, columns, squeeze=False).ravel())
+    axes = [figure.add_subplot(rows, columns, index + 1) for index in range(len(panels))]  # none for empty cells
     margins = {"left": 0.75 / width, "right": 1 - 0.15 / width, "bottom": 0.45 / height, "top": 1 - header / height}
     figure.subplots_adjust(**margins, wspace=0.3, hspace=0.6)
     x_max = max(max(curve.steps) for run in runs for curve in run.curves.values())
     for ax, panel in zip(axes, panels):
         draw_panel(ax, panel, runs, smoothing, max(x_max, 1.0))
-    for ax in axes[len(panels) :]:
-        ax.set_visible(False)
     write_header(figure, runs, smoothing, legend_columns)
     return figure
 
