@@ -28,7 +28,7 @@ def trained_run(tmp_path_factory):
              "--epochs", "1",
              "--steps", "2", "--batch_size", "4", "--recon_perc_weight", "0", "--con_perc_weight", "0",
              "--results_dir", str(results), "--eval-frequency", "100", "--fid-every", "0", "--device", "cpu",
-             "--num_workers", "0"]
+             "--num_workers", "0", "--no-curves"]
         )
     )  # fmt: skip
     (run_dir,) = results.iterdir()
