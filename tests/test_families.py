@@ -211,7 +211,7 @@ def toy_flags(results: Path, *extra: str, model: str = "toy_plain") -> list[str]
     return [
         *("--model_type", model, "--dataset", "demo", "--image_size", "8", "--batch_size", "4"),
         *("--epochs", "2", "--steps", "3", "--num_workers", "0", "--results_dir", str(results)),
-        *("--eval_samples", "4", "--log_every", "1", "--device", "cpu", *extra),
+        *("--eval_samples", "4", "--log_every", "1", "--device", "cpu", "--no-curves", *extra),  # --curves: once
     ]
 
 
@@ -404,7 +404,7 @@ def test_batches_with_sigma_are_moved_and_flipped_together(toy, tmp_path, monkey
 
 
 def test_a_model_that_cannot_sample_trains_renders_reconstructions_only(toy, tmp_path):
-    run_dir = train(*toy_flags(tmp_path / "results", "--epochs", "1"))
+    run_dir = train(*toy_flags(tmp_path / "results", "--epochs", "1", "--curves"))
     assert sorted(p.name for p in (run_dir / "images").iterdir()) == ["curves.png", "epoch_0001_recon.png"]
     records = metrics_of(run_dir)
     steps = [r for r in records if "loss" in r]
