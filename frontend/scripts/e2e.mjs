@@ -13,10 +13,9 @@
 // without ONNX files runs on WebGPU and says so; a corrupt ONNX file is explained; a browser without WebGPU (navigator.gpu
 // missing, or Chromium without --enable-unsafe-webgpu) generates and reconstructs on the CPU and explains why a
 // model without ONNX files cannot run. Prints the time to first image (ms from navigation start). Saves e2e-cpu.png.
-// The other families on the CPU path, in Auto: a pixel diffusion model (ddpm16) generates with its x̂_0 previews and the
-// race times one UNet pass on each backend and keeps the CPU on SwiftShader; a tokenizer (vqvae_tiny16) shows its token
-// map; a somar codebook (somar_cb16) draws its atlas and a painted cell is decoded, both on the CPU (Auto's first
-// pick; their races are not waited for: a WebGPU UNet's pipelines take most of this section's time). Saves
+// The other families on the CPU path: a tokenizer (vqvae_tiny16) shows its token map and a somar codebook (somar_cb16)
+// draws its atlas and decodes a painted cell, with the CPU picked; in Auto, a pixel diffusion model (ddpm16) generates
+// with its x̂_0 previews and the race times one UNet pass on each backend and keeps the CPU on SwiftShader. Saves
 // e2e-cpu-families.png.
 // Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8] [--fixtures DIR] [--cpu-only] [--cpu-families]
 import fs from "node:fs";
@@ -285,35 +284,20 @@ async function raceLine(page) {
   return page.textContent("#backend-status");
 }
 
-/** The vqvae, ldm and somar families on the CPU path, in Auto on SwiftShader. */
+/**
+ * The vqvae, ldm and somar families on the CPU path: the CPU picked for the tokenizer and the somar codebook (no race:
+ * a WebGPU model's pipelines are most of the time), Auto on SwiftShader for the pixel model.
+ */
 async function cpuFamilyChecks(browser, errors) {
-  const page = await openPage(browser, "?backend=auto&model=ddpm16", errors);
-  check((await settled(page)) === "ready" && (await backendOf(page)) === "cpu", "Auto runs the pixel model ddpm16 on the CPU");
-  check(
-    Number(await counter(page, "previews")) >= 10,
-    `its first sample shows each step's x̂₀ (${await counter(page, "previews")} previews)`,
-  );
-  check(
-    /10 steps \(DDIM η 0\), seed \d+/.test(await page.textContent("#generate-status")),
-    `status: ${await page.textContent("#generate-status")}`,
-  );
-  const sample = await canvasRange(page, "#grid canvas:nth-child(1)");
-  check(sample.width === 16 && sample.range > 20, `the CPU sample is not blank (range ${sample.range})`);
-  const line = await raceLine(page);
-  check(
-    /Runs on CPU.*One UNet pass \(best of 5\): CPU [\d.]+ ms · WebGPU [\d.]+ ms/.test(line) && (await backendOf(page)) === "cpu",
-    `Auto times one UNet pass on each backend and keeps the CPU: ${line}`,
-  );
-
-  await pick(page, "vqvae_tiny16");
-  check((await settled(page)) === "ready" && (await backendOf(page)) === "cpu", "Auto runs vqvae_tiny16 on the CPU");
+  const page = await openPage(browser, "?backend=cpu&model=vqvae_tiny16", errors);
+  check((await settled(page)) === "ready" && (await backendOf(page)) === "cpu", "the CPU runs vqvae_tiny16");
   await page.waitForFunction(() => Number(document.body.dataset.tokens ?? 0) > 0, null, { timeout: 60_000 });
   const tokens = await canvasRange(page, "#recon-tokens");
   check(tokens.width === 8 && tokens.range > 20, `its token map is 8×8 and not blank: ${await page.textContent("#recon-tokens-caption")}`);
 
   const atlases = await counter(page, "atlas");
   await pick(page, "somar_cb16");
-  check((await settled(page)) === "ready" && (await backendOf(page)) === "cpu", "Auto runs somar_cb16 on the CPU");
+  check((await settled(page)) === "ready" && (await backendOf(page)) === "cpu", "the CPU runs somar_cb16");
   check((await counter(page, "atlas")) > atlases, `its atlas is drawn: ${await page.textContent("#paint-status")}`);
   const atlas = await canvasRange(page, "#paint-atlas");
   check(atlas.width === 21 && atlas.range > 20, `the atlas is not blank (width ${atlas.width}, range ${atlas.range})`);
@@ -326,6 +310,25 @@ async function cpuFamilyChecks(browser, errors) {
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: path.join(root, "test-results", "e2e-cpu-families.png"), fullPage: true });
   await page.close();
+
+  const auto = await openPage(browser, "?backend=auto&model=ddpm16", errors);
+  check((await settled(auto)) === "ready" && (await backendOf(auto)) === "cpu", "Auto runs the pixel model ddpm16 on the CPU");
+  check(
+    Number(await counter(auto, "previews")) >= 10,
+    `its first sample shows each step's x̂₀ (${await counter(auto, "previews")} previews)`,
+  );
+  check(
+    /10 steps \(DDIM η 0\), seed \d+/.test(await auto.textContent("#generate-status")),
+    `status: ${await auto.textContent("#generate-status")}`,
+  );
+  const sample = await canvasRange(auto, "#grid canvas:nth-child(1)");
+  check(sample.width === 16 && sample.range > 20, `the CPU sample is not blank (range ${sample.range})`);
+  const line = await raceLine(auto);
+  check(
+    /Runs on CPU.*One UNet pass \(best of 5\): CPU [\d.]+ ms · WebGPU [\d.]+ ms/.test(line) && (await backendOf(auto)) === "cpu",
+    `Auto times one UNet pass on each backend and keeps the CPU on SwiftShader: ${line}`,
+  );
+  await auto.close();
 }
 
 // ---- WebGPU: every family ------------------------------------------------------------------------------------
