@@ -37,7 +37,7 @@ def flags(results: Path, *extra: str, epochs: int = 2, steps: int = 10) -> list[
         *("--preset", "none", "--dataset", "demo", "--image_size", "16", "--num_workers", "0", "--device", "cpu"),
         *("--batch_size", "16", "--epochs", str(epochs), "--steps", str(steps), "--warmup_steps", "2"),
         *("--results_dir", str(results), "--eval_samples", "4", "--log_every", "1", "--eval-frequency", str(epochs)),
-        *extra,
+        *("--no-curves", *extra),
     ]
 
 
@@ -230,10 +230,10 @@ def test_evaluate_measures_the_prior_samples_and_the_codebook_reconstructions(
     prior_run, codebook_run, tmp_path, inception_weights_file
 ):
     common = ["--device", "cpu", "--inception_weights", inception_weights_file, "--batch_size", "4"]
-    reference = ["--num_ref", "8", "--ref_cache_dir", str(tmp_path)]
-    argv = ["--checkpoint", str(prior_run), *common, *reference, "--num_samples", "8"]
+    reference = ["--num_ref", "4", "--ref_cache_dir", str(tmp_path)]  # 4: more than precision/recall's 3 neighbours
+    argv = ["--checkpoint", str(prior_run), *common, *reference, "--num_samples", "4"]
     records = evaluate.main(evaluate.parse_args(argv))
     assert [r["steps"] for r in records if r["metric"] == "fid"] == [1]
-    argv = ["--checkpoint", str(codebook_run), *common, "--num_recon", "8", "--reconstruction"]
+    argv = ["--checkpoint", str(codebook_run), *common, "--num_recon", "4", "--reconstruction"]
     values = {r["metric"] for r in evaluate.main(evaluate.parse_args(argv)) if r["evaluation"] == "reconstruction"}
     assert {"psnr", "ssim", "rfid"} <= values
