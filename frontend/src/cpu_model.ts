@@ -4,9 +4,11 @@
  * src/psvae.ts) in TypeScript: projection onto the sphere, re-noising with e′ drawn once per image, combo
  * classifier-free guidance on a doubled batch (conditional half, then the null class), labels. The same seed draws
  * the same Gaussians in the same order as the WebGPU path, so both backends give the same images up to float error.
+ * Also what every CPU-path model shares (CpuBase, the Graph of a session), which models it runs (cpuUnsupported) and
+ * from which ONNX files (onnxNeeds); the other families' classes are in src/cpu_families.ts.
  */
 
-import { latentShape, sigmaForAngle, type ModelConfig, type PSVAEConfig, type SphereConfig } from "./config";
+import { latentShape, sigmaForAngle, type ModelConfig, type PSVAEConfig, type SOMARConfig, type SphereConfig } from "./config";
 import type { Mode } from "./format";
 import { comboScale, type Backend, type PageModel, type ReconstructOptions, type SampleOptions, type Timings } from "./model";
 import { Random } from "./rng";
@@ -42,7 +44,7 @@ export function cpuUnsupported(config: { family?: string; backbone?: string; qua
   const family = config.family ?? "sphere";
   if (family === "vqvae") return vqvaeUnsupported(config.quantizer);
   if (family === "somar") {
-    const codebook = codebookConfig(config as never) as { family?: string } | null;
+    const codebook = codebookConfig(config as SOMARConfig) as { family?: string } | null;
     return somarUnsupported(codebook?.family);
   }
   if (family === "ldm") return null;
