@@ -38,6 +38,21 @@ needs_cifar_subset = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="session", autouse=True)
+def threads_counted_once():
+    """The scripts' --threads 0 (auto) watches /proc/stat for 0.1 s per main() call unless OMP_NUM_THREADS is set; the
+    suite makes hundreds of such calls, so the free cores are counted once here and passed on as OMP_NUM_THREADS
+    (what auto then takes without measuring; tests/test_threads.py tests the measuring itself)."""
+    if os.environ.get("OMP_NUM_THREADS"):
+        yield
+        return
+    from engine.threads import auto_threads
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("OMP_NUM_THREADS", str(auto_threads()))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
 def vgg_weights_file(tmp_path_factory) -> str:
     """Path of a vgg16().features state_dict; also exported as SPHERE_VGG_WEIGHTS for scripts under test."""
     if REAL_VGG_WEIGHTS is not None:
