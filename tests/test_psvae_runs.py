@@ -31,7 +31,7 @@ def psvae_flags(results: Path, dataset: str, *extra: str) -> list[str]:
         *("--batch_size", "8", "--epochs", "2"),
         *("--steps", "3", "--num_workers", "0", "--results_dir", str(results), "--eval_samples", "4"),
         *("--log_every", "1", "--eval-frequency", "1", "--device", "cpu", "--lr", "1e-3", "--beta", "0.01"),
-        *("--beta_schedule", "linear", "--beta_warmup_steps", "4", *extra),
+        *("--beta_schedule", "linear", "--beta_warmup_steps", "4", "--no-curves", *extra),  # --curves: checked below
     ]
 
 
@@ -41,7 +41,7 @@ def train(*flags: str) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory) -> Path:
-    return train(*psvae_flags(tmp_path_factory.mktemp("results"), "demo"))
+    return train(*psvae_flags(tmp_path_factory.mktemp("results"), "demo", "--curves"))
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +78,7 @@ def test_each_epochs_terms_reach_the_log_and_every_steps_reach_metrics(demo_run)
 
 
 def test_a_latent_off_s2_gets_no_atlas(tmp_path):
-    run_dir = train(*psvae_flags(tmp_path, "demo", "--latent_dim", "4", "--epochs", "1", "--steps", "1"))
+    run_dir = train(*psvae_flags(tmp_path, "demo", "--latent_dim", "4", "--epochs", "1", "--steps", "1", "--curves"))
     assert image_names(run_dir) == ["curves.png", "epoch_0001_recon.png", "epoch_0001_samples_1step.png"]
 
 
@@ -206,7 +206,8 @@ def test_sigterm_saves_a_psvae_checkpoint_and_exits(tmp_path, monkeypatch):
 
 def test_evaluate_measures_psvae_samples_at_its_default_steps_and_reconstructions(demo_run, inception_weights_file):
     argv = ["--checkpoint", str(demo_run), "--device", "cpu", "--inception_weights", inception_weights_file]
-    argv += ["--num_samples", "8", "--num_recon", "8", "--num_ref", "16", "--batch_size", "8", "--reconstruction"]
+    # 4 of each (Inception ~0.25 s an image on one core): more than the 3 neighbours precision/recall need
+    argv += ["--num_samples", "4", "--num_recon", "4", "--num_ref", "4", "--batch_size", "4", "--reconstruction"]
     argv += ["--ref_cache_dir", str(demo_run.parent / "fid_stats")]
     records = evaluate.main(evaluate.parse_args(argv))
     measured = {(r["evaluation"], r["steps"], r["metric"]) for r in records if r["value"] is not None}
