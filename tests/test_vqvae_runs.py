@@ -29,7 +29,7 @@ def vqvae_flags(results: Path, *extra: str, epochs: int = 2, steps: int = 3) -> 
         *("--preset", "none", "--model_type", "vqvae_tiny", "--dataset", "demo", "--image_size", "16", *SMALL),
         *("--batch_size", "8", "--epochs", str(epochs), "--steps", str(steps), "--num_workers", "0"),
         *("--results_dir", str(results), "--eval_samples", "4", "--log_every", "1", "--eval-frequency", "1"),
-        *("--device", "cpu", "--lr", "4e-3", *extra),
+        *("--device", "cpu", "--lr", "4e-3", "--no-curves", *extra),  # matplotlib costs more than a run: --curves once
     ]
 
 
@@ -45,7 +45,7 @@ def records_of(run_dir: Path) -> list[dict]:
 def learning_run(tmp_path_factory) -> Path:
     """Two epochs of 100 steps at f2 (8x8 tokens): the loss falls about 5x and the codebook stays in use (~10 s)."""
     fast = ("--channel_mults", "1", "2", "--batch_size", "16", "--lr", "1e-2")
-    return train(*vqvae_flags(tmp_path_factory.mktemp("results"), *fast, epochs=2, steps=100))
+    return train(*vqvae_flags(tmp_path_factory.mktemp("results"), *fast, "--curves", epochs=2, steps=100))
 
 
 def test_a_tiny_vqvae_learns_with_a_living_codebook(learning_run):
@@ -137,7 +137,7 @@ def test_sampling_refuses_flags_a_vqvae_or_a_sphere_model_cannot_honour(short_ru
 
 def test_evaluate_adds_codebook_usage_and_skips_generation(short_run, inception_weights_file, capsys):
     argv = ["--checkpoint", str(short_run), "--device", "cpu", "--inception_weights", inception_weights_file]
-    records = evaluate.main(evaluate.parse_args([*argv, "--num_recon", "8", "--batch_size", "4", "--reconstruction"]))
+    records = evaluate.main(evaluate.parse_args([*argv, "--num_recon", "5", "--batch_size", "4", "--reconstruction"]))
     assert "note: generation metrics skipped: a vqvae model (VQVAE) cannot draw samples" in capsys.readouterr().out
     values = {r["metric"]: r["value"] for r in records if r["evaluation"] == "reconstruction"}
     assert set(values) == {"rfid", "psnr", "ssim", "lpips", "usage", "perplexity"}
