@@ -45,6 +45,7 @@ def flags(results: Path, *extra: str, epochs: int = 2, steps: int = 3, batch: in
             "1",
             "--eval-frequency",
             str(epochs),
+            "--no-curves",
             *extra,
         ),
     ]
@@ -227,12 +228,12 @@ def test_evaluate_measures_fid_at_step_counts_and_autoencoder_reconstructions(
     latent_run, ae_run, inception_weights_file, tmp_path
 ):
     common = ["--device", "cpu", "--inception_weights", inception_weights_file, "--batch_size", "4"]
-    reference = ["--num_ref", "8", "--ref_cache_dir", str(tmp_path)]
-    argv = ["--checkpoint", str(latent_run), *common, *reference, "--num_samples", "8", "--steps", "2", "4"]
+    reference = ["--num_ref", "4", "--ref_cache_dir", str(tmp_path)]  # 4: more than precision/recall's 3 neighbours
+    argv = ["--checkpoint", str(latent_run), *common, *reference, "--num_samples", "4", "--steps", "2", "4"]
     records = evaluate.main(evaluate.parse_args(argv))
     fid = {r["steps"]: r["value"] for r in records if r["metric"] == "fid"}
     assert sorted(fid) == [2, 4] and all(value >= 0 for value in fid.values())
-    argv = ["--checkpoint", str(ae_run), *common, "--num_recon", "8", "--reconstruction"]
+    argv = ["--checkpoint", str(ae_run), *common, "--num_recon", "4", "--reconstruction"]
     values = {r["metric"] for r in evaluate.main(evaluate.parse_args(argv)) if r["evaluation"] == "reconstruction"}
     assert {"psnr", "ssim", "rfid"} <= values
 
