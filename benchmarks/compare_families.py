@@ -14,7 +14,8 @@ comments). Each stage first trains PROBE_STEPS steps with the preset's schedule 
 the setup (data, a latent cache) and gives the step rate; it then resumes with --epochs 1 --steps N, N the steps
 that fit the rest of its share at that rate, so its warm-up and cosine decay end inside the budget; the preset's
 schedule-length flags (SCHEDULE_FLAGS: a GAN's start, the SOM's decay, the KL warm-up) are scaled by N over the
-preset's own length. Should a stage still outrun its share, a SIGTERM at the deadline takes the trainer's own stop
+preset's own length (a scaled flag of the model's config, a codebook's --som_steps, makes the main run a new run
+from step 0, and the probe's folder is removed). Should a stage still outrun its share, a SIGTERM at the deadline takes the trainer's own stop
 (checkpoint, then return). Renders use --eval_samples 16 in every stage, so no family pays more for its grids;
 ldm's UNet stage runs with --no-cache (NO_CACHE says why).
 
