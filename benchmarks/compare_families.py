@@ -15,9 +15,9 @@ the setup (data, a latent cache) and gives the step rate; it then resumes with -
 that fit the rest of its share at that rate, so its warm-up and cosine decay end inside the budget; the preset's
 schedule-length flags (SCHEDULE_FLAGS: a GAN's start, the SOM's decay, the KL warm-up) are scaled by N over the
 preset's own length (a scaled flag of the model's config, a codebook's --som_steps, makes the main run a new run
-from step 0, and the probe's folder is removed). Should a stage still outrun its share, a SIGTERM at the deadline takes the trainer's own stop
-(checkpoint, then return). Renders use --eval_samples 16 in every stage, so no family pays more for its grids;
-ldm's UNet stage runs with --no-cache (NO_CACHE says why).
+from step 0, and the probe's folder is removed). Should a stage still outrun its share, a SIGTERM at the deadline
+takes the trainer's own stop (checkpoint, then return). Renders use --eval_samples 16 in every stage, so no family
+pays more for its grids; ldm's UNet stage runs with --no-cache (NO_CACHE says why).
 
 Evaluation: evaluate.py's functions on the last stage's EMA weights. Reconstructions: the first --num_recon
 held-out images (the data's test split) encoded and decoded once (1 step, no noise); PSNR, SSIM and LPIPS per
