@@ -22,10 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_flags(results: Path, *extra: str, lpips: bool = False) -> list[str]:
     """Smallest real run on the plain flag defaults (the paper preset, whatever the machine); LPIPS off unless asked
-    (it dominates CPU time and is covered by the first test), ConvNeXt-S off (no weights in the tests)."""
+    (it dominates CPU time and is covered by the first test), ConvNeXt-S off (no weights in the tests), no curves
+    picture (matplotlib costs more than such a run's training; test_plot.py draws it)."""
     perceptual = [] if lpips else ["--recon_perc_weight", "0", "--con_perc_weight", "0"]
     return [
         *perceptual,
+        "--no-curves",
         "--preset",
         "paper",
         "--convnext_weight",
