@@ -270,7 +270,7 @@ def test_quick_fid_during_training(tmp_path):
     for index, image in enumerate(np.load(CIFAR_SUBSET)["images"][:12]):
         Image.fromarray(image).save(folder / f"{index}.png")
     flags = tiny_flags(tmp_path / "results", "--dataset", str(folder), "--epochs", "1", "--batch_size", "4")
-    run_dir = run_training(*flags, "--fid-every", "1", "--fid-samples", "6", "--fid-steps", "1", "2")
+    run_dir = run_training(*flags, "--fid-every", "1", "--fid-samples", "4", "--fid-steps", "1", "2")
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     fids = {key: r[key] for r in records for key in r if key.startswith("fid_") and key.endswith("step")}
     assert set(fids) == {"fid_1step", "fid_2step"} and all(value > 0 for value in fids.values())
