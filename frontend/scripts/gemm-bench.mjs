@@ -1,7 +1,8 @@
 // Time one GEMM per weight encoding (f32, f16, q8, q4) at given shapes in headless Chromium, encodings interleaved
 // per round: each call is REPEATS dispatches of the same GEMM in one command buffer (submit to done).
-// Usage: node scripts/gemm-bench.mjs [--shapes 64x1536x512,64x512x1368] [--rounds 7] [--repeats 8] [--cols]
-//        [--gemm tiled|direct] [--group 32]
+// Shapes are MxNxK (rows of A, output features, input features), A read as rows, GELU and a bias fused.
+// Usage: node scripts/gemm-bench.mjs [--shapes 64x1536x512,64x512x1368] [--rounds 7] [--repeats 8]
+//        [--encodings f32,q8] [--gemm tiled|direct] [--group 32]
 import fs from "node:fs";
 import { createServer } from "vite";
 import { launchChromium } from "./chromium.mjs";
