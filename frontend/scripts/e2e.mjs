@@ -17,8 +17,12 @@
 // draws its atlas and decodes a painted cell, with the CPU picked; in Auto, a pixel diffusion model (ddpm16) generates
 // with its x̂_0 previews and the race times one UNet pass on each backend and keeps the CPU on SwiftShader. Saves
 // e2e-cpu-families.png.
-// Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8] [--fixtures DIR] [--cpu-only] [--cpu-families]
+// ?hub=: a stand-in for the Hub's file endpoint on another port (GET /OWNER/NAME/resolve/REV/<path>, the fixtures as
+// the repository me/models at main) serves index.json and a model's ONNX files, which load and draw on the CPU with no
+// request to the page's own models/ folder; ?hub=me/missing shows the one-line error naming the URL.
+// Usage: node scripts/e2e.mjs [--model vit_tiny16] [--mode q8] [--fixtures DIR] [--cpu-only] [--cpu-families] [--hub]
 import fs from "node:fs";
+import http from "node:http";
 import path from "node:path";
 import { build } from "vite";
 import { chromium } from "playwright-core";
@@ -32,6 +36,7 @@ const modelName = option("--model", "vit_tiny16");
 const modeName = option("--mode", "q8");
 const cpuOnly = args.includes("--cpu-only"); // the CPU path's checks alone
 const familiesOnly = args.includes("--cpu-families"); // the CPU path's vqvae, ldm and somar checks alone
+const hubOnly = args.includes("--hub"); // the ?hub= checks alone
 const NO_ONNX = "vit_legacy16"; // a fixture exported without ONNX files
 const outDir = path.join(root, "test-results", "e2e-dist");
 const fixtures = path.resolve(option("--fixtures", path.join(root, "test-fixtures")));
@@ -73,6 +78,7 @@ const server = await serveStatic([
   ["/examples/", path.join(root, "public", "examples")],
   ["/", outDir],
 ]);
+const hub = await serveHub("me/models", "main", fixtures);
 const { browser, close } = await launchChromium();
 const failures = [];
 const check = (ok, what) => {
@@ -81,29 +87,31 @@ const check = (ok, what) => {
 };
 
 try {
-  if (!cpuOnly && !familiesOnly) await webgpuChecks(browser);
   const errors = [];
-  if (!familiesOnly) await cpuChecks(browser, errors);
-  await cpuFamilyChecks(browser, errors);
+  if (!cpuOnly && !familiesOnly) await hubChecks(browser, errors);
+  if (!cpuOnly && !familiesOnly && !hubOnly) await webgpuChecks(browser);
+  if (!familiesOnly && !hubOnly) await cpuChecks(browser, errors);
+  if (!hubOnly) await cpuFamilyChecks(browser, errors);
   check(errors.length === 0, `no page errors after the CPU path checks${errors.length ? `: ${errors.join(" | ")}` : ""}`);
 } finally {
   await close();
   await server.close();
+  await hub.close();
 }
 console.log(failures.length ? `${failures.length} end-to-end checks failed` : "end-to-end test passed");
 process.exit(failures.length ? 1 : 0);
 
 // ---- the CPU path ------------------------------------------------------------------------------------------
 
-/** A page (a fresh context) at `query`, its errors collected into `errors`. */
-async function openPage(browser, query, errors, init) {
+/** A page (a fresh context) at `query`, its errors collected into `errors`; requests may go to `servers` only. */
+async function openPage(browser, query, errors, init, servers = [server.url]) {
   const page = await browser.newPage({ viewport: { width: 390, height: 844 } });
   page.on("pageerror", (error) => errors.push(error.message));
   page.on("console", (message) => {
     if (message.type() === "error") errors.push(`${message.text()} (${message.location().url})`);
   });
   page.on("request", (request) => {
-    if (!request.url().startsWith(server.url) && !request.url().startsWith("data:"))
+    if (!servers.some((url) => request.url().startsWith(url)) && !request.url().startsWith("data:"))
       errors.push(`a request leaves the page's server: ${request.url()}`);
   }); // the page and its WebAssembly runtime work offline
   if (init) await page.addInitScript(init);
@@ -329,6 +337,79 @@ async function cpuFamilyChecks(browser, errors) {
     `Auto times one UNet pass on each backend and keeps the CPU on SwiftShader: ${line}`,
   );
   await auto.close();
+}
+
+// ---- ?hub=: the model index from a Hub repository ---------------------------------------------------------
+
+/**
+ * A stand-in for the Hub's file endpoint on its own port: GET /OWNER/NAME/resolve/REVISION/<path> answers `folder`'s
+ * files for `repo` at `revision`, with the Hub's CORS header; another repository, revision or file is a 404 with the
+ * Hub's X-Error-Code (RepoNotFound, RevisionNotFound, EntryNotFound). `requests` lists the paths asked for.
+ */
+async function serveHub(repo, revision, folder) {
+  const requests = [];
+  const server = http.createServer((request, response) => {
+    const url = decodeURIComponent(new URL(request.url, "http://x").pathname);
+    requests.push(url);
+    const cors = { "access-control-allow-origin": "*", "access-control-expose-headers": "x-error-code, x-error-message, etag" };
+    const fail = (code, message) => {
+      response.writeHead(404, { ...cors, "content-type": "application/json", "x-error-code": code, "x-error-message": message });
+      response.end(JSON.stringify({ error: message }));
+    };
+    const match = /^\/([^/]+\/[^/]+)\/resolve\/([^/]+)\/(.+)$/.exec(url);
+    if (!match || match[1] !== repo) return fail("RepoNotFound", "Repository not found");
+    if (match[2] !== revision) return fail("RevisionNotFound", `Invalid rev id: ${match[2]}`);
+    const file = path.join(folder, match[3]);
+    if (!file.startsWith(path.resolve(folder) + path.sep) || !fs.existsSync(file) || !fs.statSync(file).isFile())
+      return fail("EntryNotFound", "Entry not found");
+    const body = fs.readFileSync(file);
+    response.writeHead(200, { ...cors, "content-type": "application/octet-stream", "content-length": body.length });
+    response.end(body);
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const url = `http://127.0.0.1:${server.address().port}`;
+  return { url, requests, close: () => new Promise((resolve) => server.close(resolve)) };
+}
+
+/** ?hub=me/models: index.json and the model's ONNX files come from the stand-in, and it draws on the CPU. */
+async function hubChecks(browser, errors) {
+  const started = performance.now();
+  const name = "convnet_tiny16"; // its ONNX files load fast on the CPU path
+  const query = (spec) => `?hub=${spec}&hub_endpoint=${hub.url}&backend=cpu&model=${name}`;
+  const page = await openPage(browser, query("me/models"), errors, undefined, [server.url, `${hub.url}/`]);
+  check((await settled(page)) === "ready" && (await backendOf(page)) === "cpu", `?hub=me/models loads ${name} on the CPU`);
+  const ranges = await page.evaluate(() =>
+    [...document.querySelectorAll("#grid canvas")].map((canvas) => {
+      const rgb = [...canvas.getContext("2d").getImageData(0, 0, canvas.width, canvas.height).data].filter((_, i) => i % 4 !== 3);
+      return Math.max(...rgb) - Math.min(...rgb);
+    }),
+  );
+  check(ranges.length > 0 && ranges.every((r) => r > 20), `and draws its first images (pixel ranges ${ranges.join(", ")})`);
+  const requested = await page.evaluate(() => performance.getEntriesByType("resource").map((entry) => entry.name)); // since navigation
+  const local = requested.filter((url) => url.startsWith(`${server.url}models/`));
+  const base = "/me/models/resolve/main/";
+  const expected = ["index.json", `${name}/model_decoder.onnx`, `${name}/model_encoder.onnx`].map((file) => base + file);
+  check(
+    local.length === 0 &&
+      requested.some((url) => url.startsWith(hub.url)) &&
+      expected.every((file) => hub.requests.includes(file)) &&
+      hub.requests.every((file) => file.startsWith(base)),
+    `every model request goes to the stand-in: ${hub.requests.join(", ")}${local.length ? `; to models/: ${local.join(", ")}` : ""}`,
+  );
+  await page.goto(`${server.url}${query("me/missing")}`);
+  check((await settled(page)) === "no-models", "?hub=me/missing loads no model");
+  const shown = await page.$$eval("#messages .message.error > span:first-child", (spans) => spans.map((span) => span.textContent));
+  const message = shown.join(" | ");
+  check(
+    shown.length === 1 &&
+      !message.includes("\n") &&
+      message.includes(`no exported models at ${hub.url}/me/missing/resolve/main/index.json (HTTP 404)`),
+    `and says so in one line: ${message}`,
+  );
+  await page.close();
+  const last = errors.findIndex((error) => error.includes("404") && error.includes("/me/missing/"));
+  if (last >= 0) errors.splice(last, 1); // the console's line for the 404 itself
+  console.log(`?hub= checks: ${Math.round(performance.now() - started)} ms`);
 }
 
 // ---- WebGPU: every family ------------------------------------------------------------------------------------
