@@ -110,6 +110,7 @@ def tiny_flags(results: Path, *extra: str) -> list[str]:
         *("--recon_perc_weight", "0", "--con_perc_weight", "0", "--convnext_weight", "0"),
         *("--batch_size", "8", "--epochs", "2", "--steps", "2", "--num_workers", "0", "--eval_samples", "2"),
         *("--eval-frequency", "1", "--checkpoint-frequency", "1", "--device", "cpu", "--results_dir", str(results)),
+        "--no-curves",  # test_plot.py draws the curves picture; matplotlib costs more than these runs
         *extra,
     ]
 
