@@ -12,7 +12,7 @@ from tests.test_training import run_training, tiny_flags
 
 
 def test_a_run_writes_every_metrics_line_and_its_eval_pictures_as_events(tmp_path):
-    flags = tiny_flags(tmp_path / "results", "--epochs", "1", "--steps", "2", "--tensorboard")
+    flags = tiny_flags(tmp_path / "results", "--epochs", "1", "--steps", "2", "--tensorboard", "--curves")
     run_dir = run_training(*flags)
     assert (run_dir / "images" / "curves.png").is_file()  # every run draws its curves after an evaluation
     assert json.loads((run_dir / "config.json").read_text())["train"]["tensorboard"] is True
