@@ -17,5 +17,7 @@ fi
 (cd frontend && npm ci --no-audit --no-fund --loglevel=error)
 bash frontend/run_tests.sh
 # -rs: one line per skipped test with its reason (e.g. which SPHERE_* variable would enable it); --tb=short: a
-# failure inside a library prints its line, not the library function's whole source and docstring
-python -m pytest -rs --tb=short "$@"
+# failure inside a library prints its line, not the library function's whole source and docstring; -n auto: one
+# pytest-xdist worker per core (at most 4), each with one torch thread, whole files per worker (module fixtures run
+# once); pass -n 0 to run in one process
+python -m pytest -rs --tb=short -n auto --maxprocesses 4 --dist loadfile "$@"

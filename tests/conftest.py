@@ -41,7 +41,16 @@ needs_cifar_subset = pytest.mark.skipif(
 def threads_counted_once():
     """The scripts' --threads 0 (auto) watches /proc/stat for 0.1 s per main() call unless OMP_NUM_THREADS is set; the
     suite makes hundreds of such calls, so the free cores are counted once here and passed on as OMP_NUM_THREADS
-    (what auto then takes without measuring; tests/test_threads.py tests the measuring itself)."""
+    (what auto then takes without measuring; tests/test_threads.py tests the measuring itself). A pytest-xdist worker
+    (run_tests.sh runs one per core) takes one thread: the workers already fill the cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("OMP_NUM_THREADS", "1")
+            yield
+        return
     if os.environ.get("OMP_NUM_THREADS"):
         yield
         return
