@@ -22,7 +22,7 @@ from pathlib import Path
 from engine.checkpoint import CheckpointError
 from engine.cli import LATEST, InputError, check_output_dir, int_in_range, resolve_checkpoint, source_folder_name
 from engine.families import DEFAULT_FAMILY
-from engine.hub import hub_folder_name, is_hub_path, push_web_files, repo_id_arg, repo_url
+from engine.hub import add_hub_flags, hub_folder_name, is_hub_path, push_web_files, repo_url
 from engine.onnx_export import OnnxExportError
 from engine.runs import read_run_config
 from engine.webformat import MAX_GROUP_SIZE, MODES, WebFormatError, export_checkpoint, web_export_of, write_index
@@ -49,17 +49,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="also write the ONNX files of the page's CPU path (default; --no-onnx skips them)",
     )
-    hub = parser.add_argument_group("Hugging Face Hub", "token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT")
-    hub.add_argument(
-        "--push_to_hub",
-        type=repo_id_arg,
-        default=None,
-        metavar="OWNER/NAME",
-        help="then upload index.json and every file it names to this model repository; the page loads them with "
+    add_hub_flags(
+        parser,
+        "then upload index.json and every file it names to this model repository; the page loads them with "
         "?hub=OWNER/NAME",
     )
-    hub.add_argument("--hub_private", action=argparse.BooleanOptionalAction, default=False, help="create it private")
-    hub.add_argument("--hub_revision", default=None, help="branch to push to (created if missing); default main")
     return parser.parse_args(argv)
 
 

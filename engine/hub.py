@@ -203,18 +203,17 @@ def commit_files(api, repo_id: str, files: dict[str, Path], revision: str | None
     api.create_commit(repo_id, operations, commit_message=message, revision=revision, repo_type="model")
 
 
-def add_hub_flags(parser: argparse.ArgumentParser) -> None:
-    """training.py's --push_to_hub, --hub_private, --hub_revision."""
+TRAINING_PUSH_HELP = (
+    "at every --checkpoint-frequency, rank 0 uploads the EMA weights (model.safetensors), config.json, the latest "
+    "sample grid and a model card to this model repository, in the background (a failure is a warning); a resumed "
+    "run keeps pushing; sample it with sampling.py --checkpoint hf://OWNER/NAME"
+)
+
+
+def add_hub_flags(parser: argparse.ArgumentParser, push_help: str = TRAINING_PUSH_HELP) -> None:
+    """--push_to_hub (what it uploads: push_help; training.py's by default), --hub_private, --hub_revision."""
     hub = parser.add_argument_group("Hugging Face Hub", "token: HF_TOKEN or `hf auth login`; endpoint: HF_ENDPOINT")
-    hub.add_argument(
-        "--push_to_hub",
-        type=repo_id_arg,
-        default=None,
-        metavar="OWNER/NAME",
-        help="at every --checkpoint-frequency, rank 0 uploads the EMA weights (model.safetensors), config.json, the "
-        "latest sample grid and a model card to this model repository, in the background (a failure is a warning); "
-        "a resumed run keeps pushing; sample it with sampling.py --checkpoint hf://OWNER/NAME",
-    )
+    hub.add_argument("--push_to_hub", type=repo_id_arg, default=None, metavar="OWNER/NAME", help=push_help)
     hub.add_argument("--hub_private", action=argparse.BooleanOptionalAction, default=False, help="create it private")
     hub.add_argument("--hub_revision", default=None, help="branch to push to (created if missing); default main")
 
