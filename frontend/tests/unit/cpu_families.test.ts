@@ -5,8 +5,6 @@
  * a somar codebook's tokens, reconstruction and atlas against PyTorch's fixture; the tokenizer's round trip; which
  * ONNX files each family needs and which models the CPU path refuses.
  */
-import fs from "node:fs";
-import path from "node:path";
 import { describe, expect, it } from "vitest";
 import type { LDMConfig, SOMARConfig, VQVAEConfig } from "../../src/config";
 import { CpuLDMModel, CpuSOMARModel, CpuVQVAEModel } from "../../src/cpu_families";
@@ -17,7 +15,7 @@ import { Random } from "../../src/rng";
 import { SomarCodebook } from "../../src/somar_core";
 import { atlasMaps, tokenMaps } from "../../src/somar_grid";
 import { CODEBOOK, VQVAECodebook } from "../../src/vqvae_core";
-import { FIXTURES, readBuffer, readTensors } from "./fixtures";
+import { readBuffer, readTensors, recordedRuns } from "./fixtures";
 
 /** A fake network: records each call's inputs and batch, answers with `answer`. */
 class FakeGraph implements Graph {
@@ -44,20 +42,8 @@ const diffusionConfig = (kind: "latent" | "pixel", run: Record<string, unknown>,
     ...run,
   }) as unknown as LDMConfig;
 
-interface RecordedRun {
-  sampler: "ddim" | "ddpm";
-  eta: number;
-  prediction: "eps" | "v";
-  beta_schedule: "linear" | "cosine";
-  clip: number | null;
-  steps: number;
-  timesteps: number;
-  beta_start: number;
-  beta_end: number;
-}
-
 describe("the diffusion sampler shared by both backends (ldm_core.ts)", () => {
-  const runs = JSON.parse(fs.readFileSync(path.join(FIXTURES, "diffusion.json"), "utf-8")) as Record<string, RecordedRun>;
+  const runs = recordedRuns();
   const tensors = readTensors("diffusion.safetensors");
 
   it.each(Object.keys(runs))("%s: a whole run over an injected UNet gives PyTorch's result", async (name) => {

@@ -45,3 +45,21 @@ export function withHeader(buffer: ArrayBuffer, edit: (header: Record<string, an
   out.set(data, 8 + json.length);
   return out.buffer;
 }
+
+/** A sampling run of models/diffusion.py recorded by make_fixtures.py (diffusion.json, tensors in diffusion.safetensors). */
+export interface RecordedRun {
+  sampler: "ddim" | "ddpm";
+  eta: number;
+  prediction: "eps" | "v";
+  beta_schedule: "linear" | "cosine";
+  clip: number | null;
+  steps: number;
+  timesteps: number;
+  beta_start: number;
+  beta_end: number;
+}
+
+/** The recorded sampling runs by name. */
+export function recordedRuns(): Record<string, RecordedRun> {
+  return JSON.parse(fs.readFileSync(path.join(FIXTURES, "diffusion.json"), "utf-8")) as Record<string, RecordedRun>;
+}

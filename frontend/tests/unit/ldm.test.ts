@@ -1,16 +1,14 @@
 import { describe, expect, it } from "vitest";
 import type { LDMConfig } from "../../src/config";
 import { ldmAutoencoder } from "../../src/config";
-import { alphasBar, ddimStep, ddimTimesteps, ddpmStep, guide, predictX0Eps, stepSigma, type Sampler } from "../../src/diffusion";
+import { alphasBar, ddimStep, ddimTimesteps, ddpmStep, guide, predictX0Eps, stepSigma } from "../../src/diffusion";
 import { entryProblem } from "../../src/family";
 import { parseWeightFile, WebFormatError } from "../../src/format";
 import type { Gpu } from "../../src/gpu";
 import { LDMModel, samplerProblem, timeFeatures } from "../../src/ldm";
 import { Random } from "../../src/rng";
 import { VQVAEModel } from "../../src/vqvae";
-import { FIXTURES, readBuffer, readTensors, withHeader } from "./fixtures";
-import fs from "node:fs";
-import path from "node:path";
+import { readBuffer, readTensors, recordedRuns, withHeader } from "./fixtures";
 
 const noGpu = {} as Gpu; // every check below fails before any GPU work
 const STAGE2 = "ldm_tiny16/model_q4.safetensors";
@@ -146,20 +144,8 @@ describe("diffusion math (models/diffusion.py)", () => {
   });
 });
 
-interface RecordedRun {
-  sampler: Sampler;
-  eta: number;
-  prediction: "eps" | "v";
-  beta_schedule: "linear" | "cosine";
-  clip: number | null;
-  steps: number;
-  timesteps: number;
-  beta_start: number;
-  beta_end: number;
-}
-
 describe("the samplers against models/diffusion.py (recorded runs, the same outputs and step noise)", () => {
-  const runs = JSON.parse(fs.readFileSync(path.join(FIXTURES, "diffusion.json"), "utf-8")) as Record<string, RecordedRun>;
+  const runs = recordedRuns();
   const tensors = readTensors("diffusion.safetensors");
 
   it.each(Object.keys(runs))("%s: every step's x", (name) => {
