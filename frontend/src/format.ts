@@ -387,15 +387,18 @@ export function dequantizeGroups(
   const out = new Float32Array(rows * cols);
   const rowBytes = mode === "q8" ? cols : Math.ceil(cols / 2);
   for (let r = 0; r < rows; r++) {
-    for (let c = 0; c < cols; c++) {
-      const scale = table[scaleView.getUint16(2 * (r * groups + Math.floor(c / groupSize)), true)];
-      let q: number;
-      if (mode === "q8") q = (data[r * rowBytes + c] << 24) >> 24;
-      else {
-        const byte = data[r * rowBytes + (c >> 1)];
-        q = ((c & 1 ? byte >> 4 : byte) & 0x0f) - 8;
+    for (let g = 0; g < groups; g++) {
+      const scale = table[scaleView.getUint16(2 * (r * groups + g), true)]; // once per group
+      const end = Math.min(cols, (g + 1) * groupSize);
+      for (let c = g * groupSize; c < end; c++) {
+        let q: number;
+        if (mode === "q8") q = (data[r * rowBytes + c] << 24) >> 24;
+        else {
+          const byte = data[r * rowBytes + (c >> 1)];
+          q = ((c & 1 ? byte >> 4 : byte) & 0x0f) - 8;
+        }
+        out[r * cols + c] = q * scale; // q * scale is exact in a double: one rounding, as in the shaders
       }
-      out[r * cols + c] = Math.fround(q * scale);
     }
   }
   return out;
