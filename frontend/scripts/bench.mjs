@@ -11,6 +11,7 @@
 // ONNX files: model_decoder.onnx / model_encoder.onnx beside a model's web files (ORT rows are skipped without).
 // Usage: node scripts/bench.mjs [--models DIR] [--rounds 10] [--warmup 2] [--batch 1] [--only vit_tiny]
 //        [--encode] [--wasm-threads 1] [--no-torch] [--no-ort] [--modes fp32,q4] [--json out.json]
+//        [--gemm tiled|direct] [--weights packed|expanded] (the page's ?gemm= / ?weights=: default, the adapter's choice)
 import { spawn } from "node:child_process";
 import fs from "node:fs";
 import path from "node:path";
@@ -41,6 +42,19 @@ const settings = {
   ort: !args.includes("--no-ort"),
   torch: !args.includes("--no-torch"),
 };
+const kernelQuery = (() => {
+  const query = new URLSearchParams();
+  for (const [name, values] of [
+    ["gemm", ["tiled", "direct"]],
+    ["weights", ["packed", "expanded"]],
+  ]) {
+    const value = option(`--${name}`, null);
+    if (value === null) continue;
+    if (!values.includes(value)) throw new Error(`--${name} ${value}: expected ${values.join(" or ")}`);
+    query.set(name, value);
+  }
+  return query.size ? `?${query}` : "";
+})();
 const ortDist = path.join(root, "node_modules", "onnxruntime-web", "dist");
 if (settings.ort && !fs.existsSync(ortDist)) throw new Error(`${ortDist} is missing: run npm ci in frontend/`);
 
@@ -104,9 +118,9 @@ function installBench({ batch, wasmThreads }) {
   };
   window.bench = {
     async init() {
-      const { Gpu } = await import("/src/gpu.ts");
+      const { Gpu, kernelChoice } = await import("/src/gpu.ts");
       state.gpu = await Gpu.create();
-      return state.gpu.adapter;
+      return { ...state.gpu.adapter, ...kernelChoice };
     },
     async initOrt() {
       // two builds, as an application would pick them: the WebGPU bundle (its wasm is the JSEP build), and the
@@ -307,7 +321,7 @@ try {
   page.on("console", (message) => {
     if (message.type() === "error") console.error(`page: ${message.text()}`);
   });
-  await page.goto(`${server.resolvedUrls.local[0]}tests/browser/index.html`);
+  await page.goto(`${server.resolvedUrls.local[0]}tests/browser/index.html${kernelQuery}`);
   await page.evaluate(installBench, settings);
   results.adapter = await page.evaluate(() => window.bench.init());
   results.ortVersion = settings.ort ? await page.evaluate(() => window.bench.initOrt()) : null;

@@ -82,13 +82,27 @@ export class BufferOwner {
  * Which kernel variants graphs are built with, set by Gpu.create from the adapter: software adapters
  * (SwiftShader, llvmpipe) run workgroups as lane groups on CPU threads, where a barrier is a context switch and
  * workgroup memory the same RAM as storage, so they get the GEMM without workgroup memory ("direct"); hardware
- * GPUs get the workgroup-memory tiled GEMM. "direct" also picks RMSNorm with a thread per row (no barrier). `?gemm=tiled|direct` in the page's URL overrides it (tests, benchmarks).
+ * GPUs get the workgroup-memory tiled GEMM. "direct" also picks RMSNorm with a thread per row (no barrier).
+ * `weights`: "packed" keeps fp16/q8/q4 matrices as stored and decodes them inside every GEMM (less memory and
+ * memory traffic: hardware GPUs); "expanded" widens them to float32 once at load, as software adapters get by
+ * default: there the GPU is the CPU, compute rather than memory traffic limits a GEMM, and decoding costs more
+ * than the bytes it saves. The URL overrides both: `?gemm=tiled|direct`, `?weights=packed|expanded`.
  */
-export const kernelChoice: { gemm: "tiled" | "direct" } = { gemm: "tiled" };
+export const kernelChoice: { gemm: "tiled" | "direct"; weights: "packed" | "expanded" } = { gemm: "tiled", weights: "packed" };
+
+/** The kernel choice for an adapter and the page's query string (pure: unit-tested). */
+export function kernelsFor(isFallback: boolean, search: string): typeof kernelChoice {
+  const query = new URLSearchParams(search);
+  const gemm = query.get("gemm");
+  const weights = query.get("weights");
+  return {
+    gemm: gemm === "tiled" || gemm === "direct" ? gemm : isFallback ? "direct" : "tiled",
+    weights: weights === "packed" || weights === "expanded" ? weights : isFallback ? "expanded" : "packed",
+  };
+}
 
 function chooseKernels(adapter: AdapterSummary): void {
-  const forced = typeof location === "undefined" ? null : new URLSearchParams(location.search).get("gemm");
-  kernelChoice.gemm = forced === "tiled" || forced === "direct" ? forced : adapter.isFallback ? "direct" : "tiled";
+  Object.assign(kernelChoice, kernelsFor(adapter.isFallback, typeof location === "undefined" ? "" : location.search));
 }
 
 /** The device, its adapter summary, pipelines, and device-loss notification. */

@@ -32,6 +32,7 @@ import type { Backend, PageModel } from "./model";
 import { cpuUnsupported, onnxNeeds } from "./cpu_model";
 import { cpuThreads, onnxModel, startOrt, type OnnxFile, type OnnxIndex } from "./ort";
 import { UnsupportedModelError } from "./psvae";
+import type { GpuWeights } from "./weights";
 import { CANNOT_SAMPLE, type VQVAEPageModel } from "./vqvae_core";
 import { AE_CANNOT_SAMPLE, PIXEL_CANNOT_RECONSTRUCT, type LDMPageModel } from "./ldm_core";
 import type { Atlas, SOMARPageModel } from "./somar_core";
@@ -538,7 +539,7 @@ async function loadSelected(): Promise<void> {
     const bytes = model.backend === "cpu" ? onnxBytes(onnxOf(entry)!) : entry.modes[mode]!.bytes;
     setStatus(
       "model-status",
-      `${entry.name} ${model.mode} ready: ${describeLatent(model)}, ${formatBytes(bytes)}, set up in ${(performance.now() - start).toFixed(0)} ms.`,
+      `${entry.name} ${model.mode} ready: ${describeLatent(model)}, ${formatBytes(bytes)}${widenedNote(model)}, set up in ${(performance.now() - start).toFixed(0)} ms.`,
     );
     showBackend();
     configureConditional(entry);
@@ -562,6 +563,12 @@ async function loadSelected(): Promise<void> {
     setPageState(error instanceof UnsupportedModelError ? "unsupported" : "error");
     void refreshCacheStatus();
   }
+}
+
+/** Says when a software adapter widened the file's fp16/q8/q4 matrices to float32 at load (kernelChoice.weights). */
+function widenedNote(model: PageModel): string {
+  const expanded = "weights" in model ? (model.weights as GpuWeights).expanded : 0;
+  return expanded ? ` (${expanded} matrices widened to fp32 at load: faster on this software adapter)` : "";
 }
 
 function onnxBytes(onnx: OnnxIndex): number {

@@ -1,8 +1,9 @@
-/** GPU copies of a weight file's tensors: matrices stay packed (dequantized in the shaders), small vectors
- * (biases, norms, scales, label tables) are widened to float32 once at load. */
+/** GPU copies of a weight file's tensors: matrices stay packed (dequantized in the shaders) or are widened to
+ * float32 once at load (kernelChoice.weights: software adapters), small vectors (biases, norms, scales, label
+ * tables) are widened to float32 once at load. */
 
-import { BufferOwner, type Gpu } from "./gpu";
-import { hasParameter, packedMatrix, readParameter, WebFormatError, type WeightFile } from "./format";
+import { BufferOwner, kernelChoice, type Gpu } from "./gpu";
+import { hasParameter, packedMatrix, readParameter, WebFormatError, type PackedMatrix, type WeightFile } from "./format";
 import type { GpuMatrix } from "./ops";
 
 export interface ConvWeight extends GpuMatrix {
@@ -14,19 +15,23 @@ export class GpuWeights {
   readonly owner: BufferOwner;
   private matrices = new Map<string, ConvWeight>();
   private vectors = new Map<string, GPUBuffer>();
+  private maxBinding: number;
+  /** Matrices widened to float32 at load (kernelChoice.weights "expanded"). */
+  expanded = 0;
 
   constructor(
     gpu: Gpu,
     public file: WeightFile,
   ) {
     this.owner = new BufferOwner(gpu.device);
+    this.maxBinding = gpu.device.limits.maxStorageBufferBindingSize;
   }
 
   has(name: string): boolean {
     return hasParameter(this.file, name);
   }
 
-  /** A Linear (out, in) or Conv2d (out, in, k, k) weight, uploaded in its stored encoding. */
+  /** A Linear (out, in) or Conv2d (out, in, k, k) weight, uploaded in its stored encoding or as float32. */
   matrix(name: string): ConvWeight {
     let matrix = this.matrices.get(name);
     if (!matrix) {
@@ -34,19 +39,33 @@ export class GpuWeights {
       if (packed.shape.length !== 2 && packed.shape.length !== 4) {
         throw new WebFormatError(`tensor '${name}' has shape [${packed.shape}], expected a 2D linear or 4D conv weight`);
       }
-      matrix = {
-        encoding: packed.encoding,
+      const shape = {
         rows: packed.rows,
         cols: packed.cols,
-        groupSize: packed.groupSize,
-        data: this.owner.upload(packed.data, name),
-        scales: packed.scales ? this.owner.upload(packed.scales, `${name}.scales`) : null,
         kernel: packed.shape.length === 4 ? packed.shape[2] : 1,
         inChannels: packed.shape[1],
       };
+      if (this.expands(packed)) {
+        matrix = {
+          ...shape,
+          encoding: "f32",
+          groupSize: 0,
+          data: this.owner.upload(readParameter(this.file, name).data, name),
+          scales: null,
+        };
+        this.expanded++;
+      } else {
+        const scales = packed.scales ? this.owner.upload(packed.scales, `${name}.scales`) : null;
+        matrix = { ...shape, encoding: packed.encoding, groupSize: packed.groupSize, data: this.owner.upload(packed.data, name), scales };
+      }
       this.matrices.set(name, matrix);
     }
     return matrix;
+  }
+
+  /** Whether a packed matrix is widened to float32 here: "expanded" weights, where the float32 copy fits a binding. */
+  private expands(packed: PackedMatrix): boolean {
+    return kernelChoice.weights === "expanded" && packed.encoding !== "f32" && 4 * packed.rows * packed.cols <= this.maxBinding;
   }
 
   /** A small tensor as float32 (biases, norm weights, mixer scales, embedding tables). */

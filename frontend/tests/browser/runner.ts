@@ -4,7 +4,7 @@
  * Chromium and fails when any case exceeds its tolerance.
  */
 
-import { Gpu, Workspace, encodeSteps, type Step } from "../../src/gpu";
+import { Gpu, Workspace, encodeSteps, kernelChoice, type Step } from "../../src/gpu";
 import * as ops from "../../src/ops";
 import { loadModel } from "../../src/family";
 import type { WebModel } from "../../src/model";
@@ -303,9 +303,17 @@ async function modelTests(h: Harness, base: string, manifest: Manifest, only: st
       if (family) await reuseChecks(h, tag, model, await family);
       else if (info.decoder_only) await decoderOnlyChecks(h, tag, model, ref, labels);
       else await modelChecks(h, tag, model, ref, labels, manifest);
+      weightsCheck(h, tag, model);
       await model.dispose();
     }
   }
+}
+
+/** The matrices ran as kernelChoice.weights says: widened to float32 at load ("expanded", fp16/q8/q4 files), or as stored. */
+function weightsCheck(h: Harness, tag: string, model: WebModel): void {
+  const expanded = model.weights.expanded;
+  const want = kernelChoice.weights === "expanded" && model.mode !== "fp32";
+  h.record(`model/${tag}/weights_${kernelChoice.weights}`, want ? expanded > 0 : expanded === 0, `${expanded} matrices expanded`);
 }
 
 /** encode, decode, sample (3 steps, guided, 1 step for psvae), reconstruct; a repeated call reuses everything. */
@@ -419,7 +427,7 @@ async function runParityTests(
   if (errors) h.record("webgpu/validation", false, errors);
   h.destroy();
   gpu.destroy();
-  return { adapter: gpu.adapter, results: h.results };
+  return { adapter: { ...gpu.adapter, ...kernelChoice }, results: h.results };
 }
 
 (window as unknown as { runParityTests: typeof runParityTests }).runParityTests = runParityTests;
