@@ -79,3 +79,11 @@ def test_gpu_check_smoke_writes_numbers_and_grids(tmp_path):
 def test_gpu_check_refuses_an_unknown_option(tmp_path):
     done = subprocess.run([str(REPO / "benchmarks" / "gpu_check.sh"), "--fast"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown option --fast" in done.stderr
+
+
+def test_a_gpu_row_prints_its_mfu(capsys):
+    peak = bench_train.peak_tflops("NVIDIA H200")
+    row = {"model": "vit_base", "params_m": 86.0, "train_img_s": 900.0, "gflop_per_img": 450.0, "peak_gib": 20.5}
+    bench_train.print_row(row | {"tflop_s": 405.0, "mfu": 405.0 / peak, "sample_img_s": 5000.0})
+    line = capsys.readouterr().out
+    assert "40.9%" in line and line.split()[0] == "vit_base"
