@@ -384,21 +384,21 @@ export function dequantizeGroups(
   const table = halves();
   const groups = Math.ceil(cols / groupSize);
   const scaleView = new DataView(scales.buffer, scales.byteOffset, scales.byteLength);
+  const signed = new Int8Array(data.buffer, data.byteOffset, data.byteLength);
   const out = new Float32Array(rows * cols);
   const rowBytes = mode === "q8" ? cols : Math.ceil(cols / 2);
+  // q * scale is exact in a double, so storing it rounds once, as the shaders' q * s does
   for (let r = 0; r < rows; r++) {
+    const row = r * rowBytes;
     for (let g = 0; g < groups; g++) {
       const scale = table[scaleView.getUint16(2 * (r * groups + g), true)]; // once per group
       const end = Math.min(cols, (g + 1) * groupSize);
-      for (let c = g * groupSize; c < end; c++) {
-        let q: number;
-        if (mode === "q8") q = (data[r * rowBytes + c] << 24) >> 24;
-        else {
-          const byte = data[r * rowBytes + (c >> 1)];
-          q = ((c & 1 ? byte >> 4 : byte) & 0x0f) - 8;
+      if (mode === "q8") for (let c = g * groupSize; c < end; c++) out[r * cols + c] = signed[row + c] * scale;
+      else
+        for (let c = g * groupSize; c < end; c++) {
+          const byte = data[row + (c >> 1)];
+          out[r * cols + c] = (((c & 1 ? byte >> 4 : byte) & 0x0f) - 8) * scale;
         }
-        out[r * cols + c] = q * scale; // q * scale is exact in a double: one rounding, as in the shaders
-      }
     }
   }
   return out;
