@@ -161,8 +161,8 @@ def format_table(records: list[dict]) -> str:
 
 def run_dir_of(checkpoint: Path, results_dir: str | Path = "results") -> Path:
     """The run folder of a checkpoint; <results_dir>/hub/<owner>--<name>/ for one from the Hub cache (not the cache)."""
-    if cached_repo_name(checkpoint):
-        return Path(results_dir) / "hub" / cached_repo_name(checkpoint)
+    if repo := cached_repo_name(checkpoint):
+        return Path(results_dir) / "hub" / repo
     return checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
 
 

@@ -79,6 +79,7 @@ from engine.metrics import (  # noqa: E402
     sample_step_batches,  # noqa: E402
     ssim,
 )
+from engine.runs import read_jsonl  # noqa: E402
 from engine.threads import add_threads_flag, configure_threads  # noqa: E402
 from losses import PerceptualWeightsError, build_lpips  # noqa: E402
 
@@ -219,14 +220,9 @@ def stage_argv(stage: Stage, stage_dir: Path, previous: Path | None, args, threa
     return argv + ([stage.previous_flag, str(previous)] if stage.previous_flag else []) + list(stage.flags)
 
 
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
-
-
 def step_rate(run_dir: Path) -> float:
     """Steps per second of the run's last throughput window (after the first, which may hold compilation)."""
-    windows = [record for record in read_metrics(run_dir) if "img_per_s" in record]
+    windows = [record for record in read_jsonl(run_dir / "metrics.jsonl") if "img_per_s" in record]
     batch = json.loads((run_dir / "config.json").read_text())["train"]["batch_size"]
     return windows[-1]["img_per_s"] / batch
 
@@ -264,7 +260,7 @@ def train_stage(stage: Stage, stage_dir: Path, previous_run: Path | None, second
         run_dir = run_training([*base, *schedule]) if total > done else probe_run
     if run_dir != probe_run:  # a scaled flag is part of the model's config (som_steps): a new run from step 0
         shutil.rmtree(probe_run)
-    rates = [record["img_per_s"] for record in read_metrics(run_dir) if "img_per_s" in record]
+    rates = [record["img_per_s"] for record in read_jsonl(run_dir / "metrics.jsonl") if "img_per_s" in record]
     return run_dir, {
         "stage": stage.name,
         "config": stage.config,

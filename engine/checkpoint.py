@@ -63,10 +63,16 @@ def remove_stale_temp_files(folder: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def hub_cache_repo(path: Path) -> Path | None:
+    """The models--OWNER--NAME folder of a file in the Hugging Face cache (.../snapshots/<commit>/...), else None."""
+    repo = next((parent for parent in Path(path).parents if parent.name.startswith("models--")), None)
+    return repo if repo is not None and "snapshots" in Path(path).parts else None
+
+
 def hub_cache_hint(path: Path) -> str:
     """The fix for a bad file: for one in the Hugging Face cache (snapshots/<commit>/...), deleting its download."""
-    repo = next((parent for parent in path.parents if parent.name.startswith("models--")), None)
-    if repo is None or "snapshots" not in path.parts:
+    repo = hub_cache_repo(path)
+    if repo is None:
         return "use another checkpoint (e.g. checkpoint_epoch_N.pth of the same run)"
     return f"delete its download from the Hugging Face cache ({repo}) and run again to fetch it anew"
 

@@ -106,8 +106,8 @@ def resolve_checkpoint(checkpoint: str | Path | None, results_dir: str | Path = 
 def source_folder_name(path: Path) -> str:
     """Name of what a weight file belongs to: the run of results/<run>/checkpoints/x.pth, OWNER--NAME of a file
     from the Hub's cache, else its folder."""
-    if cached_repo_name(path):
-        return cached_repo_name(path)
+    if repo := cached_repo_name(path):
+        return repo
     path = path.resolve()
     return path.parent.parent.name if path.parent.name == LATEST.parts[0] else path.parent.name
 

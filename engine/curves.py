@@ -6,7 +6,6 @@ engine.plot)."""
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from .globe import AXIS_COLOUR, GRID_COLOUR, TEXT_COLOUR, font
+from .runs import read_jsonl
 
 MARGIN = (34, 18, 10, 28)  # left (value labels), top (caption), right, bottom (step labels and legend)
 COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e")
@@ -27,16 +27,8 @@ Series = tuple[list[float], list[float]]  # x values (steps), y values
 
 def read_series(path: Path, key: str) -> Series:
     """(steps, values) of every metrics.jsonl line holding `key` (unreadable lines are skipped)."""
-    steps, values = [], []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if key in record and "step" in record:
-            steps.append(float(record["step"]))
-            values.append(float(record[key]))
-    return steps, values
+    records = [record for record in read_jsonl(path) if key in record and "step" in record]
+    return [float(record["step"]) for record in records], [float(record[key]) for record in records]
 
 
 def plot_position(x: float, y: float, x_range: tuple[float, float], y_range: tuple[float, float], size) -> tuple:
@@ -92,11 +84,7 @@ def write_usage_chart(metrics_path: Path, out_path: Path) -> Path | None:
 def epoch_bin_means(path: Path) -> dict[int, list[float | None]]:
     """{epoch: [mean of t_bin_k over that epoch's logged steps, None where never logged]} of a metrics.jsonl."""
     sums: dict[int, dict[int, list[float]]] = {}
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    for record in read_jsonl(path):
         for key, value in record.items():
             if key.startswith("t_bin_") and "epoch" in record:
                 sums.setdefault(int(record["epoch"]), {}).setdefault(int(key[6:]), []).append(float(value))
@@ -152,16 +140,8 @@ class Panel:
 
 
 def read_records(path: Path) -> list[dict]:
-    """The JSON objects of a metrics.jsonl, in order; unreadable lines (a torn last line) are skipped."""
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and isinstance(record.get("step"), int | float):
-            records.append(record)
-    return records
+    """The metrics.jsonl records with a step, in order; unreadable lines (a torn last line) are skipped."""
+    return [record for record in read_jsonl(path) if isinstance(record.get("step"), int | float)]
 
 
 def plotted_value(key: str, value) -> bool:

@@ -22,7 +22,8 @@ from urllib.parse import unquote
 
 import torch
 
-from .checkpoint import PUSHED_CONFIG, PUSHED_WEIGHTS, CheckpointError
+from .checkpoint import PUSHED_CONFIG, PUSHED_WEIGHTS, CheckpointError, hub_cache_repo
+from .runs import read_jsonl
 
 HF_PREFIX = "hf://"
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -159,10 +160,8 @@ def local_path(text: str | Path) -> Path:
 
 def cached_repo_name(path: Path) -> str | None:
     """'OWNER--NAME' for a file inside the Hugging Face cache (models--OWNER--NAME/snapshots/...), else None."""
-    repo = next((parent for parent in Path(path).parents if parent.name.startswith("models--")), None)
-    if repo is None or "snapshots" not in Path(path).parts:
-        return None
-    return repo.name.removeprefix("models--")
+    repo = hub_cache_repo(path)
+    return None if repo is None else repo.name.removeprefix("models--")
 
 
 def hub_folder_name(text: str) -> str:
@@ -392,21 +391,6 @@ def stage_files(job: PushJob, settings: PushSettings) -> dict[str, Path]:
     files[CARD] = folder / CARD
     files[CARD].write_text(model_card(job, settings))
     return files
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """The complete records of a JSON-lines file another thread may be appending to; [] when it is missing."""
-    try:
-        lines = path.read_text().splitlines(keepends=True)
-    except OSError:
-        return []
-    records = []
-    for line in (line for line in lines if line.endswith("\n")):  # the last line may still be being written
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return [record for record in records if isinstance(record, dict)]
 
 
 def training_metrics(run_dir: Path) -> list[tuple[str, str, str]]:

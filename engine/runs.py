@@ -85,6 +85,24 @@ def truncate_metrics(path: Path, last_step: int) -> None:
         atomic_write(path, lambda file: file.write("".join(kept).encode()))
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of a JSON-lines file (metrics.jsonl, eval.jsonl), in order; [] when it is missing.
+    Unreadable lines (a torn last line, one another process is still appending) are skipped."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
 def _step_of(line: str) -> float:
     """The record's step; infinity for a line that is no record (it is then dropped)."""
     try:

@@ -162,6 +162,8 @@ def train_settings(args, dataset, info: DistInfo) -> TrainSettings:
         inception_weights=args.inception_weights,
         compile=on_cuda if args.compile is None else args.compile,
         data_on_device=args.data_on_device,
+        curves=args.curves,
+        tensorboard=args.tensorboard,
     )
 
 

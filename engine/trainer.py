@@ -117,6 +117,8 @@ class TrainSettings:
     inception_weights: str | None = None
     compile: bool = False  # torch.compile the forward (a failure at the first step falls back to eager)
     data_on_device: bool | None = None  # in-memory data stacked on the device; None = when it fits the budget
+    curves: bool = True  # redraw images/curves.png after each evaluation (engine/plot.py)
+    tensorboard: bool = False  # also write TensorBoard event files (rank 0; engine/tensorboard.py)
 
 
 class StopFlag:
@@ -328,7 +330,7 @@ class Trainer:
         self.dataset, self.settings, self.info = dataset, settings, info
         self.eval_dataset = dataset if eval_dataset is None else eval_dataset  # reconstructions: held out if any
         self.run_dir, self.run_config, self.logger, self.metrics = run_dir, run_config, logger, metrics
-        tensorboard = info.is_main and run_config.get("train", {}).get("tensorboard", False)
+        tensorboard = info.is_main and settings.tensorboard
         self.tensorboard = open_tensorboard(run_dir, logger) if tensorboard else None  # None: off or not installed
         self.state = TrainState()
         self.epoch_logs, self.window_logs = LogSums(), LogSums()  # the epoch's logged terms; those since the last log
@@ -645,7 +647,7 @@ class Trainer:
         if fid:
             self.quick_fid(epoch)
         self.save(epoch_file=epoch % settings.ckpt_every_epochs == 0 or last)
-        if self.info.is_main and (evaluate or fid) and self.run_config.get("train", {}).get("curves", True):
+        if self.info.is_main and (evaluate or fid) and settings.curves:
             self.draw_curves()
         if self.tensorboard is not None and last:
             self.tensorboard.close()
