@@ -9,7 +9,8 @@
  * model's ONNX files, every family: src/cpu_model.ts, src/cpu_families.ts). The page reaches a model's family features
  * through the interfaces both backends implement (LDMPageModel, SOMARPageModel, VQVAEPageModel). "Auto" shows the
  * first images on the CPU when the model has ONNX files, then times one decode (a diffusion model: one UNet pass) on
- * each backend and keeps the faster; without WebGPU the CPU runs everything it can. ?backend=auto|webgpu|cpu overrides the remembered choice, ?model=NAME the remembered model.
+ * each backend and keeps the faster; without WebGPU the CPU runs everything it can. ?backend=auto|webgpu|cpu
+ * overrides the remembered choice, ?model=NAME the remembered model.
  */
 
 import {

@@ -2,10 +2,11 @@
  * onnxruntime-web's WebAssembly backend for the CPU path: loaded on first use from the page's own build (vite
  * copies the .wasm file; never a CDN), one thread per core when the page is cross-origin isolated (threads need
  * SharedArrayBuffer), else one. `ortGraph` wraps an ONNX session as a src/cpu_model.ts `Graph` (float32 and int64
- * inputs: tokens, timesteps, labels; an int64 output comes back as float values), `ortNetwork` as a `Network` (x and
- * labels). `onnxModel` builds the CPU model of an index.json entry's `onnx` object (engine/onnx_export.py) for each
- * family: the sessions its first call needs at once, the others (an encoder the first images do not use) at their
- * first use; model_tensors.bin (codebooks, SOM levels, latent_scale) is read as a sphere-web file.
+ * inputs: tokens, timesteps, labels; an int64 output comes back as float values); a sphere or psvae model's graphs
+ * run as `Network`s (x and labels). `onnxModel` builds the CPU model of an index.json entry's `onnx` object
+ * (engine/onnx_export.py) for each family: the sessions its first call needs at once, the others (an encoder the
+ * first images do not use) at their first use; model_tensors.bin (codebooks, SOM levels, latent_scale) is read as a
+ * sphere-web file.
  */
 
 import wasmUrl from "onnxruntime-web/ort-wasm-simd-threaded.wasm?url";
@@ -152,20 +153,8 @@ function tensorOf(ort: Ort, spec: InputSpec, values: GraphInput, batch: number):
   return new ort.Tensor("int64", ints, dims);
 }
 
-/**
- * An ONNX session as a Network: input `inputName` (batch, ...inShape), `labels` int64 (batch,) when the model is
- * conditional, output (batch, ...).
- */
-export async function ortNetwork(
-  bytes: ArrayBuffer,
-  source: string,
-  inputName: string,
-  inShape: number[],
-  conditional: boolean,
-): Promise<Network> {
-  const specs: InputSpec[] = [{ name: inputName, type: "float32", shape: inShape }];
-  if (conditional) specs.push({ name: "labels", type: "int64", shape: [] });
-  const graph = await ortGraph(bytes, source, specs);
+/** A graph of inputs (x [, labels]) as a Network: `labels` int64 (batch,) when the model is conditional. */
+function asNetwork(graph: Graph, conditional: boolean): Network {
   return {
     run(input: Float32Array, batch: number, labels: Int32Array | null): Promise<Float32Array> {
       if (conditional && !labels) throw new Error("a conditional model needs labels");
@@ -245,13 +234,8 @@ const LABELS: InputSpec = { name: "labels", type: "int64", shape: [] };
 
 async function sphereModel(config: CpuConfig, files: OnnxFiles): Promise<CpuModel> {
   const conditional = config.num_classes > 0;
-  const network = async (name: "decoder" | "encoder", input: InputSpec, lazy: boolean): Promise<Network> => {
-    const graph = await files.graph(name, conditional ? [input, LABELS] : [input], lazy);
-    return {
-      run: (x, batch, labels) => graph.run(conditional ? [x, labels!] : [x], batch),
-      dispose: () => graph.dispose(),
-    };
-  };
+  const network = async (name: "decoder" | "encoder", input: InputSpec, lazy: boolean): Promise<Network> =>
+    asNetwork(await files.graph(name, conditional ? [input, LABELS] : [input], lazy), conditional);
   const decoder = await network("decoder", floats("v", cpuLatentShape(config)), false);
   const encoder = files.has("encoder") ? await network("encoder", image(config), true) : null;
   return new CpuModel(config, decoder, encoder);
