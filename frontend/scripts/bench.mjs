@@ -18,6 +18,7 @@ import path from "node:path";
 import readline from "node:readline";
 import { createServer } from "vite";
 import { launchChromium } from "./chromium.mjs";
+import { cpuMs, gpuProcess } from "./gpu-process.mjs";
 
 const root = path.resolve(new URL("..", import.meta.url).pathname);
 const args = process.argv.slice(2);
@@ -201,30 +202,6 @@ function installBench({ batch, wasmThreads }) {
       state.runners.clear();
     },
   };
-}
-
-// ---------------------------------------------------------------------------------------------------------
-// CPU time of the browser's GPU process (where SwiftShader runs) per call: other jobs' load inflates wall time much
-// more than it inflates this (Linux /proc only; null elsewhere)
-
-function gpuProcess() {
-  if (!fs.existsSync("/proc/self/stat")) return null;
-  const parent = (pid) => Number(fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")[1]);
-  for (const pid of fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-    try {
-      if (!fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("--type=gpu-process")) continue;
-      for (let p = Number(pid); p > 1; p = parent(p)) if (p === process.pid) return Number(pid);
-    } catch {
-      // a process that ended while we looked
-    }
-  }
-  return null;
-}
-
-/** User + system CPU milliseconds of process `pid` so far (clock ticks of 10 ms). */
-function cpuMs(pid) {
-  const fields = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-  return (Number(fields[11]) + Number(fields[12])) * 10;
 }
 
 // ---------------------------------------------------------------------------------------------------------

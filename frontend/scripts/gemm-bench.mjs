@@ -3,9 +3,9 @@
 // Shapes are MxNxK (rows of A, output features, input features), A read as rows, GELU and a bias fused.
 // Usage: node scripts/gemm-bench.mjs [--shapes 64x1536x512,64x512x1368] [--rounds 7] [--repeats 8]
 //        [--encodings f32,q8] [--gemm tiled|direct] [--group 32]
-import fs from "node:fs";
 import { createServer } from "vite";
 import { launchChromium } from "./chromium.mjs";
+import { cpuMs, gpuProcess } from "./gpu-process.mjs";
 
 const args = process.argv.slice(2);
 const option = (name, fallback) => (args.includes(name) ? args[args.indexOf(name) + 1] : fallback);
@@ -91,22 +91,6 @@ function installMicro() {
   };
 }
 
-// CPU time (ms) of this browser's GPU process, where SwiftShader runs: robust to other jobs' load, unlike wall time
-function gpuProcess() {
-  const parent = (pid) => Number(fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")[1]);
-  for (const pid of fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
-    try {
-      if (!fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("--type=gpu-process")) continue;
-      for (let p = Number(pid); p > 1; p = parent(p)) if (p === process.pid) return Number(pid);
-    } catch {}
-  }
-  throw new Error("no GPU process found");
-}
-const cpuMs = (pid) => {
-  const f = fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ");
-  return ((Number(f[11]) + Number(f[12])) * 1000) / 100;
-};
-
 const quantile = (sorted, q) => {
   const p = (sorted.length - 1) * q;
   const lo = Math.floor(p);
@@ -128,6 +112,7 @@ try {
   await page.evaluate(installMicro);
   const adapter = await page.evaluate((s) => window.micro.run(s), settings);
   const pid = gpuProcess();
+  if (pid === null) throw new Error("no GPU process of this Chromium found (Linux /proc needed for CPU times)");
   const results = {};
   for (const [M, N, K] of settings.shapes) {
     const shape = `${M}x${N}x${K}`;
